@@ -1,0 +1,1 @@
+"""Packaged TOML: the model registry and run profiles."""

