@@ -1,0 +1,1 @@
+"""Job assembly and entry points: the `matteflow` CLI, `remove_background`, options, profiles."""

@@ -1,0 +1,116 @@
+"""Run configuration: TOML profiles (configs/*.toml) parsed into frozen dataclasses.
+
+Defaults live only on the dataclasses; a profile states what differs. An unknown key or a
+value of the wrong type raises one ConfigError naming the dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from matteflow.transforms.write import OutputSettings
+
+__all__ = [
+    "BatchingSettings",
+    "ConfigError",
+    "DecodeSettings",
+    "ModelSettings",
+    "RunConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A profile key is unknown or has the wrong type."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which registry model runs, where and how."""
+
+    name: str = "isnet-general-use"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1"; a missing GPU fails in preflight
+    dtype: str = "float32"  # "float32" | "bfloat16" | "float16" (autocast)
+    channels_last: bool = False
+    torch_threads: int = 0  # per worker process; 0 keeps torch's default
+    require_commercial_license: bool = False
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How RunInference groups images: by pixels, max(model input, full-res image) each."""
+
+    max_pixels: int = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Limits applied while decoding."""
+
+    max_pixels: int = 100_000_000  # larger images fail as decode/too_many_pixels
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs besides runner options."""
+
+    manifest: str = ""
+    output: str = ""
+    model: ModelSettings = field(default_factory=ModelSettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+
+
+def _build(cls: type, table: dict[str, Any], path: str) -> Any:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"{path}.{key}" if path else key
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(hints))})")
+        expected = hints[key]
+        if dataclasses.is_dataclass(expected):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a table, got {value!r}")
+            values[key] = _build(expected, value, where)  # type: ignore[arg-type]
+        elif isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+        elif expected is int and value <= 0 and key != "torch_threads":
+            raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
+        else:
+            values[key] = value
+    return cls(**values)
+
+
+def load_config(
+    profile: str | None = None,
+    *,
+    manifest: str | None = None,
+    output: str | None = None,
+    model: str | None = None,
+) -> RunConfig:
+    """Parse a profile file (default: the packaged configs/local.toml), then apply overrides.
+
+    `manifest`, `output` and `model` (a model name) replace the profile's values when given.
+    """
+    if profile:
+        try:
+            text = Path(profile).read_text()
+        except OSError as err:
+            raise ConfigError(f"profile {profile}: {err.strerror}") from None
+    else:
+        text = importlib.resources.files("matteflow.configs").joinpath("local.toml").read_text()
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"profile {profile or 'local.toml'}: {err}") from None
+    cfg: RunConfig = _build(RunConfig, table, "")
+    if model:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model))
+    return dataclasses.replace(cfg, manifest=manifest or cfg.manifest, output=output or cfg.output)

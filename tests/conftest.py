@@ -1,0 +1,45 @@
+"""Shared fixtures: where ../shared is, and a model search path and cache for every test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+EVAL_DEV = SHARED / "data" / "eval-dev"
+SHARED_MODELS = SHARED / "models"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point the model search path at ../shared/models and the cache at a session folder,
+    unless the caller (e.g. .ci/run) already set them."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get("MATTEFLOW_MODEL_PATH") and SHARED_MODELS.is_dir():
+            mp.setenv("MATTEFLOW_MODEL_PATH", str(SHARED_MODELS))
+        if not os.environ.get("MATTEFLOW_CACHE_DIR"):
+            mp.setenv("MATTEFLOW_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def real_weights() -> None:
+    """Skip unless the real IS-Net weights can be found locally (never downloads)."""
+    from matteflow.models.registry import get_spec
+    from matteflow.models.weights import find_file
+
+    path, notes = find_file(get_spec("isnet-general-use"))
+    if path is None:
+        pytest.skip("real IS-Net weights not found locally: " + "; ".join(notes))
+
+
+@pytest.fixture(scope="session")
+def eval_dev() -> Path:
+    """The labelled eval-dev folder, or skip."""
+    if not (EVAL_DEV / "manifest.csv").is_file():
+        pytest.skip(f"{EVAL_DEV} not present")
+    return EVAL_DEV

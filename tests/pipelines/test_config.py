@@ -1,0 +1,52 @@
+"""Profiles: defaults on the dataclasses, dotted-path errors for unknown keys and bad types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matteflow.pipelines.config import ConfigError, RunConfig, load_config
+
+
+def _profile(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "profile.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_packaged_local_profile_is_the_defaults() -> None:
+    assert load_config() == RunConfig()
+
+
+def test_profile_values_and_overrides(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, '[model]\ndtype = "bfloat16"\n[batching]\nmax_pixels = 5000000\n')
+    cfg = load_config(profile, manifest="m.csv", output="out", model="tiny-isnet")
+    assert (cfg.model.dtype, cfg.model.name) == ("bfloat16", "tiny-isnet")
+    assert cfg.batching.max_pixels == 5_000_000
+    assert (cfg.manifest, cfg.output) == ("m.csv", "out")
+    assert cfg.outputs.cutout is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[batching]\nmax_pixels = '4M'\n", "batching.max_pixels: expected int, got '4M'"),
+        ("[batching]\nmax_pixels = 0\n", "batching.max_pixels: expected a positive integer"),
+        ("[model]\nchannels_last = 1\n", "model.channels_last: expected bool, got 1"),
+        ("[outputs]\nmask = 'yes'\n", "outputs.mask: expected bool"),
+        ("[model]\nname = true\n", "model.name: expected str, got True"),
+        ("[model]\nsped = 1\n", "model.sped: unknown key"),
+        ("[nonsense]\nx = 1\n", "nonsense: unknown key"),
+        ("model = 3\n", "model: expected a table"),
+    ],
+)
+def test_bad_profiles_name_the_dotted_path(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_profile(tmp_path, text))
+    assert message in str(info.value)
+
+
+def test_missing_profile_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"profile .*nope\.toml"):
+        load_config(str(tmp_path / "nope.toml"))

@@ -1,0 +1,144 @@
+"""The main job on TestPipeline and through run(): every manifest row ends as one metrics row."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from matteflow.pipelines.config import load_config
+from matteflow.pipelines.remove_background import PreflightError, build, main, preflight
+from matteflow.transforms.metrics import read_metrics
+from tests.images import encode, oriented, pattern
+
+SIZES = {"a": (17, 11), "b": (40, 23), "nested/c": (31, 64)}
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]]) -> str:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> str:
+    """Three good images (one EXIF-rotated, one nested), a missing file and a text file."""
+    images = tmp_path / "images"
+    (images / "nested").mkdir(parents=True)
+    rows = []
+    for name, (w, h) in SIZES.items():
+        data = encode(oriented(pattern(w, h), 6), "PNG", exif_orientation=6)
+        (images / f"{name}.png").write_bytes(data)
+        rows.append({"uri": f"images/{name}.png", "shop": "x"})
+    (images / "notes.jpg").write_text("<html>not an image</html>")
+    rows += [{"uri": "images/notes.jpg", "shop": "y"}, {"uri": "images/gone.png", "shop": "z"}]
+    return _write_manifest(tmp_path / "manifest.csv", rows)
+
+
+def test_pipeline_accounts_for_every_row(sample: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = load_config(manifest=sample, output=str(out), model="tiny-isnet")
+    with BeamPipeline(runner="FnApiRunner") as p:
+        outputs = build(p, cfg)
+        statuses = outputs.rows | "Status" >> _status_pairs()
+        assert_that(
+            statuses,
+            equal_to(
+                [
+                    ("a", "ok", None),
+                    ("b", "ok", None),
+                    ("nested/c", "ok", None),
+                    ("notes", "failed", "decode/unsupported_format"),
+                    ("gone", "failed", "fetch/not_found"),
+                ]
+            ),
+            label="CheckStatuses",
+        )
+    table = read_metrics(str(out))
+    assert table.num_rows == 5
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert dict(rows["gone"]["metadata"]) == {"shop": "z"}
+    for key, (w, h) in SIZES.items():
+        # EXIF orientation 6 was applied: the stored image was h x w, the output is w x h.
+        mask = Image.open(out / "masks" / f"{key}.png")
+        cutout = Image.open(out / "cutouts" / f"{key}.png")
+        assert (mask.mode, mask.size) == ("L", (w, h))
+        assert (cutout.mode, cutout.size) == ("RGBA", (w, h))
+        assert np.array_equal(np.asarray(cutout)[..., 3], np.asarray(mask))
+        assert np.array_equal(np.asarray(cutout)[..., :3], np.asarray(pattern(w, h)))
+        assert (rows[key]["width"], rows[key]["height"], rows[key]["exif_orientation"]) == (w, h, 6)
+        assert rows[key]["model"] == "tiny-isnet" and rows[key]["device"] == "cpu"
+        fg = rows[key]["foreground_fraction"]
+        assert fg == pytest.approx(np.asarray(mask).mean() / 255, abs=2 / 255)
+
+
+def _status_pairs():  # type: ignore[no-untyped-def]
+    import apache_beam as beam
+
+    def pair(row: dict) -> tuple:  # type: ignore[type-arg]
+        code = f"{row['error_stage']}/{row['error_code']}" if row["error_code"] else None
+        return row["id"], row["status"], code
+
+    return beam.Map(pair)
+
+
+def test_run_writes_run_json_last_and_reconciles(sample: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--manifest", sample, "--output", str(out), "--model", "tiny-isnet"]
+    assert main(argv) == 0
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["counts"] == {"ok": 3, "skipped": 0, "failed": 2}
+    assert summary["reconciled"] is True and summary["manifest_rows"] == 5
+    assert summary["model"]["name"] == "tiny-isnet"
+    assert summary["versions"]["torch"].startswith("2.13.0")
+    leftovers = [p.name for p in out.rglob(".*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"uri": "a.png", "id": "x"}, {"uri": "b.png", "id": "x"}], "duplicate id"),
+        ([{"path": "a.png"}], "no `uri` column"),
+    ],
+)
+def test_preflight_stops_bad_manifests(
+    tmp_path: Path, rows: list[dict[str, str]], message: str
+) -> None:
+    manifest = _write_manifest(tmp_path / "m.csv", rows)
+    cfg = load_config(manifest=manifest, output=str(tmp_path / "out"), model="tiny-isnet")
+    with pytest.raises(PreflightError, match=message):
+        preflight(cfg)
+
+
+def test_preflight_refuses_unknown_model_and_missing_gpu(sample: str, tmp_path: Path) -> None:
+    cfg = load_config(manifest=sample, output=str(tmp_path / "out"), model="nope")
+    with pytest.raises(PreflightError, match="unknown model 'nope'"):
+        preflight(cfg)
+    profile = tmp_path / "gpu.toml"
+    profile.write_text('[model]\ndevice = "cuda"\n')
+    cfg = load_config(str(profile), manifest=sample, output=str(tmp_path / "o"), model="tiny-isnet")
+    with pytest.raises(PreflightError, match="no CUDA device"):
+        preflight(cfg)
+
+
+def test_preflight_refuses_an_unwritable_output(sample: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should be")
+    cfg = load_config(manifest=sample, output=str(blocker / "out"), model="tiny-isnet")
+    with pytest.raises(PreflightError, match="not writable"):
+        preflight(cfg)
+
+
+def test_cli_exit_code_for_a_bad_setup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--manifest", str(tmp_path / "none.csv"), "--output", str(tmp_path / "o")]
+    assert main([*argv, "--model", "tiny-isnet"]) == 2
+    assert "cannot start" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""PTransforms and DoFns, one concern per module, with the plain pixel functions beside them."""

@@ -1,0 +1,164 @@
+"""Segment: DecodedImage -> Matte through Beam RunInference with our model handler.
+
+One model per worker process, shared by its threads (RunInference's shared handle). Batches
+are sized by pixel count; only the model-sized tensor is batched, and each alpha is upsampled
+back to its image's full resolution before it leaves the handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import torch
+import torch.nn.functional as F
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
+from matteflow.transforms.failures import InferenceError
+from matteflow.transforms.types import DecodedImage, Failed, Matte
+
+__all__ = ["MatteModelHandler", "Segment", "postprocess", "preprocess"]
+
+_LOG = logging.getLogger(__name__)
+_NAMESPACE = "matteflow.segment"
+
+
+def preprocess(rgb: np.ndarray, spec: ModelSpec, device: torch.device) -> torch.Tensor:
+    """H x W x 3 uint8 -> 3 x S x S float32 normalised per the spec (resize on `device`)."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device, non_blocking=True)
+    x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    size = (spec.input_size, spec.input_size)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    return ((x - mean) / std)[0]
+
+
+def postprocess(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """1 x S x S alpha -> H x W float32 numpy in [0, 1] (bilinear, half-pixel centres)."""
+    full = F.interpolate(alpha[None], size=(height, width), mode="bilinear", align_corners=False)
+    return full[0, 0].clamp_(0.0, 1.0).cpu().numpy()
+
+
+def _element_pixels(input_size: int, image: DecodedImage) -> int:
+    """Batch weight of an element: the larger of its model tensor and its full-res alpha."""
+    return max(input_size * input_size, image.height * image.width)
+
+
+class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel]):
+    """RunInference handler for a registry model: (model, device, dtype) and batching limits."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        *,
+        max_batch_pixels: int,
+        channels_last: bool = False,
+        torch_threads: int = 0,
+        require_commercial_license: bool = False,
+    ) -> None:
+        spec = get_spec(model)
+        per_image = spec.input_size * spec.input_size
+        super().__init__(
+            min_batch_size=per_image,
+            max_batch_size=max(per_image, max_batch_pixels),
+            element_size_fn=functools.partial(_element_pixels, spec.input_size),
+        )
+        self._model = model
+        self._device = device
+        self._dtype = dtype
+        self._channels_last = channels_last
+        self._threads = torch_threads
+        self._require_commercial = require_commercial_license
+
+    def load_model(self) -> LoadedModel:
+        """Load the registry model once per worker process (verified weights)."""
+        if self._threads > 0:
+            torch.set_num_threads(self._threads)
+        start = time.perf_counter()
+        model = load(
+            self._model,
+            self._device,
+            self._dtype,
+            channels_last=self._channels_last,
+            require_commercial_license=self._require_commercial,
+        )
+        beam.metrics.Metrics.distribution(_NAMESPACE, "load_model_ms").update(
+            int((time.perf_counter() - start) * 1e3)
+        )
+        return model
+
+    def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
+        start = time.perf_counter()
+        x = torch.stack([preprocess(im.rgb, model.spec, model.device) for im in batch])
+        alpha = model(x)
+        alphas = [postprocess(a, im.height, im.width) for im, a in zip(batch, alpha, strict=True)]
+        per_image_ms = (time.perf_counter() - start) * 1e3 / len(batch)
+        mattes = [
+            Matte(
+                image=image,
+                alpha=a,
+                model=model.spec.name,
+                model_sha256=model.weights_sha256,
+                device=str(model.device),
+                dtype=model.dtype_name,
+                batch_size=len(batch),
+                timings_ms={**image.timings_ms, "infer_ms": per_image_ms},
+            )
+            for image, a in zip(batch, alphas, strict=True)
+        ]
+        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
+        return mattes
+
+    def run_inference(
+        self,
+        batch: Sequence[DecodedImage],
+        model: LoadedModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[Matte | Failed]:
+        """Mattes for the batch; a failing batch is retried one element at a time."""
+        if not batch:
+            return []
+        try:
+            return self._infer(batch, model)
+        except Exception as err:
+            if len(batch) == 1:
+                error = InferenceError(f"{batch[0].task.source_uri}: {type(err).__name__}: {err}")
+                return [Failed.from_error(batch[0].task, error)]
+            _LOG.warning("batch of %d failed (%s); retrying one by one", len(batch), err)
+            return [out for image in batch for out in self.run_inference([image], model)]
+
+    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
+        """Bytes of pixels in the batch (the default pickles the whole batch)."""
+        return sum(im.rgb.nbytes for im in batch)
+
+    def get_metrics_namespace(self) -> str:
+        """Beam metrics namespace of the stage."""
+        return _NAMESPACE
+
+
+def _split(result: Matte | Failed) -> Iterable[Matte | beam.pvalue.TaggedOutput]:
+    yield beam.pvalue.TaggedOutput("failures", result) if isinstance(result, Failed) else result
+
+
+class Segment(beam.PTransform):
+    """DecodedImage -> Matte (alpha at full resolution); failures -> tag "failures"."""
+
+    def __init__(self, handler: MatteModelHandler) -> None:
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            images
+            | "RunInference" >> RunInference(self._handler)
+            | "Split" >> beam.FlatMap(_split).with_outputs("failures", main="ok")
+        )

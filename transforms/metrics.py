@@ -1,0 +1,220 @@
+"""Metrics: ground-truth scoring, one Parquet row per manifest row, and reading them back.
+
+Score (Matte -> Matte with iou/mae/edge_mae when the row has ground truth), then rows from
+`ok_row` / `failed_row` are written by WriteMetrics under `{output}/metrics/` with `SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image, ImageOps
+
+from matteflow.transforms.decode import read_bytes
+from matteflow.transforms.failures import MatteflowError, ScoreError, classify
+from matteflow.transforms.quality import scores
+from matteflow.transforms.types import Failed, ImageTask, Matte
+
+__all__ = [
+    "SCHEMA",
+    "Score",
+    "WriteMetrics",
+    "failed_row",
+    "load_ground_truth",
+    "ok_row",
+    "read_metrics",
+    "set_progress_listener",
+]
+
+_TIMINGS = ["fetch_ms", "decode_ms", "infer_ms", "score_ms", "encode_ms", "write_ms"]
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source_uri", pa.string()),
+        ("output_key", pa.string()),
+        ("status", pa.string()),  # ok | failed (skipped arrives with resume)
+        ("error_stage", pa.string()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("source_format", pa.string()),
+        ("exif_orientation", pa.int32()),
+        ("icc_description", pa.string()),
+        ("warnings", pa.list_(pa.string())),
+        ("model", pa.string()),
+        ("model_sha256", pa.string()),
+        ("device", pa.string()),
+        ("dtype", pa.string()),
+        ("batch_size", pa.int32()),
+        ("foreground_fraction", pa.float64()),
+        ("ground_truth_uri", pa.string()),
+        ("iou", pa.float64()),
+        ("mae", pa.float64()),
+        ("edge_mae", pa.float64()),
+        *[(name, pa.float64()) for name in _TIMINGS],
+        ("total_ms", pa.float64()),
+        ("cutout_uri", pa.string()),
+        ("mask_uri", pa.string()),
+        ("output_bytes", pa.int64()),
+        ("metadata", pa.map_(pa.string(), pa.string())),
+    ]
+)
+
+
+def _base(task: ImageTask, status: str) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(SCHEMA.names)
+    row.update(
+        id=task.id,
+        source_uri=task.source_uri,
+        output_key=task.output_key,
+        status=status,
+        ground_truth_uri=task.ground_truth_uri,
+        metadata=dict(task.metadata),
+        warnings=[],
+    )
+    return row
+
+
+def ok_row(
+    matte: Matte, outputs: dict[str, str], output_bytes: int, timings: dict[str, float]
+) -> dict[str, Any]:
+    """The metrics row of a processed image; `outputs` maps uri columns to written URIs."""
+    image = matte.image
+    row = _base(image.task, "ok")
+    row.update(
+        width=image.width,
+        height=image.height,
+        source_format=image.source_format,
+        exif_orientation=image.orientation,
+        icc_description=image.icc_description,
+        warnings=list(image.warnings),
+        model=matte.model,
+        model_sha256=matte.model_sha256,
+        device=matte.device,
+        dtype=matte.dtype,
+        batch_size=matte.batch_size,
+        foreground_fraction=float(np.mean(matte.alpha)),
+        output_bytes=output_bytes,
+        total_ms=sum(timings.get(name, 0.0) for name in _TIMINGS),
+        **{name: timings.get(name) for name in _TIMINGS},
+        **matte.scores,
+        **outputs,
+    )
+    return row
+
+
+def failed_row(failed: Failed) -> dict[str, Any]:
+    """The metrics row of a row that failed; error columns say where and why."""
+    row = _base(failed.task, "failed")
+    row.update(error_stage=failed.stage, error_code=failed.code, error_message=failed.message)
+    return row
+
+
+def load_ground_truth(data: bytes, uri: str) -> np.ndarray:
+    """Ground-truth alpha bytes -> H x W float32 in [0, 1] (alpha channel if it has one)."""
+    try:
+        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.asarray(img, dtype=np.float32) / 65535.0
+        band = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
+        return np.asarray(band, dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ScoreError(f"{uri}: cannot decode ground truth: {err}") from None
+
+
+class _ScoreFn(beam.DoFn):
+    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
+        task = matte.image.task
+        if not task.ground_truth_uri:
+            yield matte
+            return
+        start = time.perf_counter()
+        try:
+            gt = load_ground_truth(read_bytes(task.ground_truth_uri), task.ground_truth_uri)
+            if gt.shape != matte.alpha.shape:
+                raise ScoreError(
+                    f"{task.ground_truth_uri}: ground truth is {gt.shape[1]}x{gt.shape[0]},"
+                    f" the image is {matte.alpha.shape[1]}x{matte.alpha.shape[0]}",
+                    code="size_mismatch",
+                )
+            values = scores(matte.alpha, gt)
+        except MatteflowError as err:
+            err.stage = "score"
+            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
+            return
+        except Exception as err:
+            failure = classify(err, "score", task.ground_truth_uri)
+            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
+            return
+        timings = {**matte.timings_ms, "score_ms": (time.perf_counter() - start) * 1e3}
+        yield dataclasses.replace(matte, scores=values, timings_ms=timings)
+
+
+class Score(beam.PTransform):
+    """Matte -> Matte with iou/mae/edge_mae for rows with ground truth; failures -> "failures"."""
+
+    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return mattes | "Score" >> beam.ParDo(_ScoreFn()).with_outputs("failures", main="ok")
+
+
+_listener_lock = threading.Lock()
+_listener: Callable[[str], None] | None = None
+
+
+def set_progress_listener(listener: Callable[[str], None] | None) -> None:
+    """Call listener(status) for each metrics row written in this process (local runs)."""
+    global _listener
+    with _listener_lock:
+        _listener = listener
+
+
+class _CountFn(beam.DoFn):
+    def __init__(self) -> None:
+        self._rows = {
+            s: beam.metrics.Metrics.counter("matteflow.metrics", f"rows_{s}")
+            for s in ("ok", "skipped", "failed")
+        }
+
+    def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        self._rows[row["status"]].inc()
+        listener = _listener
+        if listener is not None:
+            listener(row["status"])
+        yield row
+
+
+class WriteMetrics(beam.PTransform):
+    """Metrics rows -> `{output}/metrics/part-*.parquet` with SCHEMA."""
+
+    def __init__(self, output: str) -> None:
+        super().__init__()
+        self._prefix = f"{output.rstrip('/')}/metrics/part"
+
+    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
+        return (
+            rows
+            | "Count" >> beam.ParDo(_CountFn())
+            | "Parquet" >> beam.io.WriteToParquet(self._prefix, SCHEMA, file_name_suffix=".parquet")
+        )
+
+
+def read_metrics(output: str) -> pa.Table:
+    """All metrics rows under `{output}/metrics/` as one table (any Beam filesystem)."""
+    pattern = f"{output.rstrip('/')}/metrics/*.parquet"
+    tables = []
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(meta.path) as f:
+            tables.append(pq.read_table(io.BytesIO(f.read()), schema=SCHEMA))
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()

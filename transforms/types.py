@@ -1,0 +1,81 @@
+"""The records that flow through the pipeline: ImageTask -> DecodedImage -> Matte.
+
+Plain picklable dataclasses with no Beam inside. The full-resolution pixels travel with the
+element through the fused stage; only the model-sized tensor is batched for inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+__all__ = ["DecodedImage", "Failed", "ImageTask", "Matte"]
+
+if TYPE_CHECKING:
+    from matteflow.transforms.failures import MatteflowError
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One manifest row: what to read and under which key to write."""
+
+    id: str
+    source_uri: str
+    output_key: str
+    ground_truth_uri: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # other manifest columns, carried to metrics
+
+
+@dataclass
+class DecodedImage:
+    """A task with its pixels: `rgb` is H x W x 3 uint8 sRGB, EXIF orientation applied."""
+
+    task: ImageTask
+    rgb: np.ndarray
+    source_format: str
+    orientation: int = 1  # the EXIF orientation tag that was applied (1 = none)
+    icc_description: str = ""  # the embedded profile converted from, "" when untagged
+    warnings: tuple[str, ...] = ()  # classified, non-fatal notes (e.g. "decode/corrupt_icc")
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        """Rows of the full-resolution image."""
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns of the full-resolution image."""
+        return int(self.rgb.shape[1])
+
+
+@dataclass
+class Matte:
+    """A decoded image plus its alpha: H x W float32 in [0, 1] at full resolution."""
+
+    image: DecodedImage
+    alpha: np.ndarray
+    model: str
+    model_sha256: str
+    device: str
+    dtype: str
+    batch_size: int
+    timings_ms: dict[str, float] = field(default_factory=dict)  # every stage so far
+    scores: dict[str, float] = field(default_factory=dict)  # iou/mae/edge_mae vs ground truth
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A row that stopped at `stage` with a stable `code`; becomes a failed metrics row."""
+
+    task: ImageTask
+    stage: str
+    code: str
+    message: str
+
+    @classmethod
+    def from_error(cls, task: ImageTask, err: MatteflowError) -> Failed:
+        """The failure record for `task` from a classified error."""
+        return cls(task, err.stage, err.code, str(err))
