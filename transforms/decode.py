@@ -22,6 +22,8 @@ from matteflow.transforms.types import DecodedImage, Failed, ImageTask
 __all__ = ["FetchAndDecode", "decode", "read_bytes"]
 
 _ORIENTATION_TAG = 0x0112
+# Leading bytes of formats whose files, when Pillow cannot identify them, were cut short.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 
 
 def read_bytes(uri: str) -> bytes:
@@ -55,6 +57,8 @@ def decode(task: ImageTask, data: bytes, max_pixels: int) -> DecodedImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"{uri}: {err}", code="too_many_pixels") from None
     except UnidentifiedImageError:
+        if data.startswith(_SIGNATURES):
+            raise DecodeError(f"{uri}: image ends before its data", code="truncated") from None
         raise DecodeError(f"{uri}: not an image format Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow says "image file is truncated" mid-scan but "Truncated File Read" mid-header.

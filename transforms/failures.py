@@ -94,14 +94,14 @@ def classify(err: BaseException, stage: str, uri: str) -> MatteflowError:
     if isinstance(err, MatteflowError):
         return err
     text = f"{uri}: {type(err).__name__}: {err}"
+    result: MatteflowError
     if isinstance(err, FileNotFoundError) or getattr(err, "errno", None) == errno.ENOENT:
-        return NotFound(f"{uri}: no such object")
-    if isinstance(err, PermissionError):
-        return Forbidden(f"{uri}: permission denied")
-    if isinstance(err, TimeoutError | ConnectionError):
-        transient = TransientError(text)
-        transient.stage = stage
-        return transient
-    generic = PermanentError(text, code="unexpected")
-    generic.stage = stage
-    return generic
+        result = NotFound(f"{uri}: no such object")
+    elif isinstance(err, PermissionError):
+        result = Forbidden(f"{uri}: permission denied")
+    elif isinstance(err, TimeoutError | ConnectionError):
+        result = TransientError(text)
+    else:
+        result = PermanentError(text, code="unexpected")
+    result.stage = stage
+    return result

@@ -63,19 +63,15 @@ def _resolve(base: str, uri: str) -> str:
 
 
 def _common_folder(uris: list[str]) -> str:
-    folders = [posixpath.dirname(u) for u in uris if u]
-    if not folders:
-        return ""
-    common = posixpath.commonpath(folders) if all("://" not in f for f in folders) else ""
-    if not common:  # URIs with schemes: compare as strings, cut at a folder boundary
-        prefix = posixpath.commonprefix([f + "/" for f in folders])
-        common = prefix[: prefix.rfind("/")]
-    return common
+    """The longest folder prefix ("" or ending in "/") shared by all uris, as plain strings."""
+    folders = [f"{d}/" if (d := posixpath.dirname(u)) else "" for u in uris if u]
+    prefix = posixpath.commonprefix(folders) if folders else ""
+    return prefix[: prefix.rfind("/") + 1]
 
 
 def _default_id(uri: str, folder: str) -> str:
-    rel = uri[len(folder) :].lstrip("/") if folder and uri.startswith(folder) else uri
-    return posixpath.splitext(rel)[0]
+    rel = uri[len(folder) :] if uri.startswith(folder) else uri
+    return posixpath.splitext(rel.lstrip("/"))[0]
 
 
 def _text(value: Any) -> str:
