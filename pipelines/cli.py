@@ -92,17 +92,19 @@ def models_fetch(name: str) -> None:
 def models_verify(name: str) -> None:
     """Check that a local copy of NAME's weights matches its sha256 (never downloads)."""
     from matteflow.models.registry import RegistryError, get_spec
-    from matteflow.models.weights import WeightsError, native_weights
+    from matteflow.models.weights import WeightsError, find_file, native_weights
 
     try:
         spec = get_spec(name)
         if spec.format == "random":
             _out.print(f"{name}: generated at load time, nothing to verify")
             return
+        source, _ = find_file(spec)
         native = native_weights(spec, allow_fetch=False)
     except (RegistryError, WeightsError) as err:
         raise _fail(err) from None
-    _out.print(f"{name}: OK, sha256 {spec.sha256} verified; native weights {native}")
+    checked = f"{source} matches sha256 {spec.sha256}" if source else "no source copy kept"
+    _out.print(f"{name}: OK; {checked}; native weights {native} match their recorded digest")
 
 
 @models_app.command("convert")

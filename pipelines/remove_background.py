@@ -6,6 +6,7 @@ failure on the way becomes a failed metrics row. `run.json` is written last.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import platform
@@ -51,7 +52,7 @@ class Outputs(NamedTuple):
     rows: beam.PCollection
 
 
-def handler_for(cfg: RunConfig) -> MatteModelHandler:
+def _handler(cfg: RunConfig) -> MatteModelHandler:
     """The RunInference model handler the config asks for."""
     m = cfg.model
     return MatteModelHandler(
@@ -69,7 +70,7 @@ def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     """Add the job's steps to p."""
     tasks = p | "ReadManifest" >> ReadManifest(cfg.manifest)
     decoded = tasks | "FetchAndDecode" >> FetchAndDecode(cfg.decode.max_pixels)
-    segmented = decoded.ok | "Segment" >> Segment(handler_for(cfg))
+    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg))
     scored = segmented.ok | "Score" >> Score()
     written = scored.ok | "WriteOutputs" >> WriteOutputs(cfg.output, cfg.outputs)
     failures = (
@@ -177,6 +178,15 @@ def run(argv: list[str] | None = None) -> PipelineResult:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: run the job; returns the process exit code (2 = bad setup, 1 = run failed)."""
+    if argv is not None and {"-h", "--help"} & set(argv):
+        parser = argparse.ArgumentParser(
+            prog="matteflow run",
+            description=__doc__,
+            epilog="Any other flag is a Beam pipeline option (--runner, --direct_num_workers, …).",
+        )
+        MatteflowOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0
     try:
         result = run(argv)
     except (ConfigError, PreflightError) as err:

@@ -101,7 +101,7 @@ class _WriteFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
             return
         except Exception as err:
-            failure = classify(err, "write", task.output_key)
+            failure = classify(err, "write", f"{self._output} (key {task.output_key})")
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
         timings = {

@@ -83,7 +83,8 @@ def test_verify_accepts_the_real_file(
     result = runner.invoke(app, ["models", "verify", "isnet-general-use"])
     assert result.exit_code == 0, result.output
     spec = get_spec("isnet-general-use")
-    assert f"isnet-general-use: OK, sha256 {spec.sha256} verified" in _one_line(result.stdout)
+    line = _one_line(result.stdout)
+    assert f"isnet-general-use: OK; {onnx_path} matches sha256 {spec.sha256}" in line
     assert (isolated_weights / spec.name / f"{spec.sha256}.safetensors").is_file()
 
 

@@ -142,3 +142,9 @@ def test_cli_exit_code_for_a_bad_setup(tmp_path: Path, capsys: pytest.CaptureFix
     argv = ["--manifest", str(tmp_path / "none.csv"), "--output", str(tmp_path / "o")]
     assert main([*argv, "--model", "tiny-isnet"]) == 2
     assert "cannot start" in capsys.readouterr().err
+
+
+def test_run_help_lists_our_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--manifest", "--output", "--profile", "--model"))
