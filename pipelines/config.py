@@ -61,6 +61,8 @@ class RunConfig:
 
     manifest: str = ""
     output: str = ""
+    force: bool = False  # redo rows whose outputs are current (see transforms/resume.py)
+    max_failure_rate: float = 1.0  # share of failed rows above which the CLI exits 3
     model: ModelSettings = field(default_factory=ModelSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
@@ -75,6 +77,8 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
         if key not in hints:
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(hints))})")
         expected = hints[key]
+        if expected is float and type(value) is int:  # TOML `1` where a float is meant
+            value = float(value)
         if dataclasses.is_dataclass(expected):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a table, got {value!r}")
@@ -94,10 +98,12 @@ def load_config(
     manifest: str | None = None,
     output: str | None = None,
     model: str | None = None,
+    force: bool = False,
+    max_failure_rate: float | None = None,
 ) -> RunConfig:
     """Parse a profile file (default: the packaged configs/local.toml), then apply overrides.
 
-    `manifest`, `output` and `model` (a model name) replace the profile's values when given.
+    Overrides given (not None, force True) replace the profile's values; `model` is a name.
     """
     if profile:
         try:
@@ -113,4 +119,10 @@ def load_config(
     cfg: RunConfig = _build(RunConfig, table, "")
     if model:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model))
-    return dataclasses.replace(cfg, manifest=manifest or cfg.manifest, output=output or cfg.output)
+    return dataclasses.replace(
+        cfg,
+        manifest=manifest or cfg.manifest,
+        output=output or cfg.output,
+        force=force or cfg.force,
+        max_failure_rate=cfg.max_failure_rate if max_failure_rate is None else max_failure_rate,
+    )

@@ -8,7 +8,7 @@ __all__ = ["MatteflowOptions"]
 
 
 class MatteflowOptions(PipelineOptions):
-    """--manifest, --output, --profile, --model."""
+    """--manifest, --output, --profile, --model, --force, --max_failure_rate."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
@@ -18,3 +18,12 @@ class MatteflowOptions(PipelineOptions):
         parser.add_argument("--output", help="output prefix (local folder, gs://, s3://)")
         parser.add_argument("--profile", default=None, help="TOML profile (default: local)")
         parser.add_argument("--model", default=None, help="registry model name")
+        parser.add_argument(
+            "--force", action="store_true", help="redo rows whose outputs are already current"
+        )
+        parser.add_argument(
+            "--max_failure_rate",
+            type=float,
+            default=None,
+            help="exit non-zero (3) when more than this share of rows failed (default 1.0)",
+        )

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
@@ -33,15 +34,21 @@ from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.progress import local_runner, progress_bar
 from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
-from matteflow.transforms.manifest import ManifestError, ReadManifest, read_manifest, validate
+from matteflow.transforms.manifest import ManifestError, ReadManifest, check_manifest, count_rows
 from matteflow.transforms.metrics import Score, WriteMetrics, failed_row, read_metrics
-from matteflow.transforms.write import WriteOutputs, write_atomic
+from matteflow.transforms.resume import Resume, settings_digest
+from matteflow.transforms.storage import write_atomic
+from matteflow.transforms.write import WriteOutputs
 
-__all__ = ["Outputs", "PreflightError", "build", "main", "preflight", "run"]
+__all__ = ["Outputs", "PreflightError", "TooManyFailures", "build", "main", "preflight", "run"]
 
 
 class PreflightError(RuntimeError):
     """The run cannot start: bad manifest, model, device or output prefix."""
+
+
+class TooManyFailures(RuntimeError):
+    """The run finished, but more rows failed than --max_failure_rate allows."""
 
 
 class Outputs(NamedTuple):
@@ -66,32 +73,46 @@ def _handler(cfg: RunConfig) -> MatteModelHandler:
     )
 
 
+def _resume(cfg: RunConfig) -> Resume:
+    settings = settings_digest(get_spec(cfg.model.name), cfg.model.dtype, cfg.outputs)
+    return Resume(cfg.output, settings, force=cfg.force)
+
+
 def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     """Add the job's steps to p."""
-    tasks = p | "ReadManifest" >> ReadManifest(cfg.manifest)
-    decoded = tasks | "FetchAndDecode" >> FetchAndDecode(cfg.decode.max_pixels)
+    resume = _resume(cfg)
+    manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest)
+    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode.max_pixels, resume)
     segmented = decoded.ok | "Segment" >> Segment(_handler(cfg))
     scored = segmented.ok | "Score" >> Score()
-    written = scored.ok | "WriteOutputs" >> WriteOutputs(cfg.output, cfg.outputs)
+    written = scored.ok | "WriteOutputs" >> WriteOutputs(cfg.output, cfg.outputs, resume)
     failures = (
-        (decoded.failures, segmented.failures, scored.failures, written.failures)
+        (
+            manifest.failures,
+            decoded.failures,
+            segmented.failures,
+            scored.failures,
+            written.failures,
+        )
         | "CollectFailures" >> beam.Flatten()
         | "FailureRows" >> beam.Map(failed_row)
     )
-    rows = (written.ok, failures) | "AllRows" >> beam.Flatten()
+    rows = (written.ok, decoded.skipped, failures) | "AllRows" >> beam.Flatten()
     _ = rows | "WriteMetrics" >> WriteMetrics(cfg.output)
-    return Outputs(tasks, segmented.ok, rows)
+    return Outputs(manifest.ok, segmented.ok, rows)
 
 
-def preflight(cfg: RunConfig) -> int:
-    """Check manifest, model, device and output prefix before the graph runs; returns row count.
+def preflight(cfg: RunConfig) -> None:
+    """Check manifest header, model, device and output prefix before the graph runs.
 
     Raises PreflightError with the reason and the fix.
     """
     if not cfg.manifest or not cfg.output:
         raise PreflightError("both --manifest and --output are required")
+    if not 0.0 <= cfg.max_failure_rate <= 1.0:
+        raise PreflightError(f"--max_failure_rate {cfg.max_failure_rate}: expected 0.0 .. 1.0")
     try:
-        rows = validate(cfg.manifest, read_manifest(cfg.manifest))
+        check_manifest(cfg.manifest)
         spec = check(
             cfg.model.name,
             cfg.model.device,
@@ -108,7 +129,27 @@ def preflight(cfg: RunConfig) -> int:
         FileSystems.delete([probe])
     except Exception as err:
         raise PreflightError(f"output {cfg.output} is not writable: {err}") from None
-    return rows
+
+
+def _clear_previous_run(output: str) -> None:
+    """A run replaces the metrics and run.json of the last one (state/ stays: it is resume)."""
+    prefix = output.rstrip("/")
+    stale = [m.path for m in FileSystems.match([f"{prefix}/metrics/*"])[0].metadata_list]
+    run_json = f"{prefix}/run.json"
+    if FileSystems.exists(run_json):
+        stale.append(run_json)
+    if stale:
+        FileSystems.delete(stale)
+
+
+def _counter(result: PipelineResult, namespace: str, name: str) -> int | None:
+    """A Beam counter's committed value, or None when the runner reports no metrics."""
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))
+    except (NotImplementedError, AttributeError):
+        return None
+    values = [c.committed for c in query["counters"] if c.committed is not None]
+    return sum(values) if values else None
 
 
 def _is_local(options: PipelineOptions) -> bool:
@@ -121,17 +162,26 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{p: version(p) for p in packages}}
 
 
-def _finish(cfg: RunConfig, rows: int, started: float, started_at: str) -> dict[str, Any]:
-    table = read_metrics(cfg.output)
-    statuses = table.column("status").to_pylist()
+def _finish(
+    cfg: RunConfig, result: PipelineResult, started: float, started_at: str
+) -> dict[str, Any]:
+    """Count the metrics rows, reconcile them with the manifest, write run.json (last)."""
+    statuses = read_metrics(cfg.output).column("status").to_pylist()
     counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
+    manifest_rows = _counter(result, "matteflow.manifest", "rows")
+    if manifest_rows is None:  # a runner without metrics: count the manifest itself
+        manifest_rows = count_rows(cfg.manifest)
+    failure_rate = counts["failed"] / len(statuses) if statuses else 0.0
     summary = {
         "status": "finished",
         "manifest": cfg.manifest,
         "output": cfg.output,
-        "manifest_rows": rows,
+        "manifest_rows": manifest_rows,
         "counts": counts,
-        "reconciled": sum(counts.values()) == rows == len(statuses),
+        "reconciled": len(statuses) == manifest_rows,
+        "failure_rate": round(failure_rate, 6),
+        "max_failure_rate": cfg.max_failure_rate,
+        "inferred_images": _counter(result, "matteflow.segment", "images"),
         "model": {
             "name": cfg.model.name,
             "sha256": get_spec(cfg.model.name).sha256 or None,
@@ -151,33 +201,48 @@ def _finish(cfg: RunConfig, rows: int, started: float, started_at: str) -> dict[
 def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse options, preflight, run the job to completion and write run.json.
 
-    Raises ConfigError or PreflightError before anything runs.
+    Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
+    run.json) when the share of failed rows is over --max_failure_rate.
     """
     options = PipelineOptions(argv)
+    FileSystems.set_options(options)  # preflight reads buckets with the run's endpoint/credentials
     mf = options.view_as(MatteflowOptions)
-    cfg = load_config(mf.profile, manifest=mf.manifest, output=mf.output, model=mf.model)
+    cfg = load_config(
+        mf.profile,
+        manifest=mf.manifest,
+        output=mf.output,
+        model=mf.model,
+        force=mf.force,
+        max_failure_rate=mf.max_failure_rate,
+    )
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    rows = preflight(cfg)
+    preflight(cfg)
+    _clear_previous_run(cfg.output)
     local = _is_local(options)
     runner = local_runner(options) if local else None
     in_process = local and options.view_as(DirectOptions).direct_running_mode == "in_memory"
-    with progress_bar(rows, enabled=in_process):
+    with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
         p = beam.Pipeline(runner=runner, options=options)
         build(p, cfg)
         result = p.run()
         result.wait_until_finish()
-    summary = _finish(cfg, rows, started, started_at)
+    summary = _finish(cfg, result, started, started_at)
     counts = summary["counts"]
     print(
         f"matteflow: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed"
-        f" of {rows} in {summary['wall_s']:.1f}s; outputs in {cfg.output}"
+        f" of {summary['manifest_rows']} in {summary['wall_s']:.1f}s; outputs in {cfg.output}"
         + ("" if summary["reconciled"] else " (WARNING: metrics rows do not match the manifest)")
     )
+    if summary["failure_rate"] > cfg.max_failure_rate:
+        raise TooManyFailures(
+            f"{counts['failed']} of {sum(counts.values())} rows failed"
+            f" ({summary['failure_rate']:.1%}), over --max_failure_rate {cfg.max_failure_rate}"
+        )
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry: run the job; returns the process exit code (2 = bad setup, 1 = run failed)."""
+    """CLI entry: run the job; returns the exit code (see README, "Exit codes")."""
     if argv is not None and {"-h", "--help"} & set(argv):
         parser = argparse.ArgumentParser(
             prog="matteflow run",
@@ -192,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PreflightError) as err:
         print(f"matteflow: cannot start: {err}", file=sys.stderr)
         return 2
+    except TooManyFailures as err:
+        print(f"matteflow: {err}", file=sys.stderr)
+        return 3
     return 0 if result.state == beam.runners.runner.PipelineState.DONE else 1
 
 

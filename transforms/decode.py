@@ -1,10 +1,13 @@
 """FetchAndDecode: ImageTask -> DecodedImage (bytes via Beam FileSystems, Pillow, EXIF, sRGB).
 
-Failures leave on the "failures" tag as `Failed` records; no element kills the bundle.
+A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
+`skipped` metrics row. Failures leave on the "failures" tag as `Failed` records; no element
+kills the bundle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 import warnings
@@ -12,29 +15,20 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from matteflow.transforms.colour import to_srgb_rgb
-from matteflow.transforms.failures import BadRow, DecodeError, MatteflowError, classify
+from matteflow.transforms.failures import DecodeError, MatteflowError, classify
+from matteflow.transforms.metrics import skipped_row
+from matteflow.transforms.resume import Resume
+from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask
 
-__all__ = ["FetchAndDecode", "decode", "read_bytes"]
+__all__ = ["FetchAndDecode", "decode"]
 
 _ORIENTATION_TAG = 0x0112
 # Leading bytes of formats whose files, when Pillow cannot identify them, were cut short.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
-
-
-def read_bytes(uri: str) -> bytes:
-    """All bytes of the object at uri (any Beam filesystem); errors classified at stage fetch."""
-    if not uri:
-        raise BadRow("row has an empty uri", code="missing_uri")
-    try:
-        with FileSystems.open(uri) as f:
-            return bytes(f.read())
-    except Exception as err:
-        raise classify(err, "fetch", uri) from err
 
 
 def decode(task: ImageTask, data: bytes, max_pixels: int) -> DecodedImage:
@@ -81,8 +75,9 @@ def decode(task: ImageTask, data: bytes, max_pixels: int) -> DecodedImage:
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, max_pixels: int) -> None:
+    def __init__(self, max_pixels: int, resume: Resume) -> None:
         self._max_pixels = max_pixels
+        self._resume = resume
 
     def setup(self) -> None:
         # Our own pixel limit applies; Pillow's global bomb check would fire first otherwise.
@@ -93,6 +88,11 @@ class _DecodeFn(beam.DoFn):
         try:
             data = read_bytes(task.source_uri)
             fetched = time.perf_counter()
+            source_sha256 = hashlib.sha256(data).hexdigest()
+            done = self._resume.current(task.output_key, source_sha256)
+            if done is not None:
+                yield beam.pvalue.TaggedOutput("skipped", skipped_row(task, done, source_sha256))
+                return
             image = decode(task, data, self._max_pixels)
         except MatteflowError as err:
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
@@ -101,18 +101,21 @@ class _DecodeFn(beam.DoFn):
             failure = classify(err, "decode", task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
+        image.source_sha256 = source_sha256
         image.timings_ms["fetch_ms"] = (fetched - start) * 1e3
         image.timings_ms["decode_ms"] = (time.perf_counter() - fetched) * 1e3
         yield image
 
 
 class FetchAndDecode(beam.PTransform):
-    """ImageTask -> DecodedImage (sRGB, EXIF applied); failures -> tag "failures"."""
+    """ImageTask -> DecodedImage (sRGB, EXIF applied); rows whose outputs are current ->
+    tag "skipped" (metrics rows); failures -> tag "failures"."""
 
-    def __init__(self, max_pixels: int) -> None:
+    def __init__(self, max_pixels: int, resume: Resume) -> None:
         super().__init__()
         self._max_pixels = max_pixels
+        self._resume = resume
 
     def expand(self, tasks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _DecodeFn(self._max_pixels)
-        return tasks | "Decode" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+        fn = _DecodeFn(self._max_pixels, self._resume)
+        return tasks | "Decode" >> beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")

@@ -89,17 +89,67 @@ class InferenceError(PermanentError):
     stage, code = "segment", "model_error"
 
 
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# Connection-level errors of requests, urllib3, botocore and http.client, matched by class name
+# so this module imports none of them; all are worth a retry.
+_TRANSIENT_NAMES = (
+    "ConnectionError",
+    "Timeout",
+    "ProtocolError",
+    "IncompleteRead",
+    "ChunkedEncodingError",
+    "ConnectionClosedError",
+)
+
+
+def _transient_type(err: BaseException) -> bool:
+    names = [cls.__name__ for cls in type(err).__mro__]
+    return isinstance(err, TimeoutError | ConnectionError) or any(
+        marker in name for name in names for marker in _TRANSIENT_NAMES
+    )
+
+
+def _status(err: BaseException) -> int | None:
+    """The HTTP status a storage client attached to err (google-api-core, botocore, Beam S3)."""
+    for attr in ("code", "status_code", "status"):
+        value = getattr(err, attr, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    response = getattr(err, "response", None)  # botocore.exceptions.ClientError
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    return None
+
+
+def _root(err: BaseException) -> BaseException:
+    """The underlying error of Beam's BeamIOError wrappers (one per path)."""
+    details = getattr(err, "exception_details", None)
+    if isinstance(details, dict) and details:
+        inner = next(iter(details.values()))
+        if isinstance(inner, BaseException):
+            return _root(inner)
+    return err
+
+
 def classify(err: BaseException, stage: str, uri: str) -> MatteflowError:
-    """Turn any exception raised while handling `uri` in `stage` into a MatteflowError."""
+    """Turn any exception raised while handling `uri` in `stage` into a MatteflowError.
+
+    404 / missing file -> NotFound, 401/403 / permission -> Forbidden, 408/429/5xx, timeouts
+    and dropped connections -> TransientError, anything else -> PermanentError "unexpected".
+    """
     if isinstance(err, MatteflowError):
         return err
+    err = _root(err)
+    status = _status(err)
     text = f"{uri}: {type(err).__name__}: {err}"
     result: MatteflowError
-    if isinstance(err, FileNotFoundError) or getattr(err, "errno", None) == errno.ENOENT:
+    missing = isinstance(err, FileNotFoundError) or getattr(err, "errno", 0) == errno.ENOENT
+    if missing or status == 404:
         result = NotFound(f"{uri}: no such object")
-    elif isinstance(err, PermissionError):
-        result = Forbidden(f"{uri}: permission denied")
-    elif isinstance(err, TimeoutError | ConnectionError):
+    elif isinstance(err, PermissionError) or status in (401, 403):
+        result = Forbidden(f"{uri}: access denied ({status or 'permission'})")
+    elif status in _TRANSIENT_STATUS or (status is None and _transient_type(err)):
         result = TransientError(text)
     else:
         result = PermanentError(text, code="unexpected")

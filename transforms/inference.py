@@ -116,6 +116,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             for image, a in zip(batch, alphas, strict=True)
         ]
         beam.metrics.Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
+        beam.metrics.Metrics.counter(_NAMESPACE, "images").inc(len(batch))
         return mattes
 
     def run_inference(

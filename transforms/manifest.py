@@ -1,33 +1,54 @@
-"""ReadManifest: a CSV, JSONL or Parquet manifest (or a bare glob) -> ImageTask per row.
+"""ReadManifest: a CSV, JSONL or Parquet manifest (or a bare glob) -> one ImageTask per row.
 
-Column `uri` is required; `id`, `ground_truth_uri` and `output_key` are optional; any other
-column is carried to the metrics row as metadata. Relative URIs resolve against the manifest's
-folder. Ids default to the path relative to the rows' common folder, without extension.
+The runner reads the manifest in parallel (text and Parquet splits, or object matches); the
+launcher only checks its header. Column `uri` is required; `id`, `ground_truth_uri` and
+`output_key` are optional; other columns are carried to the metrics row as metadata. Relative
+URIs resolve against the manifest's folder. Ids default to the path relative to the rows'
+common folder, without extension. A row that cannot become a task (no uri, unsafe output key,
+an id or output key shared with another row, unparsable) leaves as a `Failed` record.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import hashlib
 import json
 import posixpath
-from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pyarrow.parquet as pq
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from matteflow.transforms.types import ImageTask
+from matteflow.transforms.failures import BadRow, MatteflowError
+from matteflow.transforms.types import Failed, ImageTask
 
-__all__ = ["ManifestError", "ReadManifest", "is_glob", "read_manifest", "validate"]
+__all__ = [
+    "ManifestError",
+    "ManifestRows",
+    "ReadManifest",
+    "check_key",
+    "check_manifest",
+    "count_rows",
+    "is_glob",
+    "to_task",
+]
 
 _KNOWN = ("uri", "id", "ground_truth_uri", "output_key")
+_rows = beam.metrics.Metrics.counter("matteflow.manifest", "rows")
 
 
 class ManifestError(ValueError):
     """The manifest as a whole is unusable (raised in preflight, before the graph runs)."""
+
+
+class ManifestRows(NamedTuple):
+    """ReadManifest's outputs: tasks to process, and rows that failed as manifest rows."""
+
+    ok: beam.PCollection
+    failures: beam.PCollection
 
 
 def is_glob(uri: str) -> bool:
@@ -35,114 +56,253 @@ def is_glob(uri: str) -> bool:
     return any(ch in uri for ch in "*?[")
 
 
-def _records(uri: str) -> list[dict[str, Any]]:
-    lower = uri.lower()
-    try:
-        with FileSystems.open(uri) as f:
-            data = f.read()
-    except Exception as err:
-        raise ManifestError(f"{uri}: cannot read the manifest: {err}") from err
-    try:
-        if lower.endswith(".csv"):
-            text = data.decode("utf-8-sig")
-            return list(csv.DictReader(io.StringIO(text)))
-        if lower.endswith((".jsonl", ".ndjson")):
-            lines = data.decode("utf-8").splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
-        if lower.endswith(".parquet"):
-            return pq.read_table(io.BytesIO(data)).to_pylist()
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, OSError, ValueError) as err:
-        raise ManifestError(f"{uri}: malformed manifest: {err}") from None
+def _kind(uri: str) -> str:
+    if is_glob(uri):
+        return "glob"
+    for kind, suffixes in (("csv", (".csv",)), ("jsonl", (".jsonl", ".ndjson"))):
+        if uri.lower().endswith(suffixes):
+            return kind
+    if uri.lower().endswith(".parquet"):
+        return "parquet"
     raise ManifestError(f"{uri}: unknown manifest type; use .csv, .jsonl, .parquet or a glob")
 
 
-def _resolve(base: str, uri: str) -> str:
-    if not uri or "://" in uri or uri.startswith("/"):
-        return uri
-    return posixpath.normpath(posixpath.join(base, uri)) if base else uri
+def _first_line(uri: str) -> str:
+    with FileSystems.open(uri) as f:
+        for raw in f:
+            if raw.strip():
+                return str(raw.decode("utf-8-sig"))
+    return ""
 
 
-def _common_folder(uris: list[str]) -> str:
-    """The longest folder prefix ("" or ending in "/") shared by all uris, as plain strings."""
-    folders = [f"{d}/" if (d := posixpath.dirname(u)) else "" for u in uris if u]
-    prefix = posixpath.commonprefix(folders) if folders else ""
-    return prefix[: prefix.rfind("/") + 1]
+def _columns(uri: str, kind: str) -> list[str]:
+    if kind == "csv":
+        return next(csv.reader([_first_line(uri)]), [])
+    if kind == "jsonl":
+        line = _first_line(uri)
+        record = json.loads(line) if line else {}
+        return list(record) if isinstance(record, dict) else []
+    with FileSystems.open(uri) as f:
+        return list(pq.read_schema(f).names)
 
 
-def _default_id(uri: str, folder: str) -> str:
-    rel = uri[len(folder) :] if uri.startswith(folder) else uri
-    return posixpath.splitext(rel.lstrip("/"))[0]
+def check_manifest(uri: str) -> None:
+    """Preflight: the manifest exists, parses and has a `uri` column (or the glob matches).
+
+    Reads only the header (or the first record); raises ManifestError with the reason.
+    """
+    kind = _kind(uri)
+    try:
+        if kind == "glob":
+            if not FileSystems.match([uri])[0].metadata_list:
+                raise ManifestError(f"{uri}: the glob matches no objects")
+            return
+        columns = _columns(uri, kind)
+    except ManifestError:
+        raise
+    except Exception as err:
+        raise ManifestError(f"{uri}: cannot read the manifest: {err}") from None
+    if "uri" not in columns:
+        shown = ", ".join(map(str, columns)) or "none"
+        raise ManifestError(f"{uri}: no `uri` column (columns: {shown})")
+
+
+def count_rows(uri: str) -> int:
+    """Rows in the manifest, streamed (for progress bars; nothing is kept)."""
+    kind = _kind(uri)
+    if kind == "glob":
+        return len(FileSystems.match([uri])[0].metadata_list)
+    if kind == "parquet":
+        with FileSystems.open(uri) as f:
+            return int(pq.read_metadata(f).num_rows)
+    with FileSystems.open(uri) as f:
+        lines = sum(1 for raw in f if raw.strip())
+    return lines - 1 if kind == "csv" and lines else lines
+
+
+def check_key(key: str) -> None:
+    """Raise BadRow unless key is a safe relative path for outputs."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "://" in key or ".." in parts or "\\" in key:
+        raise BadRow(f"output key {key!r} is not a safe relative path", code="unsafe_key")
+    if any(ord(ch) < 32 for ch in key):
+        raise BadRow(f"output key {key!r} contains control characters", code="unsafe_key")
 
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def read_manifest(uri: str) -> list[ImageTask]:
-    """All rows of the manifest (or matches of the glob) as tasks, in manifest order.
-
-    Raises ManifestError for an unreadable manifest or a missing `uri` column.
-    """
-    if is_glob(uri):
-        matches = FileSystems.match([uri])[0].metadata_list
-        records: list[dict[str, Any]] = [{"uri": m.path} for m in sorted(matches, key=str)]
-        base = ""
-    else:
-        records = _records(uri)
-        if records and "uri" not in records[0]:
-            raise ManifestError(
-                f"{uri}: no `uri` column (columns: {', '.join(map(str, records[0]))})"
-            )
-        base = posixpath.dirname(uri)
-    uris = [_resolve(base, _text(r.get("uri"))) for r in records]
-    folder = _common_folder(uris)
-    tasks = []
-    for n, (record, source) in enumerate(zip(records, uris, strict=True)):
-        row_id = _text(record.get("id")) or (_default_id(source, folder) if source else f"row-{n}")
-        gt = _text(record.get("ground_truth_uri"))
-        extra = tuple(sorted((str(k), _text(v)) for k, v in record.items() if k not in _KNOWN))
-        tasks.append(
-            ImageTask(
-                id=row_id,
-                source_uri=source,
-                output_key=_text(record.get("output_key")) or row_id,
-                ground_truth_uri=_resolve(base, gt) or None,
-                metadata=extra,
-            )
-        )
-    return tasks
+def _resolve(base: str, uri: str) -> str:
+    if not uri or "://" in uri or uri.startswith("/") or not base:
+        return uri
+    return posixpath.normpath(posixpath.join(base, uri))
 
 
-def validate(uri: str, tasks: Iterable[ImageTask]) -> int:
-    """Check ids and output keys are unique and there is at least one row; returns row count."""
-    tasks = list(tasks)
-    if not tasks:
-        raise ManifestError(f"{uri}: no rows (an empty manifest or a glob that matches nothing)")
-    for field, values in (
-        ("id", [t.id for t in tasks]),
-        ("output_key", [t.output_key for t in tasks]),
-    ):
-        dupes = [v for v, c in Counter(values).items() if c > 1]
-        if dupes:
-            shown = ", ".join(repr(d) for d in dupes[:5])
-            raise ManifestError(
-                f"{uri}: {len(dupes)} duplicate {field} value(s), e.g. {shown};"
-                f" every row needs its own {field}"
+def _folder(uri: str) -> str:
+    parent = posixpath.dirname(uri)
+    return f"{parent}/" if parent else ""
+
+
+def to_task(record: dict[str, Any], base: str, folder: str) -> ImageTask:
+    """One manifest record as a task; raises BadRow (missing uri, unsafe output key)."""
+    source = _resolve(base, _text(record.get("uri")))
+    if not source:
+        raise BadRow("row has an empty uri", code="missing_uri")
+    rel = source[len(folder) :] if source.startswith(folder) else source
+    row_id = _text(record.get("id")) or posixpath.splitext(rel.lstrip("/"))[0]
+    key = _text(record.get("output_key")) or row_id
+    check_key(key)
+    return ImageTask(
+        id=row_id,
+        source_uri=source,
+        output_key=key,
+        ground_truth_uri=_resolve(base, _text(record.get("ground_truth_uri"))) or None,
+        metadata=tuple(sorted((str(k), _text(v)) for k, v in record.items() if k not in _KNOWN)),
+    )
+
+
+def _unparsable(raw: str, err: Exception) -> Failed:
+    """A failure row for a manifest line that is not a record (named by its hash)."""
+    name = f"line:{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
+    return Failed(ImageTask(name, "", name), "manifest", "bad_row", f"{raw[:200]!r}: {err}")
+
+
+class _ParseFn(beam.DoFn):
+    """A CSV/JSONL line, or a Parquet/glob record, -> dict; unparsable -> "failures"."""
+
+    def __init__(self, kind: str, header: list[str]) -> None:
+        self._kind, self._header = kind, header
+
+    def process(self, item: Any) -> Iterator[dict[str, Any] | beam.pvalue.TaggedOutput]:
+        if isinstance(item, str):
+            item = item.lstrip("\ufeff")
+            if not item.strip():  # blank lines are not rows (count_rows skips them too)
+                return
+        _rows.inc()
+        try:
+            if self._kind == "csv":
+                values = next(csv.reader([item]))
+                if len(values) != len(self._header):
+                    raise ValueError(f"{len(values)} fields, the header has {len(self._header)}")
+                yield dict(zip(self._header, values, strict=True))
+            elif self._kind == "jsonl":
+                record = json.loads(item)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                yield record
+            elif self._kind == "glob":
+                yield {"uri": item.path}
+            else:
+                yield item
+        except (ValueError, csv.Error) as err:
+            yield beam.pvalue.TaggedOutput("failures", _unparsable(str(item), err))
+
+
+class _CommonFolder(beam.CombineFn):  # type: ignore[misc]
+    """The longest folder prefix ("" or ending in "/") shared by all non-empty uris."""
+
+    def create_accumulator(self) -> str | None:
+        return None
+
+    def add_input(self, acc: str | None, uri: str) -> str | None:
+        if not uri:
+            return acc
+        folder = _folder(uri)
+        return folder if acc is None else posixpath.commonprefix([acc, folder])
+
+    def merge_accumulators(self, accs: Iterable[str | None]) -> str | None:
+        present = [a for a in accs if a is not None]
+        return posixpath.commonprefix(present) if present else None
+
+    def extract_output(self, acc: str | None) -> str:
+        return "" if acc is None else acc[: acc.rfind("/") + 1]
+
+
+class _TaskFn(beam.DoFn):
+    def __init__(self, base: str) -> None:
+        self._base = base
+
+    def process(
+        self, record: dict[str, Any], folder: str
+    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
+        try:
+            yield to_task(record, self._base, folder)
+        except MatteflowError as err:
+            row_id = _text(record.get("id")) or _text(record.get("uri"))
+            task = ImageTask(row_id, _text(record.get("uri")), _text(record.get("output_key")))
+            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
+
+
+class _UniqueFn(beam.DoFn):
+    """(value, [tasks]) -> the task when it is alone; every task of a shared value fails."""
+
+    def __init__(self, field: str) -> None:
+        self._field = field
+
+    def process(
+        self, group: tuple[str, Iterable[ImageTask]]
+    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
+        value, tasks = group
+        tasks = list(tasks)
+        if len(tasks) == 1:
+            yield tasks[0]
+            return
+        for task in tasks:
+            error = BadRow(
+                f"{self._field} {value!r} is shared by {len(tasks)} rows; each needs its own",
+                code=f"duplicate_{self._field}",
             )
-    return len(tasks)
+            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, error))
 
 
 class ReadManifest(beam.PTransform):
-    """PBegin -> ImageTask, one per manifest row, spread over workers."""
+    """PBegin -> ManifestRows(ok: ImageTask per usable row, failures: Failed per bad row)."""
 
     def __init__(self, uri: str) -> None:
         super().__init__()
         self._uri = uri
+        self._kind = _kind(uri)
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
-            pbegin
-            | "Uri" >> beam.Create([self._uri])
-            | "Rows" >> beam.FlatMap(read_manifest)
-            | "Spread" >> beam.Reshuffle()
+    def _source(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        if self._kind == "glob":
+            return pbegin | "Match" >> fileio.MatchFiles(self._uri)
+        if self._kind == "parquet":
+            return pbegin | "Parquet" >> beam.io.ReadFromParquet(self._uri)
+        skip = 1 if self._kind == "csv" else 0
+        return pbegin | "Lines" >> beam.io.ReadFromText(self._uri, skip_header_lines=skip)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ManifestRows:
+        header = _columns(self._uri, "csv") if self._kind == "csv" else []
+        parsed = self._source(pbegin) | "Parse" >> beam.ParDo(
+            _ParseFn(self._kind, header)
+        ).with_outputs("failures", main="ok")
+        base = "" if self._kind == "glob" else posixpath.dirname(self._uri)
+        folder = (
+            parsed.ok
+            | "Uris" >> beam.Map(lambda r: _resolve(base, _text(r.get("uri"))))
+            | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())
         )
+        tasks = parsed.ok | "Tasks" >> beam.ParDo(
+            _TaskFn(base), folder=beam.pvalue.AsSingleton(folder)
+        ).with_outputs("failures", main="ok")
+        by_id = (
+            tasks.ok
+            | "KeyById" >> beam.Map(lambda t: (t.id, t))
+            | "GroupById" >> beam.GroupByKey()
+            | "UniqueIds" >> beam.ParDo(_UniqueFn("id")).with_outputs("failures", main="ok")
+        )
+        by_key = (
+            by_id.ok
+            | "KeyByOutputKey" >> beam.Map(lambda t: (t.output_key, t))
+            | "GroupByOutputKey" >> beam.GroupByKey()
+            | "UniqueKeys"
+            >> beam.ParDo(_UniqueFn("output_key")).with_outputs("failures", main="ok")
+        )
+        failures = (
+            parsed.failures,
+            tasks.failures,
+            by_id.failures,
+            by_key.failures,
+        ) | "ManifestFailures" >> beam.Flatten()
+        return ManifestRows(by_key.ok, failures)

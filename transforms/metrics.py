@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
-from matteflow.transforms.decode import read_bytes
 from matteflow.transforms.failures import MatteflowError, ScoreError, classify
 from matteflow.transforms.quality import scores
+from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask, Matte
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "ok_row",
     "read_metrics",
     "set_progress_listener",
+    "skipped_row",
 ]
 
 _TIMINGS = ["fetch_ms", "decode_ms", "infer_ms", "score_ms", "encode_ms", "write_ms"]
@@ -43,7 +44,8 @@ SCHEMA = pa.schema(
         ("id", pa.string()),
         ("source_uri", pa.string()),
         ("output_key", pa.string()),
-        ("status", pa.string()),  # ok | failed (skipped arrives with resume)
+        ("status", pa.string()),  # ok | skipped | failed
+        ("source_sha256", pa.string()),
         ("error_stage", pa.string()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
@@ -99,6 +101,7 @@ def ok_row(
         source_format=image.source_format,
         exif_orientation=image.orientation,
         icc_description=image.icc_description,
+        source_sha256=image.source_sha256 or None,
         warnings=list(image.warnings),
         model=matte.model,
         model_sha256=matte.model_sha256,
@@ -112,6 +115,13 @@ def ok_row(
         **matte.scores,
         **outputs,
     )
+    return row
+
+
+def skipped_row(task: ImageTask, outputs: dict[str, str], source_sha256: str) -> dict[str, Any]:
+    """The metrics row of a row whose outputs were current: nothing was redone."""
+    row = _base(task, "skipped")
+    row.update(source_sha256=source_sha256, **outputs)
     return row
 
 

@@ -38,6 +38,7 @@ class DecodedImage:
     orientation: int = 1  # the EXIF orientation tag that was applied (1 = none)
     icc_description: str = ""  # the embedded profile converted from, "" when untagged
     warnings: tuple[str, ...] = ()  # classified, non-fatal notes (e.g. "decode/corrupt_icc")
+    source_sha256: str = ""  # of the source bytes: the resume fingerprint and the audit trail
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -1,4 +1,4 @@
-"""WriteOutputs: Matte -> files under the output prefix, then one `ok` metrics row per image.
+"""WriteOutputs: Matte -> files under the output prefix, its resume state, then an `ok` row.
 
 `{output}/cutouts/{key}.png` (RGBA, 8-bit) and `{output}/masks/{key}.png` (8-bit grey alpha).
 Every file is written under a hidden temporary name beside its final name and renamed into
@@ -8,22 +8,22 @@ place, so no reader ever sees a partial file at a final name.
 from __future__ import annotations
 
 import io
-import posixpath
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from matteflow.transforms.failures import BadRow, MatteflowError, classify
+from matteflow.transforms.failures import MatteflowError, classify
+from matteflow.transforms.manifest import check_key
 from matteflow.transforms.metrics import ok_row
+from matteflow.transforms.resume import Resume
+from matteflow.transforms.storage import write_atomic
 from matteflow.transforms.types import Failed, Matte
 
-__all__ = ["OutputSettings", "WriteOutputs", "alpha_to_uint8", "encode_png", "write_atomic"]
+__all__ = ["OutputSettings", "WriteOutputs", "alpha_to_uint8", "encode_png"]
 
 
 @dataclass(frozen=True)
@@ -47,32 +47,11 @@ def encode_png(pixels: np.ndarray, compress_level: int) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(uri: str, data: bytes) -> None:
-    """Write data to uri via a temporary sibling and a rename (any Beam filesystem)."""
-    folder, name = posixpath.split(uri)
-    tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with FileSystems.create(tmp) as f:
-            f.write(data)
-        FileSystems.rename([tmp], [uri])
-    except BaseException:
-        if FileSystems.exists(tmp):
-            FileSystems.delete([tmp])
-        raise
-
-
-def _check_key(key: str) -> None:
-    parts = key.split("/")
-    if not key or key.startswith("/") or "://" in key or ".." in parts or "\\" in key:
-        raise BadRow(f"output key {key!r} is not a safe relative path", code="unsafe_key")
-    if any(ord(ch) < 32 for ch in key):
-        raise BadRow(f"output key {key!r} contains control characters", code="unsafe_key")
-
-
 class _WriteFn(beam.DoFn):
-    def __init__(self, output: str, settings: OutputSettings) -> None:
+    def __init__(self, output: str, settings: OutputSettings, resume: Resume) -> None:
         self._output = output.rstrip("/")
         self._settings = settings
+        self._resume = resume
 
     def _files(self, matte: Matte) -> dict[str, tuple[str, bytes]]:
         """{metrics column: (uri, encoded bytes)} for each enabled output."""
@@ -90,12 +69,14 @@ class _WriteFn(beam.DoFn):
     def process(self, matte: Matte) -> Iterator[dict[str, object] | beam.pvalue.TaggedOutput]:
         task = matte.image.task
         try:
-            _check_key(task.output_key)
+            check_key(task.output_key)  # keys are checked when read; never write outside
             start = time.perf_counter()
             files = self._files(matte)
             encoded = time.perf_counter()
             for uri, data in files.values():
                 write_atomic(uri, data)
+            uris = {column: uri for column, (uri, _) in files.items()}
+            self._resume.record(task.output_key, matte.image.source_sha256, uris)
             written = time.perf_counter()
         except MatteflowError as err:
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
@@ -109,18 +90,18 @@ class _WriteFn(beam.DoFn):
             "encode_ms": (encoded - start) * 1e3,
             "write_ms": (written - encoded) * 1e3,
         }
-        uris = {column: uri for column, (uri, _) in files.items()}
         yield ok_row(matte, uris, sum(len(data) for _, data in files.values()), timings)
 
 
 class WriteOutputs(beam.PTransform):
     """Matte -> cutout and mask files, then an `ok` metrics row; failures -> tag "failures"."""
 
-    def __init__(self, output: str, settings: OutputSettings) -> None:
+    def __init__(self, output: str, settings: OutputSettings, resume: Resume) -> None:
         super().__init__()
         self._output = output
         self._settings = settings
+        self._resume = resume
 
     def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _WriteFn(self._output, self._settings)
+        fn = _WriteFn(self._output, self._settings, self._resume)
         return mattes | "Write" >> beam.ParDo(fn).with_outputs("failures", main="ok")

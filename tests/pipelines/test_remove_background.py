@@ -43,6 +43,20 @@ def sample(tmp_path: Path) -> str:
     return _write_manifest(tmp_path / "manifest.csv", rows)
 
 
+@pytest.fixture
+def bad_rows(tmp_path: Path) -> str:
+    """Rows that fail as manifest rows: a shared id, an unsafe key, no uri; plus one good row."""
+    (tmp_path / "a.png").write_bytes(encode(pattern(), "PNG"))
+    rows = [
+        {"uri": "a.png", "id": "same", "output_key": ""},
+        {"uri": "a.png", "id": "same", "output_key": "other"},
+        {"uri": "a.png", "id": "escape", "output_key": "../../etc/x"},
+        {"uri": "", "id": "empty", "output_key": ""},
+        {"uri": "a.png", "id": "good", "output_key": ""},
+    ]
+    return _write_manifest(tmp_path / "bad.csv", rows)
+
+
 def test_pipeline_accounts_for_every_row(sample: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cfg = load_config(manifest=sample, output=str(out), model="tiny-isnet")
@@ -103,19 +117,74 @@ def test_run_writes_run_json_last_and_reconciles(sample: str, tmp_path: Path) ->
     assert leftovers == []
 
 
-@pytest.mark.parametrize(
-    ("rows", "message"),
-    [
-        ([{"uri": "a.png", "id": "x"}, {"uri": "b.png", "id": "x"}], "duplicate id"),
-        ([{"path": "a.png"}], "no `uri` column"),
-    ],
-)
-def test_preflight_stops_bad_manifests(
-    tmp_path: Path, rows: list[dict[str, str]], message: str
-) -> None:
-    manifest = _write_manifest(tmp_path / "m.csv", rows)
+def test_bad_manifest_rows_fail_one_row_each(bad_rows: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["--manifest", bad_rows, "--output", str(out), "--model", "tiny-isnet"]) == 0
+    rows = read_metrics(str(out)).to_pylist()
+    codes = sorted((r["id"], r["status"], r["error_stage"], r["error_code"]) for r in rows)
+    assert codes == [
+        ("empty", "failed", "manifest", "missing_uri"),
+        ("escape", "failed", "manifest", "unsafe_key"),
+        ("good", "ok", None, None),
+        ("same", "failed", "manifest", "duplicate_id"),
+        ("same", "failed", "manifest", "duplicate_id"),
+    ]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["good.png"]
+    assert json.loads((out / "run.json").read_text())["reconciled"] is True
+
+
+def test_max_failure_rate_sets_the_exit_code(bad_rows: str, tmp_path: Path) -> None:
+    argv = ["--manifest", bad_rows, "--output", str(tmp_path / "o"), "--model", "tiny-isnet"]
+    assert main([*argv, "--max_failure_rate", "0.5"]) == 3  # 4 of 5 rows failed
+    assert main([*argv, "--max_failure_rate", "0.8"]) == 0
+
+
+def test_rerun_skips_current_rows_and_redoes_changed_ones(sample: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--manifest", sample, "--output", str(out), "--model", "tiny-isnet"]
+    assert main(argv) == 0
+    first = {p.name: p.read_bytes() for p in (out / "masks").rglob("*.png")}
+
+    assert main(argv) == 0
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["counts"] == {"ok": 0, "skipped": 3, "failed": 2}
+    assert summary["inferred_images"] in (0, None)  # None: the counter never incremented
+    assert {p.name: p.read_bytes() for p in (out / "masks").rglob("*.png")} == first
+
+    changed = tmp_path / "images" / "b.png"
+    changed.write_bytes(
+        encode(oriented(pattern(40, 23, mode="RGB").rotate(180), 6), "PNG", exif_orientation=6)
+    )
+    assert main(argv) == 0
+    rows = {r["id"]: r["status"] for r in read_metrics(str(out)).to_pylist()}
+    assert rows == {
+        "a": "skipped",
+        "b": "ok",
+        "nested/c": "skipped",
+        "notes": "failed",
+        "gone": "failed",
+    }
+    assert json.loads((out / "run.json").read_text())["inferred_images"] == 1
+
+    assert main([*argv, "--force"]) == 0
+    assert json.loads((out / "run.json").read_text())["counts"]["ok"] == 3
+
+
+def test_a_missing_output_is_redone(sample: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--manifest", sample, "--output", str(out), "--model", "tiny-isnet"]
+    assert main(argv) == 0
+    (out / "cutouts" / "a.png").unlink()
+    assert main(argv) == 0
+    rows = {r["id"]: r["status"] for r in read_metrics(str(out)).to_pylist()}
+    assert (rows["a"], rows["b"]) == ("ok", "skipped")
+    assert (out / "cutouts" / "a.png").is_file()
+
+
+def test_preflight_stops_a_manifest_without_uri_column(tmp_path: Path) -> None:
+    manifest = _write_manifest(tmp_path / "m.csv", [{"path": "a.png"}])
     cfg = load_config(manifest=manifest, output=str(tmp_path / "out"), model="tiny-isnet")
-    with pytest.raises(PreflightError, match=message):
+    with pytest.raises(PreflightError, match=r"no `uri` column \(columns: path\)"):
         preflight(cfg)
 
 

@@ -13,8 +13,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from matteflow.transforms import decode as decode_module
-from matteflow.transforms.decode import FetchAndDecode, _DecodeFn, decode, read_bytes
-from matteflow.transforms.failures import BadRow, DecodeError, NotFound
+from matteflow.transforms.decode import FetchAndDecode, _DecodeFn, decode
+from matteflow.transforms.failures import DecodeError
+from matteflow.transforms.resume import Resume
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask
 from tests.images import (
     adobe_rgb_profile,
@@ -29,6 +30,8 @@ from tests.images import (
 )
 
 MAX_PIXELS = 10_000
+# An output prefix with no state records: every row is processed.
+NO_RESUME = Resume("/nonexistent/matteflow-test-output", "settings")
 UPRIGHT = np.asarray(pattern())  # 11 x 17 x 3
 
 
@@ -175,24 +178,6 @@ def test_image_over_the_pixel_limit_is_refused() -> None:
     assert "17x11" in str(info.value)
 
 
-def test_read_bytes_reads_a_local_file(tmp_path: Path) -> None:
-    (tmp_path / "a.bin").write_bytes(b"\x01\x02\x03")
-    assert read_bytes(str(tmp_path / "a.bin")) == b"\x01\x02\x03"
-
-
-def test_read_bytes_of_missing_file_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(NotFound) as info:
-        read_bytes(str(tmp_path / "gone.png"))
-    assert (info.value.stage, info.value.code) == ("fetch", "not_found")
-    assert str(tmp_path / "gone.png") in str(info.value)
-
-
-def test_read_bytes_of_empty_uri_is_a_bad_row() -> None:
-    with pytest.raises(BadRow) as info:
-        read_bytes("")
-    assert (info.value.stage, info.value.code) == ("manifest", "missing_uri")
-
-
 # --- the DoFn ------------------------------------------------------------------------------
 
 
@@ -212,7 +197,7 @@ def _run(fn: _DecodeFn, task: ImageTask) -> list[object]:
 def test_dofn_emits_decoded_image_with_timings(
     files: dict[str, str], restore_pillow_limit: None
 ) -> None:
-    fn = _DecodeFn(MAX_PIXELS)
+    fn = _DecodeFn(MAX_PIXELS, NO_RESUME)
     fn.setup()
     [image] = _run(fn, ImageTask("good", files["good.png"], "good"))
     assert isinstance(image, DecodedImage)
@@ -232,7 +217,7 @@ def test_dofn_emits_decoded_image_with_timings(
 def test_dofn_emits_failures_under_the_failures_tag(
     files: dict[str, str], restore_pillow_limit: None, name: str, stage: str, code: str
 ) -> None:
-    fn = _DecodeFn(MAX_PIXELS)
+    fn = _DecodeFn(MAX_PIXELS, NO_RESUME)
     fn.setup()
     task = ImageTask("t", files.get(name, ""), "t")
     [out] = _run(fn, task)
@@ -245,7 +230,7 @@ def test_dofn_emits_failures_under_the_failures_tag(
 def test_dofn_applies_its_own_pixel_limit(
     files: dict[str, str], restore_pillow_limit: None
 ) -> None:
-    fn = _DecodeFn(max_pixels=100)
+    fn = _DecodeFn(100, NO_RESUME)
     fn.setup()
     [out] = _run(fn, ImageTask("good", files["good.png"], "good"))
     assert isinstance(out, beam.pvalue.TaggedOutput)
@@ -259,7 +244,7 @@ def test_dofn_classifies_unforeseen_errors(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(decode_module, "decode", explode)
-    fn = _DecodeFn(MAX_PIXELS)
+    fn = _DecodeFn(MAX_PIXELS, NO_RESUME)
     fn.setup()
     [out] = _run(fn, ImageTask("good", files["good.png"], "good"))
     assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "failures"
@@ -275,7 +260,11 @@ def test_fetch_and_decode_splits_images_and_failures(
 ) -> None:
     tasks = [ImageTask(n, files[n], n) for n in ("good.png", "page.jpg", "gone.png")]
     with BeamPipeline(runner="FnApiRunner") as p:
-        outputs = p | "Tasks" >> beam.Create(tasks) | "FetchAndDecode" >> FetchAndDecode(MAX_PIXELS)
+        outputs = (
+            p
+            | "Tasks" >> beam.Create(tasks)
+            | "FetchAndDecode" >> FetchAndDecode(MAX_PIXELS, NO_RESUME)
+        )
         shapes = outputs.ok | "Shape" >> beam.Map(
             lambda im: (im.task.id, im.rgb.shape, im.orientation)
         )

@@ -1,12 +1,15 @@
-"""ReadManifest: CSV, JSONL, Parquet and globs -> ImageTask, ids, metadata and validation."""
+"""ReadManifest: CSV, JSONL, Parquet and globs -> ImageTask, ids, metadata, bad rows."""
 
 from __future__ import annotations
 
 import csv
 import json
+import threading
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,18 +17,47 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline  # no
 from apache_beam.testing.util import assert_that, equal_to
 
 from matteflow.transforms import manifest
+from matteflow.transforms.failures import BadRow
 from matteflow.transforms.manifest import (
     ManifestError,
     ReadManifest,
+    check_key,
+    check_manifest,
+    count_rows,
     is_glob,
-    read_manifest,
-    validate,
 )
-from matteflow.transforms.types import ImageTask
+from matteflow.transforms.types import Failed, ImageTask
 
 # Beam's `**` matches across folders but the `/` after it is literal, so `imgs/**/*.png`
 # only matches files at least one folder below imgs/; every image here sits in a subfolder.
 IMAGES = ("a/b/x.png", "c/y.png")
+
+# Outputs of _read, per call: the in-process runner shares this module with the test.
+_SEEN: dict[str, list[Any]] = defaultdict(list)
+_LOCK = threading.Lock()
+
+
+def _keep(item: Any, name: str) -> None:
+    with _LOCK:
+        _SEEN[name].append(item)
+
+
+def _read(uri: str) -> tuple[list[ImageTask], list[Failed]]:
+    """Run ReadManifest on uri; (tasks sorted by id, failures sorted by id and code)."""
+    tag = f"{uri}#{len(_SEEN)}"
+    with BeamPipeline(runner="FnApiRunner") as p:
+        rows = p | "ReadManifest" >> ReadManifest(uri)
+        _ = rows.ok | "KeepTasks" >> beam.Map(_keep, f"{tag}:ok")
+        _ = rows.failures | "KeepFailures" >> beam.Map(_keep, f"{tag}:failed")
+    tasks = sorted(_SEEN.pop(f"{tag}:ok", []), key=lambda t: t.id)
+    failed = sorted(_SEEN.pop(f"{tag}:failed", []), key=lambda f: (f.task.id, f.code))
+    return tasks, failed
+
+
+def _tasks(uri: str) -> list[ImageTask]:
+    tasks, failed = _read(uri)
+    assert failed == []
+    return tasks
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> str:
@@ -83,22 +115,22 @@ def test_is_glob(uri: str, expected: bool) -> None:
 def test_manifest_types_give_the_same_tasks(root: Path, suffix: str) -> None:
     # Relative uris resolve against the manifest's folder (root), not the working directory.
     rows = [{"uri": f"imgs/{name}"} for name in IMAGES]
-    assert read_manifest(_write(root / f"manifest{suffix}", rows)) == _expected(root)
+    assert _tasks(_write(root / f"manifest{suffix}", rows)) == _expected(root)
 
 
 def test_glob_gives_the_same_tasks(root: Path) -> None:
-    assert read_manifest(f"{root}/imgs/**/*.png") == _expected(root)
+    assert _tasks(f"{root}/imgs/**/*.png") == _expected(root)
 
 
 def test_ids_keep_subfolders_below_the_common_folder(tmp_path: Path) -> None:
     rows = [{"uri": "imgs/a/b/x.png"}, {"uri": "imgs/z.jpeg"}]
-    tasks = read_manifest(_write(tmp_path / "m.csv", rows))
+    tasks = _tasks(_write(tmp_path / "m.csv", rows))
     assert [t.id for t in tasks] == ["a/b/x", "z"]
 
 
 def test_ids_of_object_store_uris_are_relative_to_their_common_folder(tmp_path: Path) -> None:
     rows = [{"uri": "gs://bucket/imgs/a/b/x.jpg"}, {"uri": "gs://bucket/imgs/c.jpg"}]
-    tasks = read_manifest(_write(tmp_path / "m.jsonl", rows))
+    tasks = _tasks(_write(tmp_path / "m.jsonl", rows))
     assert [(t.id, t.source_uri) for t in tasks] == [
         ("a/b/x", "gs://bucket/imgs/a/b/x.jpg"),
         ("c", "gs://bucket/imgs/c.jpg"),
@@ -124,8 +156,11 @@ def test_columns_map_to_task_fields_and_extras_to_metadata(tmp_path: Path) -> No
             "sku": None,
         },
     ]
-    tasks = read_manifest(_write(tmp_path / "m.jsonl", rows))
-    assert tasks == [
+    tasks = _tasks(_write(tmp_path / "m.jsonl", rows))
+    assert sorted(tasks, key=lambda t: t.source_uri) == [
+        # Empty id/output_key fall back to defaults (relative to the common folder, here "/");
+        # absolute uris are kept as they are.
+        ImageTask("abs/2", "/abs/2.png", "abs/2", None, (("shop", "y"), ("sku", ""))),
         ImageTask(
             "first",
             f"{tmp_path}/i/1.png",
@@ -133,9 +168,6 @@ def test_columns_map_to_task_fields_and_extras_to_metadata(tmp_path: Path) -> No
             f"{tmp_path}/gt/1.png",
             (("shop", "x"), ("sku", "17")),
         ),
-        # Empty id/output_key fall back to defaults (relative to the common folder, here "/");
-        # absolute uris are kept as they are.
-        ImageTask("abs/2", "/abs/2.png", "abs/2", None, (("shop", "y"), ("sku", ""))),
     ]
 
 
@@ -144,72 +176,123 @@ def test_relative_and_absolute_uris_mix_in_a_manifest_named_without_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     _write(tmp_path / "m.csv", [{"uri": "a.png"}, {"uri": "/abs/b.png"}])
-    tasks = read_manifest("m.csv")
-    assert [t.source_uri for t in tasks] == ["a.png", "/abs/b.png"]
+    tasks = _tasks("m.csv")
+    assert sorted(t.source_uri for t in tasks) == ["/abs/b.png", "a.png"]
     assert len({t.id for t in tasks}) == 2
 
 
 def test_csv_with_byte_order_mark_still_finds_uri(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_text("uri,id\nimgs/1.png,one\n", encoding="utf-8-sig")
-    assert [t.id for t in read_manifest(str(path))] == ["one"]
+    assert [t.id for t in _tasks(str(path))] == ["one"]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_missing_uri_column_names_the_columns(tmp_path: Path, suffix: str) -> None:
     path = _write(tmp_path / f"m{suffix}", [{"path": "a.png", "shop": "x"}])
     with pytest.raises(ManifestError, match=r"no `uri` column \(columns: path, shop\)"):
-        read_manifest(path)
+        check_manifest(path)
 
 
 @pytest.mark.parametrize(
-    ("name", "content"),
+    ("name", "content", "message"),
     [
-        ("m.txt", b"uri\na.png\n"),
-        ("m.jsonl", b'{"uri": "a.png"}\n{not json\n'),
-        ("m.parquet", b"not parquet"),
+        ("m.txt", b"uri\na.png\n", "unknown manifest type"),
+        ("m.jsonl", b"{not json\n", "cannot read the manifest"),
+        ("m.parquet", b"not parquet", "cannot read the manifest"),
     ],
 )
-def test_unreadable_manifests_raise_manifest_error(
-    tmp_path: Path, name: str, content: bytes
+def test_unreadable_manifests_fail_the_check(
+    tmp_path: Path, name: str, content: bytes, message: str
 ) -> None:
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(ManifestError, match=name):
-        read_manifest(str(tmp_path / name))
+    with pytest.raises(ManifestError, match=message) as info:
+        check_manifest(str(tmp_path / name))
+    assert name in str(info.value)
 
 
-def test_missing_manifest_raises_manifest_error(tmp_path: Path) -> None:
+def test_missing_manifest_and_empty_glob_fail_the_check(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="cannot read the manifest"):
-        read_manifest(str(tmp_path / "absent.csv"))
+        check_manifest(str(tmp_path / "absent.csv"))
+    with pytest.raises(ManifestError, match="matches no objects"):
+        check_manifest(f"{tmp_path}/nothing/**/*.png")
 
 
-def test_validate_counts_rows(root: Path) -> None:
-    assert validate("m", _expected(root)) == 2
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_count_rows(root: Path, suffix: str) -> None:
+    rows = [{"uri": f"imgs/{name}"} for name in IMAGES]
+    assert count_rows(_write(root / f"manifest{suffix}", rows)) == 2
+    assert count_rows(f"{root}/imgs/**/*.png") == 2
+
+
+def test_blank_lines_are_not_rows(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text('\n{"uri": "a.png"}\n\n{"uri": "b.png"}\n\n')
+    assert count_rows(str(path)) == 2
+    assert [t.id for t in _tasks(str(path))] == ["a", "b"]
+
+
+def test_unparsable_lines_fail_as_bad_rows(tmp_path: Path) -> None:
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("uri,shop\na.png,x\nb.png,y,extra\n")
+    tasks, failed = _read(str(csv_path))
+    assert [t.id for t in tasks] == ["a"]
+    assert [(f.stage, f.code) for f in failed] == [("manifest", "bad_row")]
+    assert "3 fields, the header has 2" in failed[0].message
+    jsonl_path = tmp_path / "m.jsonl"
+    jsonl_path.write_text('{"uri": "a.png"}\n[1, 2]\n{broken\n')
+    tasks, failed = _read(str(jsonl_path))
+    assert [t.id for t in tasks] == ["a"]
+    assert [(f.stage, f.code) for f in failed] == [("manifest", "bad_row")] * 2
+    assert all(f.task.id.startswith("line:") for f in failed)
 
 
 @pytest.mark.parametrize(
-    ("rows", "field"),
+    ("rows", "code"),
     [
-        ([{"uri": "a/x.png"}, {"uri": "b/x.png", "id": "a/x"}], "id"),
-        ([{"uri": "a.png", "output_key": "k"}, {"uri": "b.png", "output_key": "k"}], "output_key"),
+        ([{"uri": "a/x.png"}, {"uri": "b/x.png", "id": "a/x"}], "duplicate_id"),
+        (
+            [{"uri": "a.png", "output_key": "k"}, {"uri": "b.png", "output_key": "k"}],
+            "duplicate_output_key",
+        ),
     ],
 )
-def test_validate_rejects_duplicates(
-    tmp_path: Path, rows: list[dict[str, str]], field: str
+def test_every_row_sharing_an_id_or_key_fails(
+    tmp_path: Path, rows: list[dict[str, str]], code: str
 ) -> None:
-    tasks = read_manifest(_write(tmp_path / "m.jsonl", rows))
-    with pytest.raises(ManifestError, match=rf"1 duplicate {field} value\(s\)"):
-        validate("m.jsonl", tasks)
+    rows = [*rows, {"uri": "c.png"}]
+    tasks, failed = _read(_write(tmp_path / "m.jsonl", rows))
+    assert [t.id for t in tasks] == ["c"]
+    assert [(f.stage, f.code) for f in failed] == [("manifest", code)] * 2
+    assert "is shared by 2 rows" in failed[0].message
 
 
-def test_empty_glob_raises_in_validate(tmp_path: Path) -> None:
-    pattern = f"{tmp_path}/nothing/**/*.png"
-    with pytest.raises(ManifestError, match="no rows"):
-        validate(pattern, read_manifest(pattern))
+def test_rows_without_uri_or_with_unsafe_keys_fail(tmp_path: Path) -> None:
+    rows = [
+        {"uri": "", "id": "none", "output_key": ""},
+        {"uri": "a.png", "id": "up", "output_key": "../a"},
+        {"uri": "b.png", "id": "fine", "output_key": ""},
+    ]
+    tasks, failed = _read(_write(tmp_path / "m.csv", rows))
+    assert [t.id for t in tasks] == ["fine"]
+    assert [(f.task.id, f.code) for f in failed] == [("none", "missing_uri"), ("up", "unsafe_key")]
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/abs", "gs://b/x", "a\x00b", "a\\b", ""])
+def test_check_key_refuses_unsafe_keys(key: str) -> None:
+    with pytest.raises(BadRow) as info:
+        check_key(key)
+    assert (info.value.stage, info.value.code) == ("manifest", "unsafe_key")
+
+
+@pytest.mark.parametrize("key", ["a", "shop/x-1", "deep/er/key.v2"])
+def test_check_key_accepts_relative_keys(key: str) -> None:
+    check_key(key)
 
 
 def test_read_manifest_transform_yields_the_tasks(root: Path) -> None:
     uri = _write(root / "manifest.csv", [{"uri": f"imgs/{name}"} for name in IMAGES])
     with BeamPipeline(runner="FnApiRunner") as p:
-        tasks = p | "ReadManifest" >> ReadManifest(uri)
-        assert_that(tasks, equal_to(_expected(root)), label="CheckTasks")
+        rows = p | "ReadManifest" >> ReadManifest(uri)
+        assert_that(rows.ok, equal_to(_expected(root)), label="CheckTasks")
+        assert_that(rows.failures, equal_to([]), label="CheckNoFailures")

@@ -8,13 +8,13 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline  # not collected
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from matteflow.transforms import write
 from matteflow.transforms.metrics import SCHEMA
+from matteflow.transforms.resume import Resume
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
 from matteflow.transforms.write import (
     OutputSettings,
@@ -22,7 +22,6 @@ from matteflow.transforms.write import (
     _WriteFn,
     alpha_to_uint8,
     encode_png,
-    write_atomic,
 )
 from tests.images import pattern
 
@@ -95,36 +94,23 @@ def test_encode_png_round_trips(pixels: np.ndarray) -> None:
     assert np.array_equal(np.asarray(img), pixels)
 
 
-def test_write_atomic_leaves_only_the_final_file(tmp_path: Path) -> None:
-    target = tmp_path / "new" / "deeper" / "x.png"  # folders that do not exist yet
-    write_atomic(str(target), b"first")
-    write_atomic(str(target), b"second")  # replaces
-    assert target.read_bytes() == b"second"
-    assert _files(tmp_path) == ["new/deeper/x.png"]
-
-
-def test_write_atomic_removes_its_temporary_on_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def refuse(sources: list[str], destinations: list[str]) -> None:
-        raise OSError("rename refused")
-
-    monkeypatch.setattr(FileSystems, "rename", refuse)
-    with pytest.raises(OSError, match="rename refused"):
-        write_atomic(str(tmp_path / "x.png"), b"data")
-    assert _files(tmp_path) == []
-
-
 # --- the DoFn ---------------------------------------------------------------------------
 
 
 def test_dofn_writes_cutout_and_mask_and_yields_the_ok_row(tmp_path: Path) -> None:
     out = tmp_path / "out"
     matte = _matte("shop/x")
-    [row] = list(_WriteFn(str(out) + "/", OutputSettings()).process(matte))
+    [row] = list(
+        _WriteFn(str(out) + "/", OutputSettings(), Resume(str(out), "settings")).process(matte)
+    )
     assert isinstance(row, dict)
 
-    assert _files(tmp_path) == ["out/cutouts/shop/x.png", "out/masks/shop/x.png"]
+    # The state record comes last, once the outputs it lists are complete.
+    assert _files(tmp_path) == [
+        "out/cutouts/shop/x.png",
+        "out/masks/shop/x.png",
+        "out/state/shop/x.json",
+    ]
     cutout, mask = _png(out / "cutouts/shop/x.png"), _png(out / "masks/shop/x.png")
     alpha8 = np.rint(matte.alpha.astype(np.float64) * 255).astype(np.uint8)
     assert (cutout.mode, cutout.size, mask.mode, mask.size) == ("RGBA", (17, 11), "L", (17, 11))
@@ -149,15 +135,19 @@ def test_dofn_writes_cutout_and_mask_and_yields_the_ok_row(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("settings", "written"),
     [
-        (OutputSettings(cutout=False), ["out/masks/k.png"]),
-        (OutputSettings(mask=False), ["out/cutouts/k.png"]),
+        (OutputSettings(cutout=False), ["out/masks/k.png", "out/state/k.json"]),
+        (OutputSettings(mask=False), ["out/cutouts/k.png", "out/state/k.json"]),
     ],
     ids=["mask-only", "cutout-only"],
 )
 def test_dofn_writes_only_enabled_outputs(
     tmp_path: Path, settings: OutputSettings, written: list[str]
 ) -> None:
-    [row] = list(_WriteFn(str(tmp_path / "out"), settings).process(_matte("k")))
+    [row] = list(
+        _WriteFn(
+            str(tmp_path / "out"), settings, Resume(str(tmp_path / "out"), "settings")
+        ).process(_matte("k"))
+    )
     assert _files(tmp_path) == written
     assert isinstance(row, dict)
     assert row["output_bytes"] == (tmp_path / written[0]).stat().st_size
@@ -170,7 +160,11 @@ def test_dofn_writes_only_enabled_outputs(
 @pytest.mark.parametrize("key", UNSAFE_KEYS)
 def test_dofn_refuses_unsafe_keys_and_writes_nothing(tmp_path: Path, key: str) -> None:
     matte = _matte(key)
-    [out] = list(_WriteFn(str(tmp_path / "out"), OutputSettings()).process(matte))
+    [out] = list(
+        _WriteFn(
+            str(tmp_path / "out"), OutputSettings(), Resume(str(tmp_path / "out"), "settings")
+        ).process(matte)
+    )
     assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "failures"
     assert isinstance(out.value, Failed)
     assert (out.value.task, out.value.stage, out.value.code) == (
@@ -183,7 +177,11 @@ def test_dofn_refuses_unsafe_keys_and_writes_nothing(tmp_path: Path, key: str) -
 
 def test_dofn_classifies_write_errors(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("a file where the output folder should be")
-    [out] = list(_WriteFn(str(tmp_path / "out"), OutputSettings()).process(_matte("k")))
+    [out] = list(
+        _WriteFn(
+            str(tmp_path / "out"), OutputSettings(), Resume(str(tmp_path / "out"), "settings")
+        ).process(_matte("k"))
+    )
     assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "failures"
     assert (out.value.stage, out.value.code) == ("write", "unexpected")
     assert "NotADirectoryError" in out.value.message
@@ -199,7 +197,7 @@ def test_write_outputs_in_a_pipeline(tmp_path: Path) -> None:
         outputs = (
             p
             | "Mattes" >> beam.Create(mattes)
-            | "WriteOutputs" >> WriteOutputs(out, OutputSettings())
+            | "WriteOutputs" >> WriteOutputs(out, OutputSettings(), Resume(out, "settings"))
         )
         rows = outputs.ok | "Uris" >> beam.Map(
             lambda r: (r["output_key"], r["status"], r["mask_uri"])
@@ -216,5 +214,7 @@ def test_write_outputs_in_a_pipeline(tmp_path: Path) -> None:
         "out/cutouts/b/c.png",
         "out/masks/a.png",
         "out/masks/b/c.png",
+        "out/state/a.json",
+        "out/state/b/c.json",
     ]
     assert _png(tmp_path / "out/masks/b/c.png").size == (9, 7)

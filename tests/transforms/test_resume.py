@@ -1,0 +1,73 @@
+"""Resume: state records, fingerprints, and when a row counts as done."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from matteflow.models.registry import get_spec
+from matteflow.transforms.resume import Resume, settings_digest
+from matteflow.transforms.write import OutputSettings
+
+
+@pytest.fixture
+def done(tmp_path: Path) -> tuple[Resume, dict[str, str]]:
+    """A prefix where key 'shop/a' was written from source 'sha-a'."""
+    out = tmp_path / "out"
+    outputs = {"mask_uri": str(out / "masks/shop/a.png")}
+    (out / "masks/shop").mkdir(parents=True)
+    (out / "masks/shop/a.png").write_bytes(b"png")
+    resume = Resume(str(out), "settings-1")
+    resume.record("shop/a", "sha-a", outputs)
+    return resume, outputs
+
+
+def test_nothing_recorded_means_not_done(tmp_path: Path) -> None:
+    assert Resume(str(tmp_path), "s").current("a", "sha") is None
+
+
+def test_a_recorded_key_is_done_with_its_outputs(done: tuple[Resume, dict[str, str]]) -> None:
+    resume, outputs = done
+    assert resume.current("shop/a", "sha-a") == outputs
+
+
+def test_a_changed_source_is_not_done(done: tuple[Resume, dict[str, str]]) -> None:
+    resume, _ = done
+    assert resume.current("shop/a", "sha-b") is None
+
+
+def test_changed_settings_are_not_done(done: tuple[Resume, dict[str, str]]) -> None:
+    resume, _ = done
+    assert dataclasses.replace(resume, settings="settings-2").current("shop/a", "sha-a") is None
+
+
+def test_force_redoes_everything(done: tuple[Resume, dict[str, str]]) -> None:
+    resume, _ = done
+    assert dataclasses.replace(resume, force=True).current("shop/a", "sha-a") is None
+
+
+def test_a_missing_output_is_not_done(done: tuple[Resume, dict[str, str]]) -> None:
+    resume, outputs = done
+    Path(outputs["mask_uri"]).unlink()
+    assert resume.current("shop/a", "sha-a") is None
+
+
+def test_an_unreadable_record_is_not_done(done: tuple[Resume, dict[str, str]]) -> None:
+    resume, _ = done
+    Path(resume.state_uri("shop/a")).write_text("{not json")
+    assert resume.current("shop/a", "sha-a") is None
+
+
+def test_settings_digest_follows_model_dtype_and_outputs() -> None:
+    spec = get_spec("tiny-isnet")
+    base = settings_digest(spec, "float32", OutputSettings())
+    assert base == settings_digest(spec, "float32", OutputSettings())
+    others = {
+        settings_digest(get_spec("isnet-general-use"), "float32", OutputSettings()),
+        settings_digest(spec, "bfloat16", OutputSettings()),
+        settings_digest(spec, "float32", OutputSettings(png_compress_level=6)),
+        settings_digest(dataclasses.replace(spec, seed=1), "float32", OutputSettings()),
+    }
+    assert base not in others and len(others) == 4

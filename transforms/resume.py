@@ -1,0 +1,73 @@
+"""Idempotent resume: a state record per output key says which source and settings made it.
+
+`{output}/state/{key}.json` is written after the key's outputs, so it exists only for complete
+outputs. A rerun skips a row when the record's fingerprint (sha256 of the source bytes, the
+model's identity and the output settings) matches and every output it lists still exists;
+`force` redoes every row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from matteflow.models.registry import ModelSpec
+from matteflow.transforms.failures import NotFound
+from matteflow.transforms.storage import exists, read_bytes, write_atomic
+
+__all__ = ["Resume", "settings_digest"]
+
+_FORMAT = 1  # bump when the output bytes change for the same inputs and settings
+
+
+def settings_digest(spec: ModelSpec, dtype: str, outputs: Any) -> str:
+    """Digest of everything besides the source that decides the output bytes."""
+    settings = {
+        "format": _FORMAT,
+        "model": dataclasses.asdict(spec),
+        "dtype": dtype,
+        "outputs": dataclasses.asdict(outputs),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Resume state of one run's output prefix."""
+
+    output: str
+    settings: str  # settings_digest of the run
+    force: bool = False
+
+    def fingerprint(self, source_sha256: str) -> str:
+        """The identity of one row's outputs."""
+        return hashlib.sha256(f"{source_sha256}:{self.settings}".encode()).hexdigest()
+
+    def state_uri(self, key: str) -> str:
+        """Where the state record of output key `key` lives."""
+        return f"{self.output.rstrip('/')}/state/{key}.json"
+
+    def current(self, key: str, source_sha256: str) -> dict[str, str] | None:
+        """The outputs recorded for key when they are current; None means: process the row."""
+        if self.force:
+            return None
+        try:
+            record = json.loads(read_bytes(self.state_uri(key)))
+        except (NotFound, ValueError):  # absent or unreadable: the row is redone
+            return None
+        if record.get("fingerprint") != self.fingerprint(source_sha256):
+            return None
+        outputs: dict[str, str] = record.get("outputs", {})
+        return outputs if outputs and all(exists(uri) for uri in outputs.values()) else None
+
+    def record(self, key: str, source_sha256: str, outputs: dict[str, str]) -> None:
+        """Record that key's `outputs` are complete (call after writing them)."""
+        state = {
+            "fingerprint": self.fingerprint(source_sha256),
+            "source_sha256": source_sha256,
+            "outputs": outputs,
+        }
+        write_atomic(self.state_uri(key), json.dumps(state, sort_keys=True).encode())
