@@ -296,3 +296,15 @@ def test_read_manifest_transform_yields_the_tasks(root: Path) -> None:
         rows = p | "ReadManifest" >> ReadManifest(uri)
         assert_that(rows.ok, equal_to(_expected(root)), label="CheckTasks")
         assert_that(rows.failures, equal_to([]), label="CheckNoFailures")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_ten_thousand_rows_are_read_by_the_runner(root: Path, suffix: str) -> None:
+    # 10,000 rows over the two images: distinct ids and keys, shared sources.
+    rows = [{"uri": f"imgs/{IMAGES[n % 2]}", "id": f"row-{n:05d}"} for n in range(10_000)]
+    uri = _write(root / f"big{suffix}", rows)
+    tasks, failed = _read(uri)
+    assert failed == []
+    assert [t.id for t in tasks] == [f"row-{n:05d}" for n in range(10_000)]
+    assert count_rows(uri) == 10_000
