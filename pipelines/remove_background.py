@@ -125,7 +125,7 @@ def preflight(cfg: RunConfig) -> None:
         raise PreflightError(str(err)) from None
     probe = f"{cfg.output.rstrip('/')}/.matteflow-probe-{uuid.uuid4().hex}"
     try:
-        write_atomic(probe, b"")
+        write_atomic(probe, b"probe")  # not empty: S3 refuses a multipart upload of no parts
         FileSystems.delete([probe])
     except Exception as err:
         raise PreflightError(f"output {cfg.output} is not writable: {err}") from None

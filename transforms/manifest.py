@@ -134,9 +134,15 @@ def _text(value: Any) -> str:
 
 
 def _resolve(base: str, uri: str) -> str:
+    """uri made absolute against the manifest's folder `base` (a path or a scheme://bucket/…)."""
     if not uri or "://" in uri or uri.startswith("/") or not base:
         return uri
-    return posixpath.normpath(posixpath.join(base, uri))
+    scheme, sep, path = base.rpartition("://")
+    if not sep:
+        return posixpath.normpath(posixpath.join(base, uri))
+    bucket, _, folder = path.partition("/")
+    joined = posixpath.normpath(posixpath.join("/", folder, uri)).lstrip("/")
+    return f"{scheme}://{bucket}/{joined}"
 
 
 def _folder(uri: str) -> str:
