@@ -24,7 +24,8 @@ ITEMS = ["dev-dimk-036", "dev-cat-test-000", "dev-prod-021"]
 
 
 def test_real_model_on_eval_dev(eval_dev: Path, real_weights: None, tmp_path: Path) -> None:
-    rows = {r["id"]: r for r in csv.DictReader((eval_dev / "manifest.csv").open())}
+    with (eval_dev / "manifest.csv").open() as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
     manifest = tmp_path / "eval.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -69,7 +70,8 @@ def test_quick_start_sample_through_the_cli(real_weights: None, tmp_path: Path) 
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = {row["id"] for row in csv.DictReader(manifest.open())}
+    with manifest.open() as f:
+        expected = {row["id"] for row in csv.DictReader(f)}
     assert {p.stem for p in (out / "cutouts").glob("*.png")} == expected
     assert {p.stem for p in (out / "masks").glob("*.png")} == expected
     summary = json.loads((out / "run.json").read_text())
