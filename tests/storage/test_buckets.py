@@ -79,6 +79,15 @@ def test_job_reads_and_writes_a_bucket(bucket: Bucket, s3_flags: list[str]) -> N
     _check_run(bucket, "out")
 
 
+def test_s3_options_reach_worker_processes(s3_bucket: S3Bucket, s3_flags: list[str]) -> None:
+    # Two SDK worker processes: without the S3 flags they would try real AWS and fail.
+    manifest = s3_bucket.put("m.csv", _csv(_upload_images(s3_bucket)))
+    argv = ["--manifest", manifest, "--output", s3_bucket.uri("out"), "--model", "tiny-isnet"]
+    workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert main([*argv, *s3_flags, *workers]) == 0
+    _check_run(s3_bucket, "out")
+
+
 def test_job_mixes_local_manifest_gs_images_and_s3_output(
     gcs_bucket: GcsBucket, s3_bucket: S3Bucket, s3_flags: list[str], tmp_path: Path
 ) -> None:

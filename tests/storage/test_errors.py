@@ -4,16 +4,21 @@ classifies each, and that reads survive transient faults injected by a proxy."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from pathlib import Path
 
 import pytest
 from apache_beam.io.aws.clients.s3.messages import S3ClientError
 from apache_beam.io.filesystems import FileSystems
 from google.api_core import exceptions as google_errors
 
+from matteflow.pipelines.remove_background import main
 from matteflow.transforms.failures import Forbidden, NotFound, PermanentError
+from matteflow.transforms.metrics import read_metrics
 from matteflow.transforms.storage import read_bytes
+from tests.images import encode, pattern
 from tests.storage.conftest import Bucket, GcsBucket, S3Bucket
 from tests.storage.servers import FaultProxy, Faults
 
@@ -158,3 +163,40 @@ def test_s3_reads_survive_injected_faults(
     s3_bucket: S3Bucket, s3_proxy: FaultProxy, status: int
 ) -> None:
     _read_through(s3_proxy, s3_bucket, status)
+
+
+def test_a_manifest_of_bad_rows_yields_one_classified_row_each(
+    s3_bucket: S3Bucket, denied_s3: str, s3_flags: list[str], tmp_path: Path
+) -> None:
+    good = s3_bucket.put("images/good.png", encode(pattern(), "PNG"))
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "uri"])
+        writer.writerows(
+            [
+                ("good", good),
+                ("missing", s3_bucket.uri("images/none.png")),
+                ("denied", denied_s3),
+                ("malformed", "s3://bucket-only"),
+                ("ftp", "ftp://host/x.png"),
+                ("twice", good),
+                ("twice", good),
+            ]
+        )
+    out = s3_bucket.uri("out")
+    argv = ["--manifest", str(manifest), "--output", out, "--model", "tiny-isnet", *s3_flags]
+    assert main(argv) == 0
+    rows = sorted(
+        (r["id"], r["status"], r["error_stage"], r["error_code"])
+        for r in read_metrics(out).to_pylist()
+    )
+    assert rows == [
+        ("denied", "failed", "fetch", "forbidden"),
+        ("ftp", "failed", "fetch", "unsupported_scheme"),
+        ("good", "ok", None, None),
+        ("malformed", "failed", "fetch", "malformed_uri"),
+        ("missing", "failed", "fetch", "not_found"),
+        ("twice", "failed", "manifest", "duplicate_id"),
+        ("twice", "failed", "manifest", "duplicate_id"),
+    ]
