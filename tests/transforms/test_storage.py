@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,20 @@ def test_permanent_errors_are_not_retried() -> None:
     with pytest.raises(NotFound):
         RetryPolicy(sleep=sleeps.append).call(fn, "fetch", "gs://b/x")
     assert (fn.calls, sleeps) == (1, [])
+
+
+def test_s3_clients_are_made_once_per_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from matteflow.transforms import storage
+
+    flags = ["--s3_endpoint_url=http://127.0.0.1:9", "--s3_region_name=us-east-1"]
+    monkeypatch.setattr(FileSystems, "_pipeline_options", PipelineOptions(flags))
+    first = storage._store("s3://bucket/a.png")
+    assert storage._store("s3://bucket/other/b.png") is first
+    assert storage._store("/local/a.png") is not first
+    others: list[object] = []
+    thread = threading.Thread(target=lambda: others.append(storage._store("s3://bucket/a.png")))
+    thread.start()
+    thread.join()
+    assert others[0] is not first  # Beam's S3 client keeps per-download state
