@@ -66,10 +66,12 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         require_commercial_license: bool = False,
     ) -> None:
         spec = get_spec(model)
-        per_image = spec.input_size * spec.input_size
+        # A fixed pixel budget (min = max): a batch fills up to it, or ends with the bundle.
+        # Beam's adaptive sizing fits batch time against size, which says nothing here.
+        budget = max(spec.input_size * spec.input_size, max_batch_pixels)
         super().__init__(
-            min_batch_size=per_image,
-            max_batch_size=max(per_image, max_batch_pixels),
+            min_batch_size=budget,
+            max_batch_size=budget,
             element_size_fn=functools.partial(_element_pixels, spec.input_size),
         )
         self._model = model

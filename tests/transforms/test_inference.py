@@ -119,7 +119,7 @@ def test_postprocess_clamps_to_unit_range() -> None:
 
 def test_batching_is_by_pixels(handler: MatteModelHandler) -> None:
     kwargs = handler.batch_elements_kwargs()
-    assert (kwargs["min_batch_size"], kwargs["max_batch_size"]) == (64 * 64, 100_000)
+    assert (kwargs["min_batch_size"], kwargs["max_batch_size"]) == (100_000, 100_000)
     size = kwargs["element_size_fn"]
     assert size(_image("small", 17, 11)) == 64 * 64  # the model tensor dominates
     assert size(_image("big", 200, 100)) == 200 * 100  # the full-resolution alpha dominates
