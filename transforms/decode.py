@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from matteflow.transforms.colour import to_srgb_rgb
-from matteflow.transforms.failures import DecodeError, MatteflowError, classify
+from matteflow.transforms.failures import DecodeError, classify
 from matteflow.transforms.metrics import skipped_row
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.storage import read_bytes
@@ -94,10 +94,7 @@ class _DecodeFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("skipped", skipped_row(task, done, source_sha256))
                 return
             image = decode(task, data, self._max_pixels)
-        except MatteflowError as err:
-            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
-            return
-        except Exception as err:  # anything unforeseen is still one row's failure
+        except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "decode", task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
-from matteflow.transforms.failures import MatteflowError, ScoreError, classify
+from matteflow.transforms.failures import ScoreError, classify
 from matteflow.transforms.quality import scores
 from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask, Matte
@@ -160,12 +160,9 @@ class _ScoreFn(beam.DoFn):
                     code="size_mismatch",
                 )
             values = scores(matte.alpha, gt)
-        except MatteflowError as err:
-            err.stage = "score"
-            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
-            return
         except Exception as err:
             failure = classify(err, "score", task.ground_truth_uri)
+            failure.stage = "score"  # a missing ground truth is a scoring failure, not a fetch
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
         timings = {**matte.timings_ms, "score_ms": (time.perf_counter() - start) * 1e3}
@@ -225,6 +222,5 @@ def read_metrics(output: str) -> pa.Table:
     pattern = f"{output.rstrip('/')}/metrics/*.parquet"
     tables = []
     for meta in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(meta.path) as f:
-            tables.append(pq.read_table(io.BytesIO(f.read()), schema=SCHEMA))
+        tables.append(pq.read_table(io.BytesIO(read_bytes(meta.path)), schema=SCHEMA))
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()

@@ -16,7 +16,7 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image
 
-from matteflow.transforms.failures import MatteflowError, classify
+from matteflow.transforms.failures import classify
 from matteflow.transforms.manifest import check_key
 from matteflow.transforms.metrics import ok_row
 from matteflow.transforms.resume import Resume
@@ -78,10 +78,7 @@ class _WriteFn(beam.DoFn):
             uris = {column: uri for column, (uri, _) in files.items()}
             self._resume.record(task.output_key, matte.image.source_sha256, uris)
             written = time.perf_counter()
-        except MatteflowError as err:
-            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
-            return
-        except Exception as err:
+        except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "write", f"{self._output} (key {task.output_key})")
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
