@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from matteflow.transforms.write import OutputSettings
+from matteflow.transforms.decode import DecodeSettings
+from matteflow.transforms.framing import FramingSettings, check_framing
+from matteflow.transforms.matte import MatteSettings
+from matteflow.transforms.settings import OutputSettings
 
 __all__ = [
     "BatchingSettings",
     "ConfigError",
-    "DecodeSettings",
     "ModelSettings",
     "RunConfig",
     "load_config",
@@ -49,13 +51,6 @@ class BatchingSettings:
 
 
 @dataclass(frozen=True)
-class DecodeSettings:
-    """Limits applied while decoding."""
-
-    max_pixels: int = 100_000_000  # larger images fail as decode/too_many_pixels
-
-
-@dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs besides runner options."""
 
@@ -67,6 +62,8 @@ class RunConfig:
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
+    framing: FramingSettings = field(default_factory=FramingSettings)
+    matte: MatteSettings = field(default_factory=MatteSettings)
 
 
 def _build(cls: type, table: dict[str, Any], path: str) -> Any:
@@ -89,7 +86,10 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
             raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
         else:
             values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:  # a dataclass's own checks (__post_init__) name the field
+        raise ConfigError(f"{path + '.' if path else ''}{err}") from None
 
 
 def load_config(
@@ -117,6 +117,10 @@ def load_config(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"profile {profile or 'local.toml'}: {err}") from None
     cfg: RunConfig = _build(RunConfig, table, "")
+    try:
+        check_framing(cfg.framing)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if model:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model))
     return dataclasses.replace(

@@ -74,7 +74,14 @@ def _handler(cfg: RunConfig) -> MatteModelHandler:
 
 
 def _resume(cfg: RunConfig) -> Resume:
-    settings = settings_digest(get_spec(cfg.model.name), cfg.model.dtype, cfg.outputs)
+    settings = settings_digest(
+        get_spec(cfg.model.name),
+        cfg.model.dtype,
+        cfg.outputs,
+        cfg.framing,
+        cfg.matte,
+        cfg.decode.intent,
+    )
     return Resume(cfg.output, settings, force=cfg.force)
 
 
@@ -82,10 +89,12 @@ def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     """Add the job's steps to p."""
     resume = _resume(cfg)
     manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest)
-    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode.max_pixels, resume)
-    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg))
+    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume)
+    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg), cfg.matte)
     scored = segmented.ok | "Score" >> Score()
-    written = scored.ok | "WriteOutputs" >> WriteOutputs(cfg.output, cfg.outputs, resume)
+    written = scored.ok | "WriteOutputs" >> WriteOutputs(
+        cfg.output, cfg.outputs, cfg.framing, resume
+    )
     failures = (
         (
             manifest.failures,

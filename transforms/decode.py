@@ -1,5 +1,10 @@
 """FetchAndDecode: ImageTask -> DecodedImage (bytes via Beam FileSystems, Pillow, EXIF, sRGB).
 
+Formats: whatever Pillow reads (JPEG, PNG, WebP, TIFF, BMP, GIF, AVIF, ...) plus HEIC/HEIF
+through pillow-heif; animated files give their first frame. 16-bit RGB PNG and TIFF, which
+Pillow truncates, are read with imagecodecs and tifffile and keep 16 bits through colour
+conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`.
+
 A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
 `skipped` metrics row. Failures leave on the "failures" tag as `Failed` records; no element
 kills the bundle.
@@ -12,42 +17,74 @@ import io
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import apache_beam as beam
+import imagecodecs
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+import tifffile
+from PIL import Image, UnidentifiedImageError
 
-from matteflow.transforms.colour import to_srgb_rgb
+from matteflow.transforms.colour import INTENTS, to_srgb_rgb, wide_to_srgb
 from matteflow.transforms.failures import DecodeError, classify
 from matteflow.transforms.metrics import skipped_row
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask
 
-__all__ = ["FetchAndDecode", "decode"]
+__all__ = ["DecodeSettings", "FetchAndDecode", "decode", "orient"]
+
+pillow_heif.register_heif_opener()
 
 _ORIENTATION_TAG = 0x0112
 # Leading bytes of formats whose files, when Pillow cannot identify them, were cut short.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
+_PNG_BIT_DEPTH = 24  # offset of the bit depth in a PNG (signature, IHDR length/type, W, H)
+_TIFF_BITS_PER_SAMPLE = 258
 
 
-def decode(task: ImageTask, data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode image bytes to sRGB RGB uint8 with EXIF orientation applied.
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Limits and colour handling applied while decoding."""
 
-    Raises DecodeError: unsupported_format, truncated, too_many_pixels (over max_pixels).
-    """
-    uri = task.source_uri
+    max_pixels: int = 100_000_000  # larger images fail as decode/too_many_pixels
+    intent: str = (
+        "perceptual"  # ICC rendering intent: perceptual | relative | saturation | absolute
+    )
+
+    def __post_init__(self) -> None:
+        if self.intent not in INTENTS:
+            raise ValueError(f"intent: expected one of {', '.join(INTENTS)}, got {self.intent!r}")
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn H x W (x C) pixels stored with EXIF `orientation` (1-8) upright."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(turned[orientation](pixels)) if orientation in turned else pixels
+
+
+def _open(uri: str, data: bytes, max_pixels: int) -> Image.Image:
+    """The first frame, loaded; raises DecodeError (unsupported_format, truncated, ...)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
-            fmt = img.format or "unknown"
             if img.width * img.height > max_pixels:
                 raise DecodeError(
                     f"{uri}: {img.width}x{img.height} is over the {max_pixels}-pixel limit",
                     code="too_many_pixels",
                 )
             img.load()
+            return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"{uri}: {err}", code="too_many_pixels") from None
     except UnidentifiedImageError:
@@ -59,24 +96,107 @@ def decode(task: ImageTask, data: bytes, max_pixels: int) -> DecodedImage:
         text = str(err).lower()
         code = "truncated" if "truncated" in text or "broken" in text else "corrupt"
         raise DecodeError(f"{uri}: {err}", code=code) from None
-    orientation = int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
-    if not 1 <= orientation <= 8:  # exif_transpose ignores invalid tags; record what was applied
-        orientation = 1
-    img = ImageOps.exif_transpose(img)
-    rgb, description, notes = to_srgb_rgb(img)
+
+
+def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
+    """(EXIF block with the orientation reset to 1, orientation to apply, warnings)."""
+    try:
+        exif = img.getexif()
+        orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
+        if _ORIENTATION_TAG in exif:
+            exif[_ORIENTATION_TAG] = 1  # the pixels are turned upright below
+        block = exif.tobytes() if len(exif) else b""
+    except Exception:  # Pillow raises many kinds on a malformed EXIF block
+        return b"", 1, ("decode/corrupt_exif",)
+    return block, orientation if 1 <= orientation <= 8 else 1, ()
+
+
+def _bits(img: Image.Image, data: bytes) -> int:
+    """Bits per sample of the source (Pillow reports 16-bit RGB as 8-bit modes)."""
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        return 16
+    if img.format == "PNG" and len(data) > _PNG_BIT_DEPTH:
+        return int(data[_PNG_BIT_DEPTH])
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(_TIFF_BITS_PER_SAMPLE, 8)  # type: ignore[attr-defined]
+        return int(max(bits) if isinstance(bits, tuple) else bits)
+    return 8
+
+
+def _wide_pixels(img: Image.Image, data: bytes) -> np.ndarray | None:
+    """H x W x C uint16 samples (grey, grey+alpha, RGB, RGBA) of a 16-bit source, else None."""
+    if _bits(img, data) != 16:
+        return None
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(img).astype(np.uint16)[..., None]
+    if img.format == "PNG" and img.mode in ("RGB", "RGBA", "LA"):
+        pixels = imagecodecs.png_decode(data)
+    elif img.format == "TIFF" and img.mode in ("RGB", "RGBA", "LA"):
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            pixels = page.asarray()
+            if page.axes.startswith("S"):  # planar configuration: samples first
+                pixels = np.moveaxis(pixels, 0, -1)
+    else:  # 16-bit CMYK and other rarities: Pillow's 8 bits
+        return None
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint16:
+        return None
+    return pixels if pixels.ndim == 3 else pixels[..., None]
+
+
+def _alpha(img: Image.Image) -> np.ndarray | None:
+    """H x W uint8 alpha of an image with transparency, None when it is opaque."""
+    if "A" not in img.getbands() and "transparency" not in img.info:
+        return None
+    alpha = np.asarray(img.convert("RGBA").getchannel("A"))
+    return None if alpha.min() == 255 else alpha
+
+
+def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedImage:
+    """Decode image bytes to upright sRGB pixels (8-bit, and 16-bit for 16-bit sources).
+
+    Raises DecodeError: unsupported_format, truncated, corrupt, too_many_pixels.
+    """
+    img = _open(task.source_uri, data, settings.max_pixels)
+    exif, orientation, notes = _exif(img)
+    frames = int(getattr(img, "n_frames", 1))
+    icc = img.info.get("icc_profile") or None
+    wide = _wide_pixels(img, data)
+    rgb16: np.ndarray | None = None
+    if wide is not None:
+        colour_channels = 1 if wide.shape[2] <= 2 else 3
+        rgb16, description, colour_notes = wide_to_srgb(
+            wide[..., :colour_channels], icc, settings.intent
+        )
+        alpha = wide[..., colour_channels] if wide.shape[2] in (2, 4) else None
+        if alpha is not None and alpha.min() == 65535:
+            alpha = None
+        rgb = ((rgb16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    else:
+        alpha = _alpha(img)
+        converted, description, colour_notes = to_srgb_rgb(img, settings.intent)
+        rgb = np.array(converted, dtype=np.uint8)  # a writable array torch can share
+    if frames > 1:
+        notes += ("decode/first_frame_only",)
     return DecodedImage(
         task=task,
-        rgb=np.array(rgb, dtype=np.uint8),  # a writable array torch can share
-        source_format=fmt,
+        rgb=orient(rgb, orientation),
+        rgb16=None if rgb16 is None else orient(rgb16, orientation),
+        source_alpha=None if alpha is None else orient(alpha, orientation),
+        source_format=img.format or "unknown",
+        bit_depth=16 if wide is not None else 8,
+        frames=frames,
         orientation=orientation,
         icc_description=description,
-        warnings=notes,
+        exif=exif,
+        warnings=notes + colour_notes,
     )
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, max_pixels: int, resume: Resume) -> None:
-        self._max_pixels = max_pixels
+    def __init__(self, settings: DecodeSettings, resume: Resume) -> None:
+        self._settings = settings
         self._resume = resume
 
     def setup(self) -> None:
@@ -89,11 +209,11 @@ class _DecodeFn(beam.DoFn):
             data = read_bytes(task.source_uri)
             fetched = time.perf_counter()
             source_sha256 = hashlib.sha256(data).hexdigest()
-            done = self._resume.current(task.output_key, source_sha256)
+            done = self._resume.current(task.output_key, source_sha256, task.settings)
             if done is not None:
                 yield beam.pvalue.TaggedOutput("skipped", skipped_row(task, done, source_sha256))
                 return
-            image = decode(task, data, self._max_pixels)
+            image = decode(task, data, self._settings)
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "decode", task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
@@ -108,11 +228,11 @@ class FetchAndDecode(beam.PTransform):
     """ImageTask -> DecodedImage (sRGB, EXIF applied); rows whose outputs are current ->
     tag "skipped" (metrics rows); failures -> tag "failures"."""
 
-    def __init__(self, max_pixels: int, resume: Resume) -> None:
+    def __init__(self, settings: DecodeSettings, resume: Resume) -> None:
         super().__init__()
-        self._max_pixels = max_pixels
+        self._settings = settings
         self._resume = resume
 
     def expand(self, tasks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _DecodeFn(self._max_pixels, self._resume)
+        fn = _DecodeFn(self._settings, self._resume)
         return tasks | "Decode" >> beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from apache_beam.ml.inference.base import ModelHandler, RunInference
+from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
 from matteflow.transforms.failures import InferenceError
+from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
 from matteflow.transforms.types import DecodedImage, Failed, Matte
 
 __all__ = ["MatteModelHandler", "Segment", "postprocess", "preprocess"]
@@ -30,7 +32,15 @@ _NAMESPACE = "matteflow.segment"
 
 
 def preprocess(rgb: np.ndarray, spec: ModelSpec, device: torch.device) -> torch.Tensor:
-    """H x W x 3 uint8 -> 3 x S x S float32 normalised per the spec (resize on `device`)."""
+    """H x W x 3 uint8 -> 3 x S x S float32 normalised per the spec (resize on `device`).
+
+    A side over twice the model's input is first shrunk by an integer box filter (Pillow's
+    reduce), which bounds memory on very large images and keeps the bilinear step from
+    aliasing; smaller images take the reference's plain bilinear resize.
+    """
+    factors = tuple(max(1, side // (2 * spec.input_size)) for side in (rgb.shape[1], rgb.shape[0]))
+    if factors != (1, 1):
+        rgb = np.array(Image.fromarray(rgb).reduce(factors))  # type: ignore[arg-type]
     x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device, non_blocking=True)
     x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     size = (spec.input_size, spec.input_size)
@@ -148,20 +158,29 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         return _NAMESPACE
 
 
-def _split(result: Matte | Failed) -> Iterable[Matte | beam.pvalue.TaggedOutput]:
-    yield beam.pvalue.TaggedOutput("failures", result) if isinstance(result, Failed) else result
+def _split(
+    result: Matte | Failed, settings: MatteSettings
+) -> Iterable[Matte | beam.pvalue.TaggedOutput]:
+    if isinstance(result, Failed):
+        yield beam.pvalue.TaggedOutput("failures", result)
+        return
+    source_alpha = result.image.source_alpha
+    result.alpha = apply_existing_alpha(result.alpha, source_alpha, settings.existing_alpha)
+    yield result
 
 
 class Segment(beam.PTransform):
-    """DecodedImage -> Matte (alpha at full resolution); failures -> tag "failures"."""
+    """DecodedImage -> Matte (alpha at full resolution, combined with the source's own
+    transparency per `settings`); failures -> tag "failures"."""
 
-    def __init__(self, handler: MatteModelHandler) -> None:
+    def __init__(self, handler: MatteModelHandler, settings: MatteSettings) -> None:
         super().__init__()
         self._handler = handler
+        self._settings = settings
 
     def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (
             images
             | "RunInference" >> RunInference(self._handler)
-            | "Split" >> beam.FlatMap(_split).with_outputs("failures", main="ok")
+            | "Split" >> beam.FlatMap(_split, self._settings).with_outputs("failures", main="ok")
         )

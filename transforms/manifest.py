@@ -23,6 +23,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from matteflow.transforms.failures import BadRow, MatteflowError
+from matteflow.transforms.framing import FramingSettings
+from matteflow.transforms.settings import ROW_SETTINGS, OutputSettings, with_overrides
 from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = [
@@ -159,12 +161,26 @@ def to_task(record: dict[str, Any], base: str, folder: str) -> ImageTask:
     row_id = _text(record.get("id")) or posixpath.splitext(rel.lstrip("/"))[0]
     key = _text(record.get("output_key")) or row_id
     check_key(key)
+    settings = tuple(
+        (name, _text(record.get(name))) for name in ROW_SETTINGS if _text(record.get(name))
+    )
+    try:
+        with_overrides(OutputSettings(), FramingSettings(), dict(settings))
+    except ValueError as err:
+        raise BadRow(str(err), code="bad_setting") from None
     return ImageTask(
         id=row_id,
         source_uri=source,
         output_key=key,
         ground_truth_uri=_resolve(base, _text(record.get("ground_truth_uri"))) or None,
-        metadata=tuple(sorted((str(k), _text(v)) for k, v in record.items() if k not in _KNOWN)),
+        metadata=tuple(
+            sorted(
+                (str(k), _text(v))
+                for k, v in record.items()
+                if k not in _KNOWN and k not in ROW_SETTINGS
+            )
+        ),
+        settings=settings,
     )
 
 

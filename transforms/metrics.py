@@ -53,6 +53,9 @@ SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("source_format", pa.string()),
         ("exif_orientation", pa.int32()),
+        ("bit_depth", pa.int32()),
+        ("frames", pa.int32()),
+        ("source_alpha", pa.bool_()),
         ("icc_description", pa.string()),
         ("warnings", pa.list_(pa.string())),
         ("model", pa.string()),
@@ -69,7 +72,13 @@ SCHEMA = pa.schema(
         ("total_ms", pa.float64()),
         ("cutout_uri", pa.string()),
         ("mask_uri", pa.string()),
+        ("composite_uri", pa.string()),
+        ("color_uri", pa.string()),
+        ("psd_uri", pa.string()),
+        ("output_width", pa.int32()),
+        ("output_height", pa.int32()),
         ("output_bytes", pa.int64()),
+        ("row_settings", pa.map_(pa.string(), pa.string())),
         ("metadata", pa.map_(pa.string(), pa.string())),
     ]
 )
@@ -84,22 +93,34 @@ def _base(task: ImageTask, status: str) -> dict[str, Any]:
         status=status,
         ground_truth_uri=task.ground_truth_uri,
         metadata=dict(task.metadata),
+        row_settings=dict(task.settings),
         warnings=[],
     )
     return row
 
 
 def ok_row(
-    matte: Matte, outputs: dict[str, str], output_bytes: int, timings: dict[str, float]
+    matte: Matte,
+    outputs: dict[str, str],
+    output_bytes: int,
+    timings: dict[str, float],
+    output_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The metrics row of a processed image; `outputs` maps uri columns to written URIs."""
+    """The metrics row of a processed image; `outputs` maps uri columns to written URIs and
+    `output_size` is the written images' (width, height)."""
     image = matte.image
     row = _base(image.task, "ok")
+    width, height = output_size or (None, None)
     row.update(
         width=image.width,
         height=image.height,
         source_format=image.source_format,
         exif_orientation=image.orientation,
+        bit_depth=image.bit_depth,
+        frames=image.frames,
+        source_alpha=image.source_alpha is not None,
+        output_width=width,
+        output_height=height,
         icc_description=image.icc_description,
         source_sha256=image.source_sha256 or None,
         warnings=list(image.warnings),

@@ -20,18 +20,27 @@ from matteflow.transforms.storage import exists, read_bytes, write_atomic
 
 __all__ = ["Resume", "settings_digest"]
 
-_FORMAT = 1  # bump when the output bytes change for the same inputs and settings
+RowSettings = tuple[tuple[str, str], ...]
+_FORMAT = 2  # bump when the output bytes change for the same inputs and settings
 
 
-def settings_digest(spec: ModelSpec, dtype: str, outputs: Any) -> str:
-    """Digest of everything besides the source that decides the output bytes."""
-    settings = {
+def _plain(value: Any) -> Any:
+    """A settings value as JSON-able data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def settings_digest(spec: ModelSpec, dtype: str, *settings: Any) -> str:
+    """Digest of everything besides the source that decides the output bytes: the model, its
+    precision, and the settings given (dataclasses or JSON values: outputs, framing, ...)."""
+    identity = {
         "format": _FORMAT,
         "model": dataclasses.asdict(spec),
         "dtype": dtype,
-        "outputs": dataclasses.asdict(outputs),
+        "settings": [_plain(s) for s in settings],
     }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -42,15 +51,18 @@ class Resume:
     settings: str  # settings_digest of the run
     force: bool = False
 
-    def fingerprint(self, source_sha256: str) -> str:
-        """The identity of one row's outputs."""
-        return hashlib.sha256(f"{source_sha256}:{self.settings}".encode()).hexdigest()
+    def fingerprint(self, source_sha256: str, row_settings: RowSettings = ()) -> str:
+        """The identity of one row's outputs (source, run settings, the row's own settings)."""
+        text = f"{source_sha256}:{self.settings}:{json.dumps(sorted(row_settings))}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def state_uri(self, key: str) -> str:
         """Where the state record of output key `key` lives."""
         return f"{self.output.rstrip('/')}/state/{key}.json"
 
-    def current(self, key: str, source_sha256: str) -> dict[str, str] | None:
+    def current(
+        self, key: str, source_sha256: str, row_settings: RowSettings = ()
+    ) -> dict[str, str] | None:
         """The outputs recorded for key when they are current; None means: process the row."""
         if self.force:
             return None
@@ -58,15 +70,21 @@ class Resume:
             record = json.loads(read_bytes(self.state_uri(key)))
         except (NotFound, ValueError):  # absent or unreadable: the row is redone
             return None
-        if record.get("fingerprint") != self.fingerprint(source_sha256):
+        if record.get("fingerprint") != self.fingerprint(source_sha256, row_settings):
             return None
         outputs: dict[str, str] = record.get("outputs", {})
         return outputs if outputs and all(exists(uri) for uri in outputs.values()) else None
 
-    def record(self, key: str, source_sha256: str, outputs: dict[str, str]) -> None:
+    def record(
+        self,
+        key: str,
+        source_sha256: str,
+        outputs: dict[str, str],
+        row_settings: RowSettings = (),
+    ) -> None:
         """Record that key's `outputs` are complete (call after writing them)."""
         state = {
-            "fingerprint": self.fingerprint(source_sha256),
+            "fingerprint": self.fingerprint(source_sha256, row_settings),
             "source_sha256": source_sha256,
             "outputs": outputs,
         }

@@ -26,6 +26,7 @@ class ImageTask:
     output_key: str
     ground_truth_uri: str | None = None
     metadata: tuple[tuple[str, str], ...] = ()  # other manifest columns, carried to metrics
+    settings: tuple[tuple[str, str], ...] = ()  # the row's allowed settings (settings.py)
 
 
 @dataclass
@@ -35,8 +36,13 @@ class DecodedImage:
     task: ImageTask
     rgb: np.ndarray
     source_format: str
+    rgb16: np.ndarray | None = None  # H x W x 3 uint16 sRGB of a 16-bit source
+    source_alpha: np.ndarray | None = None  # H x W uint8/uint16 alpha of a transparent source
+    bit_depth: int = 8  # bits per sample of the source
+    frames: int = 1  # frames in the source; only the first is processed
     orientation: int = 1  # the EXIF orientation tag that was applied (1 = none)
     icc_description: str = ""  # the embedded profile converted from, "" when untagged
+    exif: bytes = b""  # the source's EXIF block, orientation reset to 1 ("" when none)
     warnings: tuple[str, ...] = ()  # classified, non-fatal notes (e.g. "decode/corrupt_icc")
     source_sha256: str = ""  # of the source bytes: the resume fingerprint and the audit trail
     timings_ms: dict[str, float] = field(default_factory=dict)

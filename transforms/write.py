@@ -1,82 +1,169 @@
 """WriteOutputs: Matte -> files under the output prefix, its resume state, then an `ok` row.
 
-`{output}/cutouts/{key}.png` (RGBA, 8-bit) and `{output}/masks/{key}.png` (8-bit grey alpha).
-Every file is written under a hidden temporary name beside its final name and renamed into
-place, so no reader ever sees a partial file at a final name.
+Per row (the run's OutputSettings and FramingSettings, changed by the row's allowed settings):
+
+    {output}/cutouts/{key}.{png|webp|tif|avif}   RGBA cutout
+    {output}/masks/{key}.png                     grey alpha
+    {output}/composites/{key}.{jpg|png}          the subject over a colour or an image
+    {output}/colors/{key}.{ext}                  opaque colour (+ the mask: a colour/matte pair)
+    {output}/psd/{key}.psd                       layered: original, and cutout with its mask
+
+Every file is framed alike, carries the sRGB profile, the source's EXIF (see encode.py) and the
+provenance XMP, and is written under a hidden temporary name beside its final name and renamed
+into place, so no reader ever sees a partial file at a final name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from functools import lru_cache
 
 import apache_beam as beam
 import numpy as np
 from PIL import Image
 
+from matteflow.transforms.colour import SRGB_ICC
+from matteflow.transforms.decode import DecodeSettings, decode
+from matteflow.transforms.encode import (
+    FORMATS,
+    Metadata,
+    encode,
+    output_exif,
+    provenance_xmp,
+    to_uint8,
+)
 from matteflow.transforms.failures import classify
+from matteflow.transforms.framing import FramingSettings, frame
 from matteflow.transforms.manifest import check_key
 from matteflow.transforms.metrics import ok_row
+from matteflow.transforms.psd import encode_psd
 from matteflow.transforms.resume import Resume
-from matteflow.transforms.storage import write_atomic
-from matteflow.transforms.types import Failed, Matte
+from matteflow.transforms.settings import OutputSettings, background_colour, with_overrides
+from matteflow.transforms.storage import read_bytes, write_atomic
+from matteflow.transforms.types import Failed, ImageTask, Matte
 
-__all__ = ["OutputSettings", "WriteOutputs", "alpha_to_uint8", "encode_png"]
-
-
-@dataclass(frozen=True)
-class OutputSettings:
-    """Which files to write and how to encode them."""
-
-    cutout: bool = True
-    mask: bool = True
-    png_compress_level: int = 1  # zlib level; 1 is several times faster than 6, files ~15% bigger
+__all__ = ["WriteOutputs", "composite", "quantise_alpha", "render"]
 
 
-def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
-    """H x W float alpha in [0, 1] -> uint8 (rounded)."""
-    return np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """H x W float alpha in [0, 1] -> uint8 or uint16 (rounded)."""
+    top = float(np.iinfo(dtype).max)
+    return np.rint(np.clip(alpha, 0.0, 1.0) * top).astype(dtype)
 
 
-def encode_png(pixels: np.ndarray, compress_level: int) -> bytes:
-    """H x W (grey) or H x W x 4 (RGBA) uint8 -> PNG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+def composite(rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The subject over `background` (H x W x 3, or one colour), in sRGB values as browsers
+    composite a cutout; same dtype as `rgb`."""
+    a = alpha[..., None].astype(np.float32)
+    out = rgb.astype(np.float32) * a + np.asarray(background, np.float32) * (1.0 - a)
+    return np.rint(out).astype(rgb.dtype)
+
+
+@lru_cache(maxsize=4)
+def _background_image(uri: str) -> Image.Image:
+    """A background image, read once per worker process (sRGB, upright)."""
+    image = decode(ImageTask(uri, uri, uri), read_bytes(uri), DecodeSettings())
+    return Image.fromarray(image.rgb)
+
+
+def _background(spec: str, height: int, width: int, dtype: np.dtype) -> np.ndarray:
+    """The background colour, or the background image scaled to cover H x W and centred."""
+    colour = background_colour(spec)
+    scale = 257 if dtype == np.uint16 else 1
+    if colour is not None:
+        return np.asarray(colour, np.float32) * scale
+    img = _background_image(spec)
+    ratio = max(width / img.width, height / img.height)
+    size = (max(width, round(img.width * ratio)), max(height, round(img.height * ratio)))
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    box = (left, top, left + width, top + height)
+    covered = img.resize(size, Image.Resampling.LANCZOS).crop(box)
+    return np.asarray(covered, np.float32) * scale
+
+
+def render(
+    matte: Matte, outputs: OutputSettings, framing: FramingSettings, output: str
+) -> dict[str, tuple[str, bytes]]:
+    """{metrics column: (uri, encoded bytes)} of every output the settings select."""
+    image = matte.image
+    source = image.rgb16 if outputs.keep_16_bit and image.rgb16 is not None else image.rgb
+    rgb, alpha = frame(source, matte.alpha, framing)
+    alpha_px = quantise_alpha(alpha, rgb.dtype.type)
+    settings = {"outputs": dataclasses.asdict(outputs), "framing": dataclasses.asdict(framing)}
+    xmp = provenance_xmp(
+        {
+            "model": matte.model,
+            "modelSha256": matte.model_sha256,
+            "sourceSha256": image.source_sha256,
+            "settings": json.dumps(settings, sort_keys=True),
+        }
+    )
+    exif = output_exif(
+        image.exif, strip_gps=outputs.strip_gps, strip_metadata=outputs.strip_metadata
+    )
+    meta = Metadata(icc=SRGB_ICC, exif=exif, xmp=xmp)
+
+    def encoded(pixels: np.ndarray, fmt: str, metadata: Metadata = meta) -> bytes:
+        return encode(
+            pixels,
+            fmt,
+            metadata,
+            quality=outputs.quality,
+            lossless=outputs.lossless,
+            compress_level=outputs.png_compress_level,
+        )
+
+    key, prefix, ext = image.task.output_key, output.rstrip("/"), outputs.extension
+    files: dict[str, tuple[str, bytes]] = {}
+    if outputs.cutout:
+        rgba = np.dstack([rgb, alpha_px])
+        files["cutout_uri"] = (
+            f"{prefix}/cutouts/{key}.{ext}",
+            encoded(rgba, outputs.cutout_format),
+        )
+    if outputs.mask:  # grey: an RGB profile does not apply, EXIF describes the photo
+        files["mask_uri"] = (
+            f"{prefix}/masks/{key}.png",
+            encoded(alpha_px, "png", Metadata(xmp=xmp)),
+        )
+    if outputs.composite:
+        background = _background(outputs.background, rgb.shape[0], rgb.shape[1], rgb.dtype)
+        fmt = outputs.composite_format
+        uri = f"{prefix}/composites/{key}.{FORMATS[fmt]}"
+        files["composite_uri"] = (uri, encoded(composite(rgb, alpha, background), fmt))
+    if outputs.color:
+        files["color_uri"] = (f"{prefix}/colors/{key}.{ext}", encoded(rgb, outputs.cutout_format))
+    if outputs.psd:
+        data = encode_psd(to_uint8(rgb), quantise_alpha(alpha, np.uint8), SRGB_ICC)
+        files["psd_uri"] = (f"{prefix}/psd/{key}.psd", data)
+    return files
 
 
 class _WriteFn(beam.DoFn):
-    def __init__(self, output: str, settings: OutputSettings, resume: Resume) -> None:
+    def __init__(
+        self, output: str, outputs: OutputSettings, framing: FramingSettings, resume: Resume
+    ) -> None:
         self._output = output.rstrip("/")
-        self._settings = settings
+        self._outputs = outputs
+        self._framing = framing
         self._resume = resume
-
-    def _files(self, matte: Matte) -> dict[str, tuple[str, bytes]]:
-        """{metrics column: (uri, encoded bytes)} for each enabled output."""
-        level = self._settings.png_compress_level
-        alpha8 = alpha_to_uint8(matte.alpha)
-        key = matte.image.task.output_key
-        files = {}
-        if self._settings.cutout:
-            rgba = np.dstack([matte.image.rgb, alpha8])
-            files["cutout_uri"] = (f"{self._output}/cutouts/{key}.png", encode_png(rgba, level))
-        if self._settings.mask:
-            files["mask_uri"] = (f"{self._output}/masks/{key}.png", encode_png(alpha8, level))
-        return files
 
     def process(self, matte: Matte) -> Iterator[dict[str, object] | beam.pvalue.TaggedOutput]:
         task = matte.image.task
         try:
             check_key(task.output_key)  # keys are checked when read; never write outside
             start = time.perf_counter()
-            files = self._files(matte)
+            outputs, framing = with_overrides(self._outputs, self._framing, dict(task.settings))
+            files = render(matte, outputs, framing, self._output)
             encoded = time.perf_counter()
             for uri, data in files.values():
                 write_atomic(uri, data)
             uris = {column: uri for column, (uri, _) in files.items()}
-            self._resume.record(task.output_key, matte.image.source_sha256, uris)
+            self._resume.record(task.output_key, matte.image.source_sha256, uris, task.settings)
             written = time.perf_counter()
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "write", f"{self._output} (key {task.output_key})")
@@ -87,18 +174,31 @@ class _WriteFn(beam.DoFn):
             "encode_ms": (encoded - start) * 1e3,
             "write_ms": (written - encoded) * 1e3,
         }
-        yield ok_row(matte, uris, sum(len(data) for _, data in files.values()), timings)
+        size = _size(files)
+        yield ok_row(matte, uris, sum(len(data) for _, data in files.values()), timings, size)
+
+
+def _size(files: dict[str, tuple[str, bytes]]) -> tuple[int, int] | None:
+    """(width, height) of the written images, read from the first file's header."""
+    for uri, data in files.values():
+        if not uri.endswith(".psd"):
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+    return None
 
 
 class WriteOutputs(beam.PTransform):
-    """Matte -> cutout and mask files, then an `ok` metrics row; failures -> tag "failures"."""
+    """Matte -> the selected output files, then an `ok` metrics row; failures -> "failures"."""
 
-    def __init__(self, output: str, settings: OutputSettings, resume: Resume) -> None:
+    def __init__(
+        self, output: str, outputs: OutputSettings, framing: FramingSettings, resume: Resume
+    ) -> None:
         super().__init__()
         self._output = output
-        self._settings = settings
+        self._outputs = outputs
+        self._framing = framing
         self._resume = resume
 
     def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _WriteFn(self._output, self._settings, self._resume)
+        fn = _WriteFn(self._output, self._outputs, self._framing, self._resume)
         return mattes | "Write" >> beam.ParDo(fn).with_outputs("failures", main="ok")

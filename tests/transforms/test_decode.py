@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from matteflow.transforms import decode as decode_module
-from matteflow.transforms.decode import FetchAndDecode, _DecodeFn, decode
+from matteflow.transforms.decode import DecodeSettings, FetchAndDecode, _DecodeFn, decode
 from matteflow.transforms.failures import DecodeError
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask
@@ -30,6 +30,7 @@ from tests.images import (
 )
 
 MAX_PIXELS = 10_000
+SETTINGS = DecodeSettings(max_pixels=MAX_PIXELS)
 # An output prefix with no state records: every row is processed.
 NO_RESUME = Resume("/nonexistent/matteflow-test-output", "settings")
 UPRIGHT = np.asarray(pattern())  # 11 x 17 x 3
@@ -55,7 +56,7 @@ def test_all_names_exist() -> None:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied(orientation: int) -> None:
     data = encode(oriented(pattern(), orientation), "PNG", exif_orientation=orientation)
-    image = decode(_task(), data, MAX_PIXELS)
+    image = decode(_task(), data, SETTINGS)
     assert image.rgb.dtype == np.uint8
     assert np.array_equal(image.rgb, UPRIGHT)
     assert (image.orientation, image.width, image.height) == (orientation, 17, 11)
@@ -64,7 +65,7 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied_to_jpeg(orientation: int) -> None:
     data = encode(oriented(pattern(), orientation), "JPEG", exif_orientation=orientation)
-    image = decode(_task("mem://x.jpg"), data, MAX_PIXELS)
+    image = decode(_task("mem://x.jpg"), data, SETTINGS)
     error = np.abs(image.rgb.astype(np.int16) - UPRIGHT).mean()
     # q75 4:2:0 on 17x11 hard edges gives about 6 mean error; a wrong orientation gives >= 60.
     assert error < 10
@@ -73,7 +74,7 @@ def test_exif_orientation_is_applied_to_jpeg(orientation: int) -> None:
 
 @pytest.mark.parametrize("tag", [0, 9])
 def test_invalid_orientation_is_ignored_and_recorded_as_none(tag: int) -> None:
-    image = decode(_task(), encode(pattern(), "PNG", exif_orientation=tag), MAX_PIXELS)
+    image = decode(_task(), encode(pattern(), "PNG", exif_orientation=tag), SETTINGS)
     assert np.array_equal(image.rgb, UPRIGHT)
     assert image.orientation == 1
 
@@ -90,7 +91,7 @@ def test_invalid_orientation_is_ignored_and_recorded_as_none(tag: int) -> None:
     ids=["L", "LA", "RGBA", "soft-alpha", "P+tRNS"],
 )
 def test_other_modes_decode_to_rgb(img: Image.Image) -> None:
-    image = decode(_task(), encode(img, "PNG"), MAX_PIXELS)
+    image = decode(_task(), encode(img, "PNG"), SETTINGS)
     assert (image.rgb.shape, image.rgb.dtype) == ((11, 17, 3), np.uint8)
     assert np.array_equal(image.rgb, np.asarray(img.convert("RGB")))
 
@@ -98,33 +99,33 @@ def test_other_modes_decode_to_rgb(img: Image.Image) -> None:
 def test_sixteen_bit_grey_keeps_its_range() -> None:
     # Regression: Pillow's convert("L") clipped I;16 at 255, leaving a black-and-white image.
     grey = np.asarray(sixteen_bit_grey(), np.int64)
-    image = decode(_task(), encode(sixteen_bit_grey(), "PNG"), MAX_PIXELS)
+    image = decode(_task(), encode(sixteen_bit_grey(), "PNG"), SETTINGS)
     assert np.array_equal(image.rgb[..., 1], (grey * 255 + 32767) // 65535)
 
 
 def test_cmyk_tiff_decodes_to_rgb() -> None:
-    image = decode(_task("mem://x.tif"), encode(cmyk(), "TIFF"), MAX_PIXELS)
+    image = decode(_task("mem://x.tif"), encode(cmyk(), "TIFF"), SETTINGS)
     assert (image.source_format, image.rgb.shape) == ("TIFF", (11, 17, 3))
     assert np.array_equal(image.rgb, np.asarray(cmyk().convert("RGB")))
 
 
 def test_icc_profile_is_converted_and_described() -> None:
     data = encode(Image.new("RGB", (5, 3), (219, 0, 0)), "PNG", icc=adobe_rgb_profile())
-    image = decode(_task(), data, MAX_PIXELS)
+    image = decode(_task(), data, SETTINGS)
     assert image.icc_description == "Adobe RGB (1998) compatible"
     assert image.rgb[0, 0, 0] >= 254  # test_colour checks the conversion in detail
     assert image.warnings == ()
 
 
 def test_corrupt_icc_is_a_warning_not_a_failure() -> None:
-    image = decode(_task(), encode(pattern(), "PNG", icc=b"not a profile"), MAX_PIXELS)
+    image = decode(_task(), encode(pattern(), "PNG", icc=b"not a profile"), SETTINGS)
     assert image.warnings == ("decode/corrupt_icc",)
     assert np.array_equal(image.rgb, UPRIGHT)
 
 
 def test_decoded_array_is_writable() -> None:
     # torch.from_numpy warns on (and cannot share) a read-only array.
-    assert decode(_task(), encode(pattern(), "PNG"), MAX_PIXELS).rgb.flags.writeable
+    assert decode(_task(), encode(pattern(), "PNG"), SETTINGS).rgb.flags.writeable
 
 
 # Cut points for the 17 x 11 pattern (a 740-byte JPEG whose tables take 620 bytes, a 124-byte
@@ -140,7 +141,7 @@ def test_decoded_array_is_writable() -> None:
 def test_truncated_file_is_classified_truncated(fmt: str, keep: float) -> None:
     uri = f"mem://x.{fmt.lower()}"
     with pytest.raises(DecodeError) as info:
-        decode(_task(uri), truncated(encode(pattern(), fmt), keep), MAX_PIXELS)
+        decode(_task(uri), truncated(encode(pattern(), fmt), keep), SETTINGS)
     assert (info.value.stage, info.value.code) == ("decode", "truncated")
     assert uri in str(info.value)
 
@@ -152,7 +153,7 @@ def test_truncated_file_is_classified_truncated(fmt: str, keep: float) -> None:
 )
 def test_file_cut_between_segments_is_truncated(fmt: str, cut: int) -> None:
     with pytest.raises(DecodeError) as info:
-        decode(_task(), encode(pattern(), fmt)[:cut], MAX_PIXELS)
+        decode(_task(), encode(pattern(), fmt)[:cut], SETTINGS)
     assert info.value.code == "truncated"
 
 
@@ -163,17 +164,19 @@ def test_file_cut_between_segments_is_truncated(fmt: str, cut: int) -> None:
 )
 def test_non_image_bytes_are_unsupported_format(data: bytes) -> None:
     with pytest.raises(DecodeError) as info:
-        decode(_task("mem://x.jpg"), data, MAX_PIXELS)
+        decode(_task("mem://x.jpg"), data, SETTINGS)
     assert (info.value.stage, info.value.code) == ("decode", "unsupported_format")
 
 
 def test_image_at_the_pixel_limit_decodes() -> None:
-    assert decode(_task(), encode(pattern(), "PNG"), 17 * 11).height == 11
+    assert (
+        decode(_task(), encode(pattern(), "PNG"), DecodeSettings(max_pixels=17 * 11)).height == 11
+    )
 
 
 def test_image_over_the_pixel_limit_is_refused() -> None:
     with pytest.raises(DecodeError) as info:
-        decode(_task(), encode(pattern(), "PNG"), 17 * 11 - 1)
+        decode(_task(), encode(pattern(), "PNG"), DecodeSettings(max_pixels=17 * 11 - 1))
     assert (info.value.stage, info.value.code) == ("decode", "too_many_pixels")
     assert "17x11" in str(info.value)
 
@@ -197,7 +200,7 @@ def _run(fn: _DecodeFn, task: ImageTask) -> list[object]:
 def test_dofn_emits_decoded_image_with_timings(
     files: dict[str, str], restore_pillow_limit: None
 ) -> None:
-    fn = _DecodeFn(MAX_PIXELS, NO_RESUME)
+    fn = _DecodeFn(SETTINGS, NO_RESUME)
     fn.setup()
     [image] = _run(fn, ImageTask("good", files["good.png"], "good"))
     assert isinstance(image, DecodedImage)
@@ -217,7 +220,7 @@ def test_dofn_emits_decoded_image_with_timings(
 def test_dofn_emits_failures_under_the_failures_tag(
     files: dict[str, str], restore_pillow_limit: None, name: str, stage: str, code: str
 ) -> None:
-    fn = _DecodeFn(MAX_PIXELS, NO_RESUME)
+    fn = _DecodeFn(SETTINGS, NO_RESUME)
     fn.setup()
     task = ImageTask("t", files.get(name, ""), "t")
     [out] = _run(fn, task)
@@ -230,7 +233,7 @@ def test_dofn_emits_failures_under_the_failures_tag(
 def test_dofn_applies_its_own_pixel_limit(
     files: dict[str, str], restore_pillow_limit: None
 ) -> None:
-    fn = _DecodeFn(100, NO_RESUME)
+    fn = _DecodeFn(DecodeSettings(max_pixels=100), NO_RESUME)
     fn.setup()
     [out] = _run(fn, ImageTask("good", files["good.png"], "good"))
     assert isinstance(out, beam.pvalue.TaggedOutput)
@@ -244,7 +247,7 @@ def test_dofn_classifies_unforeseen_errors(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(decode_module, "decode", explode)
-    fn = _DecodeFn(MAX_PIXELS, NO_RESUME)
+    fn = _DecodeFn(SETTINGS, NO_RESUME)
     fn.setup()
     [out] = _run(fn, ImageTask("good", files["good.png"], "good"))
     assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "failures"
@@ -263,7 +266,7 @@ def test_fetch_and_decode_splits_images_and_failures(
         outputs = (
             p
             | "Tasks" >> beam.Create(tasks)
-            | "FetchAndDecode" >> FetchAndDecode(MAX_PIXELS, NO_RESUME)
+            | "FetchAndDecode" >> FetchAndDecode(SETTINGS, NO_RESUME)
         )
         shapes = outputs.ok | "Shape" >> beam.Map(
             lambda im: (im.task.id, im.rgb.shape, im.orientation)

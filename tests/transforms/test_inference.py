@@ -15,6 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from matteflow.models.registry import LoadedModel, get_spec
 from matteflow.transforms import inference
 from matteflow.transforms.inference import MatteModelHandler, Segment, postprocess, preprocess
+from matteflow.transforms.matte import MatteSettings
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
 from tests.images import pattern
 
@@ -205,7 +206,9 @@ def test_segment_splits_mattes_and_failures() -> None:
     images = [_image(name, w, h) for name, (w, h) in SIZES.items()] + [_broken("rgba")]
     handler = _PinnedHandler(MODEL, "cpu", "float32", max_batch_pixels=100_000)
     with BeamPipeline(runner="FnApiRunner") as p:
-        outputs = p | "Images" >> beam.Create(images) | "Segment" >> Segment(handler)
+        outputs = (
+            p | "Images" >> beam.Create(images) | "Segment" >> Segment(handler, MatteSettings())
+        )
         mattes = outputs.ok | "Summarise" >> beam.Map(
             lambda m: (m.image.task.id, m.alpha.shape, round(float(m.alpha.mean()), 5))
         )

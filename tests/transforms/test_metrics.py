@@ -91,7 +91,7 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
     matte.scores = {"iou": 0.5, "mae": 0.25, "edge_mae": 0.125}
     timings = {"fetch_ms": 1.0, "decode_ms": 2.0, "infer_ms": 4.0, "write_ms": 8.0}
     outputs = {"cutout_uri": "o/cutouts/k/x.png", "mask_uri": "o/masks/k/x.png"}
-    row = ok_row(matte, outputs, 1234, timings)
+    row = ok_row(matte, outputs, 1234, timings, (8, 5))
     assert list(row) == SCHEMA.names
     assert row == {
         **dict.fromkeys(SCHEMA.names),
@@ -103,6 +103,9 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "height": H,
         "source_format": "JPEG",
         "exif_orientation": 3,
+        "bit_depth": 8,
+        "frames": 1,
+        "source_alpha": False,
         "icc_description": "Display P3",
         "warnings": ["decode/corrupt_icc"],
         "model": "tiny-isnet",
@@ -122,7 +125,10 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "total_ms": 15.0,
         "cutout_uri": "o/cutouts/k/x.png",
         "mask_uri": "o/masks/k/x.png",
+        "output_width": 8,
+        "output_height": 5,
         "output_bytes": 1234,
+        "row_settings": {},
         "metadata": {"shop": "s", "sku": "7"},
     }
 
@@ -140,6 +146,7 @@ def test_failed_row_has_exactly_the_schema_columns() -> None:
         "error_code": "truncated",
         "error_message": "mem://x.png: cut off",
         "warnings": [],
+        "row_settings": {},
         "metadata": {"shop": "s", "sku": "7"},
     }
 

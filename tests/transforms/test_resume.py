@@ -9,7 +9,7 @@ import pytest
 
 from matteflow.models.registry import get_spec
 from matteflow.transforms.resume import Resume, settings_digest
-from matteflow.transforms.write import OutputSettings
+from matteflow.transforms.settings import OutputSettings
 
 
 @pytest.fixture

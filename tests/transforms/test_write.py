@@ -13,18 +13,16 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from matteflow.transforms import write
+from matteflow.transforms.encode import Metadata, encode
+from matteflow.transforms.framing import FramingSettings
 from matteflow.transforms.metrics import SCHEMA
 from matteflow.transforms.resume import Resume
+from matteflow.transforms.settings import OutputSettings
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
-from matteflow.transforms.write import (
-    OutputSettings,
-    WriteOutputs,
-    _WriteFn,
-    alpha_to_uint8,
-    encode_png,
-)
+from matteflow.transforms.write import WriteOutputs, _WriteFn, quantise_alpha
 from tests.images import pattern
 
+NO_FRAMING = FramingSettings()
 UNSAFE_KEYS = ["../x", "a/../../x", "/abs", "gs://b/x", "a\x00b", "a\\b", "tab\tkey", ""]
 
 
@@ -71,12 +69,14 @@ def test_all_names_exist() -> None:
 # --- plain functions --------------------------------------------------------------------
 
 
-def test_alpha_to_uint8_rounds_and_clips() -> None:
+def test_quantise_alpha_rounds_and_clips() -> None:
     alpha = np.array([0.0, 1.0, 0.5, 0.002, 0.998, -0.2, 1.3, 10 / 255], np.float32)
     # 127.5 rounds half to even (128); 0.51 -> 1; 254.49 -> 254; outside [0, 1] clips.
     expected = np.array([0, 255, 128, 1, 254, 0, 255, 10], np.uint8)
-    assert np.array_equal(alpha_to_uint8(alpha), expected)
-    assert alpha_to_uint8(alpha).dtype == np.uint8
+    assert np.array_equal(quantise_alpha(alpha, np.uint8), expected)
+    assert quantise_alpha(alpha, np.uint8).dtype == np.uint8
+    wide = quantise_alpha(alpha, np.uint16)
+    assert wide.dtype == np.uint16 and list(wide[:3]) == [0, 65535, 32768]
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_alpha_to_uint8_rounds_and_clips() -> None:
     ids=["grey", "rgba"],
 )
 def test_encode_png_round_trips(pixels: np.ndarray) -> None:
-    img = Image.open(BytesIO(encode_png(pixels, compress_level=1)))
+    img = Image.open(BytesIO(encode(pixels, "png", Metadata(), compress_level=1)))
     assert img.format == "PNG"
     assert img.mode == ("L" if pixels.ndim == 2 else "RGBA")
     assert np.array_equal(np.asarray(img), pixels)
@@ -101,7 +101,9 @@ def test_dofn_writes_cutout_and_mask_and_yields_the_ok_row(tmp_path: Path) -> No
     out = tmp_path / "out"
     matte = _matte("shop/x")
     [row] = list(
-        _WriteFn(str(out) + "/", OutputSettings(), Resume(str(out), "settings")).process(matte)
+        _WriteFn(
+            str(out) + "/", OutputSettings(), NO_FRAMING, Resume(str(out), "settings")
+        ).process(matte)
     )
     assert isinstance(row, dict)
 
@@ -145,7 +147,7 @@ def test_dofn_writes_only_enabled_outputs(
 ) -> None:
     [row] = list(
         _WriteFn(
-            str(tmp_path / "out"), settings, Resume(str(tmp_path / "out"), "settings")
+            str(tmp_path / "out"), settings, NO_FRAMING, Resume(str(tmp_path / "out"), "settings")
         ).process(_matte("k"))
     )
     assert _files(tmp_path) == written
@@ -162,7 +164,10 @@ def test_dofn_refuses_unsafe_keys_and_writes_nothing(tmp_path: Path, key: str) -
     matte = _matte(key)
     [out] = list(
         _WriteFn(
-            str(tmp_path / "out"), OutputSettings(), Resume(str(tmp_path / "out"), "settings")
+            str(tmp_path / "out"),
+            OutputSettings(),
+            NO_FRAMING,
+            Resume(str(tmp_path / "out"), "settings"),
         ).process(matte)
     )
     assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "failures"
@@ -179,7 +184,10 @@ def test_dofn_classifies_write_errors(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("a file where the output folder should be")
     [out] = list(
         _WriteFn(
-            str(tmp_path / "out"), OutputSettings(), Resume(str(tmp_path / "out"), "settings")
+            str(tmp_path / "out"),
+            OutputSettings(),
+            NO_FRAMING,
+            Resume(str(tmp_path / "out"), "settings"),
         ).process(_matte("k"))
     )
     assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "failures"
@@ -197,7 +205,8 @@ def test_write_outputs_in_a_pipeline(tmp_path: Path) -> None:
         outputs = (
             p
             | "Mattes" >> beam.Create(mattes)
-            | "WriteOutputs" >> WriteOutputs(out, OutputSettings(), Resume(out, "settings"))
+            | "WriteOutputs"
+            >> WriteOutputs(out, OutputSettings(), NO_FRAMING, Resume(out, "settings"))
         )
         rows = outputs.ok | "Uris" >> beam.Map(
             lambda r: (r["output_key"], r["status"], r["mask_uri"])

@@ -1,0 +1,152 @@
+"""Encoding output pixels: PNG, WebP, TIFF, AVIF and JPEG bytes with their metadata.
+
+Every file carries the sRGB ICC profile, the source's EXIF (orientation reset, GPS or all of it
+stripped on request) and an XMP packet that says which model, weights and settings made it.
+8-bit pixels go through Pillow. 16-bit pixels, which Pillow cannot hold in colour, go to PNG
+through imagecodecs (metadata chunks added here) and to TIFF through tifffile (no EXIF there:
+tifffile does not write EXIF sub-IFDs); WebP, AVIF and JPEG hold 8 bits only.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+from importlib.metadata import version
+from xml.sax.saxutils import quoteattr
+
+import imagecodecs
+import numpy as np
+import tifffile
+from PIL import ExifTags, Image, PngImagePlugin
+
+__all__ = ["FORMATS", "Metadata", "encode", "output_exif", "provenance_xmp", "to_uint8"]
+
+FORMATS = {"png": "png", "webp": "webp", "tiff": "tif", "avif": "avif", "jpeg": "jpg"}  # ext
+_XMP_KEY = "XML:com.adobe.xmp"  # PNG iTXt keyword of an XMP packet
+_TIFF_XMP = 700
+_SOFTWARE = f"matteflow {version('matteflow')}"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a file carries besides pixels."""
+
+    icc: bytes = b""
+    exif: bytes = b""  # a TIFF-structured EXIF block ("Exif\0\0" prefix optional)
+    xmp: bytes = b""
+
+
+def output_exif(exif: bytes, *, strip_gps: bool, strip_metadata: bool) -> bytes:
+    """The EXIF block to write: the source's, minus GPS and with our Software tag; "" when
+    stripped or absent."""
+    if strip_metadata or not exif:
+        return b""
+    block = Image.Exif()
+    block.load(exif)
+    if strip_gps:
+        block.pop(ExifTags.IFD.GPSInfo, None)  # the pointer; its IFD is then not written
+    block[ExifTags.Base.Software] = _SOFTWARE
+    return block.tobytes()
+
+
+def provenance_xmp(fields: dict[str, str]) -> bytes:
+    """An XMP packet recording `fields` (model, weights sha256, settings, ...) as
+    matteflow:* properties, plus xmp:CreatorTool."""
+    attributes = "".join(f" matteflow:{name}={quoteattr(value)}" for name, value in fields.items())
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+        f' xmlns:matteflow="urn:matteflow:xmp:1/" xmp:CreatorTool={quoteattr(_SOFTWARE)}'
+        f"{attributes}/>"
+        '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 (rounded); uint8 unchanged."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png16(pixels: np.ndarray, meta: Metadata, level: int) -> bytes:
+    """16-bit PNG by libpng (imagecodecs), with iCCP, eXIf and XMP chunks after IHDR."""
+    data = imagecodecs.png_encode(pixels if pixels.ndim == 3 else pixels[..., None], level=level)
+    chunks = b""
+    if meta.icc:
+        chunks += _png_chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(meta.icc))
+    if meta.exif:
+        chunks += _png_chunk(b"eXIf", meta.exif.removeprefix(b"Exif\0\0"))
+    if meta.xmp:
+        chunks += _png_chunk(b"iTXt", _XMP_KEY.encode() + b"\0\0\0\0\0" + meta.xmp)
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length and type, IHDR body, CRC
+    return bytes(data[:ihdr_end]) + chunks + bytes(data[ihdr_end:])
+
+
+def _tiff16(pixels: np.ndarray, meta: Metadata) -> bytes:
+    buf = io.BytesIO()
+    alpha = pixels.ndim == 3 and pixels.shape[2] == 4
+    tifffile.imwrite(
+        buf,
+        pixels,
+        photometric="minisblack" if pixels.ndim == 2 else "rgb",
+        extrasamples=["unassalpha"] if alpha else None,
+        compression="zlib",
+        iccprofile=meta.icc or None,
+        software=_SOFTWARE,
+        extratags=[(_TIFF_XMP, 1, len(meta.xmp), meta.xmp, True)] if meta.xmp else None,
+        metadata=None,
+    )
+    return buf.getvalue()
+
+
+def encode(
+    pixels: np.ndarray,
+    fmt: str,
+    meta: Metadata,
+    *,
+    quality: int = 90,
+    lossless: bool = True,
+    compress_level: int = 1,
+) -> bytes:
+    """H x W (grey), H x W x 3 or H x W x 4 (with alpha) pixels, uint8 or uint16 -> file bytes
+    in `fmt` (a key of FORMATS). 16 bits are kept by PNG and TIFF only; JPEG drops alpha.
+
+    `quality` applies to lossy WebP, AVIF and JPEG, `lossless` to WebP, `compress_level` (zlib
+    0-9) to PNG.
+    """
+    if pixels.dtype == np.uint16 and fmt == "png":
+        return _png16(pixels, meta, compress_level)
+    if pixels.dtype == np.uint16 and fmt == "tiff":
+        return _tiff16(pixels, meta)
+    img = Image.fromarray(to_uint8(pixels))
+    options: dict[str, object] = {"icc_profile": meta.icc or None, "exif": meta.exif or None}
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        if meta.xmp:
+            info.add_itxt(_XMP_KEY, meta.xmp.decode())
+        options.update(pnginfo=info, compress_level=compress_level)
+    elif fmt == "webp":
+        options.update(lossless=lossless, quality=100 if lossless else quality, xmp=meta.xmp)
+    elif fmt == "tiff":
+        options.update(
+            compression="tiff_adobe_deflate", tiffinfo={_TIFF_XMP: meta.xmp} if meta.xmp else None
+        )
+    elif fmt == "avif":
+        options.update(quality=quality, xmp=meta.xmp)
+    elif fmt == "jpeg":
+        img = img.convert("RGB") if img.mode != "L" else img
+        options.update(quality=quality, xmp=meta.xmp, optimize=False)
+    else:
+        raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper(), **{k: v for k, v in options.items() if v not in (None, b"")})
+    return buf.getvalue()
