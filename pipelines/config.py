@@ -66,6 +66,11 @@ class RunConfig:
     matte: MatteSettings = field(default_factory=MatteSettings)
 
 
+# Integer settings where 0 has a meaning: torch's own thread count, no zlib compression, no
+# size limit. Every other integer must be positive.
+_ZERO_MEANS_DEFAULT_OR_NONE = {"torch_threads", "png_compress_level", "max_size"}
+
+
 def _build(cls: type, table: dict[str, Any], path: str) -> Any:
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
@@ -82,7 +87,7 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
             values[key] = _build(expected, value, where)  # type: ignore[arg-type]
         elif isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
             raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
-        elif expected is int and value <= 0 and key != "torch_threads":
+        elif expected is int and value < (0 if key in _ZERO_MEANS_DEFAULT_OR_NONE else 1):
             raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
         else:
             values[key] = value

@@ -66,7 +66,7 @@ class OutputSettings:
 
     def __post_init__(self) -> None:
         if not any(getattr(self, kind) for kind in KINDS):
-            raise ValueError(f"no output selected: set one of {', '.join(KINDS)} to true")
+            raise ValueError(f"cutout: no output selected ({', '.join(KINDS)} are all false)")
         if self.cutout_format not in _CUTOUT_FORMATS:
             raise ValueError(
                 f"cutout_format: expected one of {', '.join(_CUTOUT_FORMATS)},"

@@ -28,6 +28,19 @@ def test_profile_values_and_overrides(tmp_path: Path) -> None:
     assert cfg.outputs.cutout is True
 
 
+def test_output_framing_and_matte_tables(tmp_path: Path) -> None:
+    text = (
+        '[outputs]\ncomposite = true\ncutout_format = "webp"\npng_compress_level = 0\n'
+        '[framing]\nmode = "canvas"\ncanvas_width = 800\nmax_size = 0\n'
+        '[matte]\nexisting_alpha = "keep"\n[decode]\nintent = "relative"\n'
+    )
+    cfg = load_config(_profile(tmp_path, text))
+    assert (cfg.outputs.composite, cfg.outputs.cutout_format) == (True, "webp")
+    assert cfg.outputs.png_compress_level == 0
+    assert (cfg.framing.mode, cfg.framing.canvas_width, cfg.framing.max_size) == ("canvas", 800, 0)
+    assert (cfg.matte.existing_alpha, cfg.decode.intent) == ("keep", "relative")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -39,6 +52,13 @@ def test_profile_values_and_overrides(tmp_path: Path) -> None:
         ("[model]\nsped = 1\n", "model.sped: unknown key"),
         ("[nonsense]\nx = 1\n", "nonsense: unknown key"),
         ("model = 3\n", "model: expected a table"),
+        ("[outputs]\nquality = 101\n", "outputs.quality: expected 1..100, got 101"),
+        ("[outputs]\ncutout_format = 'gif'\n", "outputs.cutout_format: expected one of png"),
+        ("[outputs]\ncutout = false\nmask = false\n", "outputs.cutout: no output selected"),
+        ("[framing]\nmode = 'zoom'\n", "framing.mode: expected one of none, crop, canvas"),
+        ("[framing]\nmax_size = -1\n", "framing.max_size: expected a positive integer"),
+        ("[matte]\nexisting_alpha = 'mix'\n", "matte.existing_alpha: expected one of keep"),
+        ("[decode]\nintent = 'vivid'\n", "decode.intent: expected one of perceptual"),
     ],
 )
 def test_bad_profiles_name_the_dotted_path(tmp_path: Path, text: str, message: str) -> None:

@@ -100,6 +100,20 @@ def test_preprocess_keeps_axes() -> None:
     assert np.ptp(x[0], axis=0).max() < 1e-6 and np.ptp(x[1], axis=1).max() < 1e-6
 
 
+def test_large_images_are_box_reduced_before_the_bilinear_resize() -> None:
+    # One-pixel stripes at over twice the input size: plain bilinear sampling at 64 px would
+    # hit stripes unevenly (moire); the box reduce averages them to a flat grey first.
+    spec = dataclasses.replace(get_spec(MODEL), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    stripes = np.zeros((300, 1024, 3), np.uint8)
+    stripes[:, ::2] = 255
+    x = preprocess(stripes, spec, CPU)
+    assert x.shape == (3, 64, 64)
+    assert float(x.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(x.std()) < 0.01
+    small = stripes[:, :120]  # under twice the input: the reference's plain bilinear resize
+    assert float(preprocess(small, spec, CPU).std()) > 0.1
+
+
 def test_postprocess_restores_full_size_by_hand() -> None:
     # 2 x 2 -> 3 x 4, half-pixel centres: sample x = (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75,
     # 1.25, clamped to the edge -> 0, 0.25, 0.75, 1 between a 0 column and a 1 column.

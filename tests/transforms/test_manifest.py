@@ -278,6 +278,22 @@ def test_rows_without_uri_or_with_unsafe_keys_fail(tmp_path: Path) -> None:
     assert [(f.task.id, f.code) for f in failed] == [("none", "missing_uri"), ("up", "unsafe_key")]
 
 
+def test_allowed_row_settings_travel_with_the_task_and_bad_ones_fail(tmp_path: Path) -> None:
+    rows = [
+        {"uri": "a.png", "id": "a", "outputs": "mask,psd", "framing": "crop", "sku": "1"},
+        {"uri": "b.png", "id": "b", "outputs": "", "framing": "", "sku": "2"},
+        {"uri": "c.png", "id": "c", "outputs": "mask,movie", "framing": "", "sku": "3"},
+        {"uri": "d.png", "id": "d", "outputs": "", "framing": "zoom", "sku": "4"},
+    ]
+    tasks, failed = _read(_write(tmp_path / "m.csv", rows))
+    assert [(t.id, t.settings, t.metadata) for t in tasks] == [
+        ("a", (("outputs", "mask,psd"), ("framing", "crop")), (("sku", "1"),)),
+        ("b", (), (("sku", "2"),)),  # empty cells keep the run's settings
+    ]
+    assert [(f.task.id, f.code) for f in failed] == [("c", "bad_setting"), ("d", "bad_setting")]
+    assert "outputs" in failed[0].message and "framing.mode" in failed[1].message
+
+
 @pytest.mark.parametrize("key", ["../x", "a/../../x", "/abs", "gs://b/x", "a\x00b", "a\\b", ""])
 def test_check_key_refuses_unsafe_keys(key: str) -> None:
     with pytest.raises(BadRow) as info:
