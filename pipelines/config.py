@@ -81,6 +81,8 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
         expected = hints[key]
         if expected is float and type(value) is int:  # TOML `1` where a float is meant
             value = float(value)
+        if expected is str and type(value) is int:  # a pixel length: margin = 40
+            value = str(value)
         if dataclasses.is_dataclass(expected):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a table, got {value!r}")
@@ -97,6 +99,24 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
         raise ConfigError(f"{path + '.' if path else ''}{err}") from None
 
 
+def _set(table: dict[str, Any], setting: str) -> None:
+    """Apply one "table.key=value" override to a parsed profile."""
+    path, sep, text = setting.partition("=")
+    keys = path.strip().split(".")
+    if not sep or not all(keys):
+        raise ConfigError(f"--set {setting!r}: expected TABLE.KEY=VALUE")
+    try:
+        value: Any = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word: webp, #ffffff, gs://bucket/bg.jpg
+    for key in keys[:-1]:
+        inner = table.setdefault(key, {})
+        if not isinstance(inner, dict):
+            raise ConfigError(f"--set {setting!r}: {key} is not a table")
+        table = inner
+    table[keys[-1]] = value
+
+
 def load_config(
     profile: str | None = None,
     *,
@@ -105,10 +125,12 @@ def load_config(
     model: str | None = None,
     force: bool = False,
     max_failure_rate: float | None = None,
+    settings: list[str] | None = None,
 ) -> RunConfig:
     """Parse a profile file (default: the packaged configs/local.toml), then apply overrides.
 
-    Overrides given (not None, force True) replace the profile's values; `model` is a name.
+    Overrides given (not None, force True) replace the profile's values; `model` is a name;
+    each of `settings` is "table.key=value" (value as TOML, else a string), as from --set.
     """
     if profile:
         try:
@@ -121,6 +143,8 @@ def load_config(
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"profile {profile or 'local.toml'}: {err}") from None
+    for setting in settings or []:
+        _set(table, setting)
     cfg: RunConfig = _build(RunConfig, table, "")
     try:
         check_framing(cfg.framing)

@@ -8,7 +8,7 @@ __all__ = ["MatteflowOptions"]
 
 
 class MatteflowOptions(PipelineOptions):
-    """--manifest, --output, --profile, --model, --force, --max_failure_rate."""
+    """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
@@ -26,4 +26,13 @@ class MatteflowOptions(PipelineOptions):
             type=float,
             default=None,
             help="exit non-zero (3) when more than this share of rows failed (default 1.0)",
+        )
+        parser.add_argument(
+            "--set",
+            dest="settings",
+            action="append",
+            default=None,
+            metavar="TABLE.KEY=VALUE",
+            help="override one profile setting, e.g. --set outputs.cutout_format=webp"
+            " (repeatable; VALUE is read as TOML, else as a string)",
         )

@@ -223,6 +223,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         model=mf.model,
         force=mf.force,
         max_failure_rate=mf.max_failure_rate,
+        settings=mf.settings,
     )
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
     preflight(cfg)

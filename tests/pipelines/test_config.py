@@ -70,3 +70,38 @@ def test_bad_profiles_name_the_dotted_path(tmp_path: Path, text: str, message: s
 def test_missing_profile_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"profile .*nope\.toml"):
         load_config(str(tmp_path / "nope.toml"))
+
+
+def test_set_overrides_any_setting_with_toml_or_bare_values(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, "[outputs]\nquality = 50\n")
+    cfg = load_config(
+        profile,
+        settings=[
+            "outputs.quality=80",
+            "outputs.composite=true",
+            "outputs.background=#00ff00",
+            "outputs.cutout_format=webp",
+            "framing.mode=canvas",
+            "framing.margin=40",
+            "framing.padding=5%",
+            'model.dtype="bfloat16"',
+        ],
+    )
+    assert (cfg.outputs.quality, cfg.outputs.composite) == (80, True)
+    assert (cfg.outputs.background, cfg.outputs.cutout_format) == ("#00ff00", "webp")
+    assert (cfg.framing.mode, cfg.framing.margin, cfg.framing.padding) == ("canvas", "40", "5%")
+    assert cfg.model.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("outputs.quality", "expected TABLE.KEY=VALUE"),
+        ("outputs.quality=high", "outputs.quality: expected int, got 'high'"),
+        ("outputs.nope=1", "outputs.nope: unknown key"),
+        ("manifest.x=1", "manifest: expected str"),
+    ],
+)
+def test_bad_set_values_name_the_setting(setting: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(settings=[setting])
