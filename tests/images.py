@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import functools
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from typing import Any
 
+import imagecodecs
 import numpy as np
+import tifffile
 from PIL import ExifTags, Image
 
 __all__ = [
     "adobe_rgb_profile",
+    "animated",
     "cmyk",
+    "colour_subject",
+    "colour_subject_interior",
     "display_p3_profile",
     "encode",
+    "encode16",
     "oriented",
     "palette_with_transparency",
     "pattern",
     "sixteen_bit_grey",
+    "sixteen_bit_rgb",
     "truncated",
     "with_alpha",
 ]
@@ -309,3 +317,142 @@ def display_p3_profile() -> bytes:
         _D65,
         _table_curve(_srgb_eotf),
     )
+
+
+# --- 16-bit RGB, animation and a colour subject (added for test_decode_formats and
+# test_colour_fidelity) ----------------------------------------------------------------------
+
+
+def _not_multiple_of_257(values: np.ndarray) -> np.ndarray:
+    """uint16 samples in 1..65533 nudged off multiples of 257, the values an 8-bit source
+    widened by x257 holds, so a truncation to 8 bits and back always changes them."""
+    wide = values.astype(np.uint32)
+    return np.where(wide % 257 == 0, wide + 1, wide).astype(np.uint16)
+
+
+def sixteen_bit_rgb(width: int = WIDTH, height: int = HEIGHT, *, alpha: bool = False) -> np.ndarray:
+    """H x W x 3 (x 4 with `alpha`) uint16: red rises left to right, green top to bottom, blue
+    is a raster-order ramp (distinct at every pixel, so any flip or rotation shows), alpha a
+    diagonal ramp from 1000 to 64000. No sample is a multiple of 257 (see above), none is 0
+    or 65535, so the alpha is never read as opaque."""
+    x = np.linspace(1, 65533, width)[None, :]
+    y = np.linspace(1, 65533, height)[:, None]
+    raster = np.linspace(1, 65533, width * height).reshape(height, width)
+    planes = [x + 0 * y, y + 0 * x, raster]
+    if alpha:
+        planes.append(1000 + 63000 * (x / 65533 + y / 65533) / 2)
+    return _not_multiple_of_257(np.rint(np.dstack(planes)))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def encode16(
+    pixels: np.ndarray,
+    fmt: str = "PNG",
+    *,
+    icc: bytes | None = None,
+    exif_orientation: int | None = None,
+) -> bytes:
+    """H x W x C uint16 `pixels` (C = 3 RGB or 4 RGBA) as a 16-bit "PNG" (libpng through
+    imagecodecs; profile in iCCP, orientation in eXIf, both before IDAT) or "TIFF" (tifffile;
+    profile in tag 34675, orientation in tag 274). Raises ValueError for other formats or
+    pixels that are not uint16."""
+    if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise ValueError(f"expected H x W x 3|4 uint16, got {pixels.shape} {pixels.dtype}")
+    if fmt == "TIFF":
+        buf = BytesIO()
+        tifffile.imwrite(
+            buf,
+            pixels,
+            photometric="rgb",
+            extrasamples=["unassalpha"] if pixels.shape[2] == 4 else None,
+            iccprofile=icc,
+            extratags=[(274, "H", 1, exif_orientation, True)] if exif_orientation else None,
+            metadata=None,
+        )
+        return buf.getvalue()
+    if fmt != "PNG":
+        raise ValueError(f"16-bit {fmt} is not built here: PNG or TIFF")
+    data = bytes(imagecodecs.png_encode(pixels))
+    chunks = b""
+    if icc is not None:
+        chunks += _png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc))
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = exif_orientation
+        chunks += _png_chunk(b"eXIf", exif.tobytes())
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length and type, IHDR body, CRC
+    return data[:ihdr_end] + chunks + data[ihdr_end:]
+
+
+def animated(
+    fmt: str,
+    colours: Sequence[tuple[int, int, int]] = ((200, 30, 30), (40, 160, 60), (30, 90, 200)),
+    width: int = WIDTH,
+    height: int = HEIGHT,
+) -> bytes:
+    """An animated "GIF", lossless "WEBP" or "PNG" (APNG), one flat frame per colour (100 ms
+    each)."""
+    frames = [Image.new("RGB", (width, height), colour) for colour in colours]
+    options: dict[str, Any] = {"lossless": True} if fmt == "WEBP" else {}
+    buf = BytesIO()
+    frames[0].save(
+        buf, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **options
+    )
+    return buf.getvalue()
+
+
+# The colour subject: a disc left of and above the centre, on a plain, pale background.
+_SUBJECT_BACKGROUND = (236, 233, 226)
+
+
+def _subject_geometry(width: int, height: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(distance from the disc's centre, angle around it, radius) per pixel."""
+    cx, cy, radius = 0.45 * width, 0.47 * height, 0.38 * min(width, height)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    return np.hypot(x - cx, y - cy), np.arctan2(y - cy, x - cx), radius
+
+
+def colour_subject(width: int = 96, height: int = 80) -> Image.Image:
+    """RGB: a clear subject for colour tests, a disc whose hue turns once around its centre
+    and whose saturation rises from 0.3 at the centre to 1 from 0.7 of its radius outwards,
+    with a soft ripple in value (0.7..1), on a plain pale background. The interior holds
+    fully saturated primaries and secondaries, so a missed or doubled conversion between
+    wide gamuts and sRGB shows, and smooth gradients, so a lost bit depth shows."""
+    distance, angle, radius = _subject_geometry(width, height)
+    hue = (angle / (2 * np.pi)) % 1.0
+    saturation = np.clip(0.3 + distance / radius, 0.0, 1.0)
+    y, x = np.mgrid[0:height, 0:width]
+    value = 0.85 + 0.15 * np.sin(x / 3.0) * np.cos(y / 5.0)
+    # HSV -> RGB, the standard six-sector formula.
+    sector = np.floor(hue * 6.0)
+    f = hue * 6.0 - sector
+    p, q, t = (
+        value * (1 - saturation),
+        value * (1 - f * saturation),
+        value * (1 - (1 - f) * saturation),
+    )
+    choices = [
+        (value, t, p),
+        (q, value, p),
+        (p, value, t),
+        (p, q, value),
+        (t, p, value),
+        (value, p, q),
+    ]
+    index = sector.astype(int) % 6
+    rgb = np.zeros((height, width, 3))
+    for i, (r, g, b) in enumerate(choices):
+        rgb[index == i] = np.dstack([r, g, b])[index == i]
+    pixels = np.rint(rgb * 255).astype(np.uint8)
+    pixels[distance > radius] = _SUBJECT_BACKGROUND
+    return Image.fromarray(pixels)
+
+
+def colour_subject_interior(width: int = 96, height: int = 80, inset: float = 4.0) -> np.ndarray:
+    """H x W bool: the pixels of `colour_subject`'s disc at least `inset` pixels inside its
+    edge, clear of the JPEG ringing and chroma bleed that the edge gets."""
+    distance, _, radius = _subject_geometry(width, height)
+    return np.asarray(distance <= radius - inset)

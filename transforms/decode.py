@@ -24,7 +24,7 @@ import imagecodecs
 import numpy as np
 import pillow_heif
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from matteflow.transforms.colour import INTENTS, to_srgb_rgb, wide_to_srgb
 from matteflow.transforms.failures import DecodeError, classify
@@ -38,6 +38,10 @@ __all__ = ["DecodeSettings", "FetchAndDecode", "decode", "orient"]
 pillow_heif.register_heif_opener()
 
 _ORIENTATION_TAG = 0x0112
+# First-directory EXIF tags worth keeping: description, make, model, resolution, software, date,
+# artist, copyright; and the Exif and GPS sub-directories.
+_EXIF_KEPT = (0x010E, 0x010F, 0x0110, 0x011A, 0x011B, 0x0128, 0x0131, 0x0132, 0x013B, 0x8298)
+_EXIF_DIRECTORIES = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
 # Leading bytes of formats whose files, when Pillow cannot identify them, were cut short.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 _PNG_BIT_DEPTH = 24  # offset of the bit depth in a PNG (signature, IHDR length/type, W, H)
@@ -72,10 +76,16 @@ def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turned[orientation](pixels)) if orientation in turned else pixels
 
 
-def _open(uri: str, data: bytes, max_pixels: int) -> Image.Image:
-    """The first frame, loaded; raises DecodeError (unsupported_format, truncated, ...)."""
+def _open(
+    uri: str, data: bytes, max_pixels: int
+) -> tuple[Image.Image, bytes, int, tuple[str, ...]]:
+    """(the first frame, loaded; its EXIF block; the orientation to apply; warnings).
+
+    Raises DecodeError (unsupported_format, truncated, corrupt, too_many_pixels).
+    """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
             if img.width * img.height > max_pixels:
@@ -83,8 +93,8 @@ def _open(uri: str, data: bytes, max_pixels: int) -> Image.Image:
                     f"{uri}: {img.width}x{img.height} is over the {max_pixels}-pixel limit",
                     code="too_many_pixels",
                 )
+            exif, orientation, notes = _exif(img)  # before load(): see _exif
             img.load()
-            return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"{uri}: {err}", code="too_many_pixels") from None
     except UnidentifiedImageError:
@@ -96,16 +106,38 @@ def _open(uri: str, data: bytes, max_pixels: int) -> Image.Image:
         text = str(err).lower()
         code = "truncated" if "truncated" in text or "broken" in text else "corrupt"
         raise DecodeError(f"{uri}: {err}", code=code) from None
+    for warning in caught:  # Pillow warns, rather than raises, on a malformed EXIF block
+        if "exif" in str(warning.message).lower():
+            notes = ("decode/corrupt_exif",)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return img, exif, orientation, notes
 
 
 def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
-    """(EXIF block with the orientation reset to 1, orientation to apply, warnings)."""
+    """(the EXIF block outputs keep, the orientation to apply, warnings).
+
+    The block keeps the descriptive first-directory tags and the Exif and GPS directories, not
+    a TIFF's own structure (strips, samples, its ICC profile). The orientation tag is removed
+    from the image before it loads, so Pillow (which turns TIFFs itself) never turns pixels;
+    `orient` does, for every reader alike.
+    """
     try:
-        exif = img.getexif()
-        orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
-        if _ORIENTATION_TAG in exif:
-            exif[_ORIENTATION_TAG] = 1  # the pixels are turned upright below
-        block = exif.tobytes() if len(exif) else b""
+        source = img.getexif()
+        orientation = int(source.get(_ORIENTATION_TAG, 1) or 1)
+        source.pop(_ORIENTATION_TAG, None)
+        kept = Image.Exif()
+        for tag in _EXIF_KEPT:
+            if tag in source:
+                kept[tag] = source[tag]
+        for tag in _EXIF_DIRECTORIES:
+            if tag in source:
+                kept[tag] = source.get_ifd(tag)
+        if len(kept):
+            kept[_ORIENTATION_TAG] = 1
+        block = kept.tobytes() if len(kept) else b""
     except Exception:  # Pillow raises many kinds on a malformed EXIF block
         return b"", 1, ("decode/corrupt_exif",)
     return block, orientation if 1 <= orientation <= 8 else 1, ()
@@ -158,8 +190,7 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
 
     Raises DecodeError: unsupported_format, truncated, corrupt, too_many_pixels.
     """
-    img = _open(task.source_uri, data, settings.max_pixels)
-    exif, orientation, notes = _exif(img)
+    img, exif, orientation, notes = _open(task.source_uri, data, settings.max_pixels)
     frames = int(getattr(img, "n_frames", 1))
     icc = img.info.get("icc_profile") or None
     wide = _wide_pixels(img, data)

@@ -79,7 +79,8 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 def _png16(pixels: np.ndarray, meta: Metadata, level: int) -> bytes:
     """16-bit PNG by libpng (imagecodecs), with iCCP, eXIf and XMP chunks after IHDR."""
-    data = imagecodecs.png_encode(pixels if pixels.ndim == 3 else pixels[..., None], level=level)
+    samples = np.ascontiguousarray(pixels.reshape(*pixels.shape[:2], -1))  # grey: H x W x 1
+    data = imagecodecs.png_encode(samples, level=level)
     chunks = b""
     if meta.icc:
         chunks += _png_chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(meta.icc))
