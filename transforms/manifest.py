@@ -152,13 +152,18 @@ def _folder(uri: str) -> str:
     return f"{parent}/" if parent else ""
 
 
+def _row_id(record: dict[str, Any], source: str, folder: str) -> str:
+    """The row's `id`, else its source path below the rows' common folder, no extension."""
+    rel = source[len(folder) :] if source.startswith(folder) else source
+    return _text(record.get("id")) or posixpath.splitext(rel.lstrip("/"))[0]
+
+
 def to_task(record: dict[str, Any], base: str, folder: str) -> ImageTask:
     """One manifest record as a task; raises BadRow (missing uri, unsafe output key)."""
     source = _resolve(base, _text(record.get("uri")))
     if not source:
         raise BadRow("row has an empty uri", code="missing_uri")
-    rel = source[len(folder) :] if source.startswith(folder) else source
-    row_id = _text(record.get("id")) or posixpath.splitext(rel.lstrip("/"))[0]
+    row_id = _row_id(record, source, folder)
     key = _text(record.get("output_key")) or row_id
     check_key(key)
     settings = tuple(
@@ -251,8 +256,9 @@ class _TaskFn(beam.DoFn):
         try:
             yield to_task(record, self._base, folder)
         except MatteflowError as err:
-            row_id = _text(record.get("id")) or _text(record.get("uri"))
-            task = ImageTask(row_id, _text(record.get("uri")), _text(record.get("output_key")))
+            source = _resolve(self._base, _text(record.get("uri")))
+            row_id = _row_id(record, source, folder) if source else _text(record.get("id"))
+            task = ImageTask(row_id, source, _text(record.get("output_key")))
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
 
 

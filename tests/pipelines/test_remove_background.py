@@ -217,3 +217,44 @@ def test_run_help_lists_our_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert all(flag in text for flag in ("--manifest", "--output", "--profile", "--model"))
+
+
+def test_odd_sizes_and_per_row_outputs_through_the_cli(tmp_path: Path) -> None:
+    # Tiny images, a 1:20 strip and its transpose, each framed on a canvas; one row asks for a
+    # PSD and a cropped mask only, one has a bad setting.
+    sizes = {"dot": (1, 1), "tiny": (7, 5), "strip": (400, 20), "tower": (20, 400)}
+    rows = []
+    for name, (w, h) in sizes.items():
+        (tmp_path / f"{name}.png").write_bytes(encode(pattern(w, h), "PNG"))
+        rows.append({"uri": f"{name}.png", "outputs": "", "framing": ""})
+    rows[1].update(outputs="mask,psd", framing="crop")
+    (tmp_path / "bad.png").write_bytes(encode(pattern(), "PNG"))
+    rows.append({"uri": "bad.png", "outputs": "hologram", "framing": ""})
+    manifest = _write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    argv = ["--manifest", manifest, "--output", str(out), "--model", "tiny-isnet"]
+    canvas = ["--set", "framing.mode=canvas", "--set", "framing.canvas_width=64"]
+    assert main([*argv, *canvas, "--set", "framing.canvas_height=48"]) == 0
+
+    rows_by_id = {r["id"]: r for r in read_metrics(str(out)).to_pylist()}
+    assert {i: r["status"] for i, r in rows_by_id.items()} == {
+        "dot": "ok",
+        "tiny": "ok",
+        "strip": "ok",
+        "tower": "ok",
+        "bad": "failed",
+    }
+    assert (rows_by_id["bad"]["error_stage"], rows_by_id["bad"]["error_code"]) == (
+        "manifest",
+        "bad_setting",
+    )
+    for name in ("dot", "strip", "tower"):
+        row = rows_by_id[name]
+        assert (row["width"], row["height"]) == sizes[name]
+        assert (row["output_width"], row["output_height"]) == (64, 48)
+        with Image.open(out / "cutouts" / f"{name}.png") as cutout:
+            assert (cutout.mode, cutout.size) == ("RGBA", (64, 48))
+    tiny = rows_by_id["tiny"]
+    assert tiny["row_settings"] == [("outputs", "mask,psd"), ("framing", "crop")]
+    assert tiny["cutout_uri"] is None and tiny["psd_uri"] == f"{out}/psd/tiny.psd"
+    assert (out / "masks" / "tiny.png").exists() and not (out / "cutouts" / "tiny.png").exists()
