@@ -37,7 +37,8 @@ from matteflow.transforms.inference import MatteModelHandler, Segment
 from matteflow.transforms.manifest import ManifestError, ReadManifest, check_manifest, count_rows
 from matteflow.transforms.metrics import Score, WriteMetrics, failed_row, read_metrics
 from matteflow.transforms.resume import Resume, settings_digest
-from matteflow.transforms.storage import write_atomic
+from matteflow.transforms.settings import background_colour
+from matteflow.transforms.storage import exists, write_atomic
 from matteflow.transforms.write import WriteOutputs
 
 __all__ = ["Outputs", "PreflightError", "TooManyFailures", "build", "main", "preflight", "run"]
@@ -130,6 +131,9 @@ def preflight(cfg: RunConfig) -> None:
         )
         if spec.format == "onnx":
             native_weights(spec)  # verify, and fetch/convert once, in the launcher
+        background = cfg.outputs.background
+        if cfg.outputs.composite and not background_colour(background) and not exists(background):
+            raise PreflightError(f"outputs.background {background}: no such image")
     except (ManifestError, RegistryError, WeightsError) as err:
         raise PreflightError(str(err)) from None
     probe = f"{cfg.output.rstrip('/')}/.matteflow-probe-{uuid.uuid4().hex}"

@@ -2,9 +2,11 @@
 
 Every file carries the sRGB ICC profile, the source's EXIF (orientation reset, GPS or all of it
 stripped on request) and an XMP packet that says which model, weights and settings made it.
-8-bit pixels go through Pillow. 16-bit pixels, which Pillow cannot hold in colour, go to PNG
-through imagecodecs (metadata chunks added here) and to TIFF through tifffile (no EXIF there:
-tifffile does not write EXIF sub-IFDs); WebP, AVIF and JPEG hold 8 bits only.
+PNG, WebP, AVIF and JPEG go through Pillow; 16-bit PNG, which Pillow cannot hold in colour,
+through imagecodecs (metadata chunks added here). TIFF, 8- and 16-bit, goes through tifffile,
+which writes the EXIF's descriptive first-directory tags (make, model, date, artist, copyright,
+description) but not its Exif and GPS sub-directories (neither tifffile nor Pillow's compressed
+TIFF writer can). WebP, AVIF and JPEG hold 8 bits only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = ["FORMATS", "Metadata", "encode", "output_exif", "provenance_xmp", "to
 FORMATS = {"png": "png", "webp": "webp", "tiff": "tif", "avif": "avif", "jpeg": "jpg"}  # ext
 _XMP_KEY = "XML:com.adobe.xmp"  # PNG iTXt keyword of an XMP packet
 _TIFF_XMP = 700
+# ImageDescription, Make, Model, DateTime, Artist, Copyright: the text tags a TIFF keeps.
+_TIFF_TEXT_TAGS = (0x010E, 0x010F, 0x0110, 0x0132, 0x013B, 0x8298)
 _SOFTWARE = f"matteflow {version('matteflow')}"
 
 
@@ -92,7 +96,17 @@ def _png16(pixels: np.ndarray, meta: Metadata, level: int) -> bytes:
     return bytes(data[:ihdr_end]) + chunks + bytes(data[ihdr_end:])
 
 
-def _tiff16(pixels: np.ndarray, meta: Metadata) -> bytes:
+def _tiff(pixels: np.ndarray, meta: Metadata) -> bytes:
+    """TIFF (deflate) by tifffile, with the profile, XMP and the EXIF's descriptive tags."""
+    tags = [(_TIFF_XMP, 1, len(meta.xmp), meta.xmp, True)] if meta.xmp else []
+    if meta.exif:
+        exif = Image.Exif()
+        exif.load(meta.exif)
+        tags += [
+            (tag, "s", 0, str(exif[tag]), True)
+            for tag in _TIFF_TEXT_TAGS
+            if isinstance(exif.get(tag), str)
+        ]
     buf = io.BytesIO()
     alpha = pixels.ndim == 3 and pixels.shape[2] == 4
     tifffile.imwrite(
@@ -103,7 +117,7 @@ def _tiff16(pixels: np.ndarray, meta: Metadata) -> bytes:
         compression="zlib",
         iccprofile=meta.icc or None,
         software=_SOFTWARE,
-        extratags=[(_TIFF_XMP, 1, len(meta.xmp), meta.xmp, True)] if meta.xmp else None,
+        extratags=tags,
         metadata=None,
     )
     return buf.getvalue()
@@ -126,8 +140,8 @@ def encode(
     """
     if pixels.dtype == np.uint16 and fmt == "png":
         return _png16(pixels, meta, compress_level)
-    if pixels.dtype == np.uint16 and fmt == "tiff":
-        return _tiff16(pixels, meta)
+    if fmt == "tiff":
+        return _tiff(pixels, meta)
     img = Image.fromarray(to_uint8(pixels))
     options: dict[str, object] = {"icc_profile": meta.icc or None, "exif": meta.exif or None}
     if fmt == "png":
@@ -137,10 +151,6 @@ def encode(
         options.update(pnginfo=info, compress_level=compress_level)
     elif fmt == "webp":
         options.update(lossless=lossless, quality=100 if lossless else quality, xmp=meta.xmp)
-    elif fmt == "tiff":
-        options.update(
-            compression="tiff_adobe_deflate", tiffinfo={_TIFF_XMP: meta.xmp} if meta.xmp else None
-        )
     elif fmt == "avif":
         options.update(quality=quality, xmp=meta.xmp)
     elif fmt == "jpeg":

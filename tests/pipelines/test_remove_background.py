@@ -199,6 +199,17 @@ def test_preflight_refuses_unknown_model_and_missing_gpu(sample: str, tmp_path: 
         preflight(cfg)
 
 
+def test_preflight_refuses_a_missing_composite_background(sample: str, tmp_path: Path) -> None:
+    cfg = load_config(
+        manifest=sample,
+        output=str(tmp_path / "out"),
+        model="tiny-isnet",
+        settings=["outputs.composite=true", f"outputs.background={tmp_path / 'nope.jpg'}"],
+    )
+    with pytest.raises(PreflightError, match=r"outputs.background .*nope\.jpg: no such image"):
+        preflight(cfg)
+
+
 def test_preflight_refuses_an_unwritable_output(sample: str, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should be")
