@@ -98,7 +98,9 @@ def _png16(pixels: np.ndarray, meta: Metadata, level: int) -> bytes:
 
 def _tiff(pixels: np.ndarray, meta: Metadata) -> bytes:
     """TIFF (deflate) by tifffile, with the profile, XMP and the EXIF's descriptive tags."""
-    tags = [(_TIFF_XMP, 1, len(meta.xmp), meta.xmp, True)] if meta.xmp else []
+    tags: list[tuple[int, int | str, int, bytes | str, bool]] = []
+    if meta.xmp:
+        tags.append((_TIFF_XMP, 1, len(meta.xmp), meta.xmp, True))
     if meta.exif:
         exif = Image.Exif()
         exif.load(meta.exif)
