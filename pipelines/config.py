@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 from matteflow.transforms.decode import DecodeSettings
 from matteflow.transforms.framing import FramingSettings, check_framing
 from matteflow.transforms.matte import MatteSettings
+from matteflow.transforms.refine import RefineSettings
 from matteflow.transforms.settings import OutputSettings
 
 __all__ = [
@@ -41,6 +42,7 @@ class ModelSettings:
     channels_last: bool = False
     torch_threads: int = 0  # per worker process; 0 keeps torch's default
     require_commercial_license: bool = False
+    flip_tta: bool = False  # also run each image mirrored and average (2x the model's time)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class RunConfig:
     outputs: OutputSettings = field(default_factory=OutputSettings)
     framing: FramingSettings = field(default_factory=FramingSettings)
     matte: MatteSettings = field(default_factory=MatteSettings)
+    refine: RefineSettings = field(default_factory=RefineSettings)
 
 
 # Integer settings where 0 has a meaning: torch's own thread count, no zlib compression, no

@@ -7,7 +7,9 @@ failure on the way becomes a failed metrics row. `run.json` is written last.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import platform
 import sys
@@ -18,6 +20,7 @@ from importlib.metadata import version
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
@@ -36,6 +39,7 @@ from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
 from matteflow.transforms.manifest import ManifestError, ReadManifest, check_manifest, count_rows
 from matteflow.transforms.metrics import Score, WriteMetrics, failed_row, read_metrics
+from matteflow.transforms.refine import Refine
 from matteflow.transforms.resume import Resume, settings_digest
 from matteflow.transforms.settings import background_colour
 from matteflow.transforms.storage import exists, write_atomic
@@ -71,6 +75,7 @@ def _handler(cfg: RunConfig) -> MatteModelHandler:
         channels_last=m.channels_last,
         torch_threads=m.torch_threads,
         require_commercial_license=m.require_commercial_license,
+        flip_tta=m.flip_tta,
     )
 
 
@@ -81,7 +86,9 @@ def _resume(cfg: RunConfig) -> Resume:
         cfg.outputs,
         cfg.framing,
         cfg.matte,
+        cfg.refine,
         cfg.decode.intent,
+        cfg.model.flip_tta,
     )
     return Resume(cfg.output, settings, force=cfg.force)
 
@@ -92,7 +99,8 @@ def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest)
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume)
     segmented = decoded.ok | "Segment" >> Segment(_handler(cfg), cfg.matte)
-    scored = segmented.ok | "Score" >> Score()
+    refined = segmented.ok | "Refine" >> Refine(cfg.refine)
+    scored = refined.ok | "Score" >> Score()
     written = scored.ok | "WriteOutputs" >> WriteOutputs(
         cfg.output, cfg.outputs, cfg.framing, resume
     )
@@ -101,6 +109,7 @@ def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
             manifest.failures,
             decoded.failures,
             segmented.failures,
+            refined.failures,
             scored.failures,
             written.failures,
         )
@@ -145,14 +154,35 @@ def preflight(cfg: RunConfig) -> None:
 
 
 def _clear_previous_run(output: str) -> None:
-    """A run replaces the metrics and run.json of the last one (state/ stays: it is resume)."""
+    """A run replaces the metrics, review list and run.json of the last one (state/ stays: it
+    is resume)."""
     prefix = output.rstrip("/")
-    stale = [m.path for m in FileSystems.match([f"{prefix}/metrics/*"])[0].metadata_list]
+    stale = [
+        m.path
+        for pattern in (f"{prefix}/metrics/*", f"{prefix}/review/*")
+        for m in FileSystems.match([pattern])[0].metadata_list
+    ]
     run_json = f"{prefix}/run.json"
     if FileSystems.exists(run_json):
         stale.append(run_json)
     if stale:
         FileSystems.delete(stale)
+
+
+def _write_review(output: str, table: pa.Table) -> int:
+    """Write {output}/review/manifest.csv: the rows flagged needs_review, most uncertain first,
+    as a manifest another run (a stronger model, a human tool) can take. Returns the count."""
+    rows = [r for r in table.to_pylist() if r["needs_review"]]
+    rows.sort(key=lambda r: -r["uncertainty"])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "uri", "output_key", "uncertainty", "cutout_uri", "mask_uri"])
+    for r in rows:
+        uncertain = f"{r['uncertainty']:.4f}"
+        outputs = [r["cutout_uri"] or "", r["mask_uri"] or ""]
+        writer.writerow([r["id"], r["source_uri"], r["output_key"], uncertain, *outputs])
+    write_atomic(f"{output.rstrip('/')}/review/manifest.csv", buf.getvalue().encode())
+    return len(rows)
 
 
 def _counter(result: PipelineResult, namespace: str, name: str) -> int | None:
@@ -179,7 +209,9 @@ def _finish(
     cfg: RunConfig, result: PipelineResult, started: float, started_at: str
 ) -> dict[str, Any]:
     """Count the metrics rows, reconcile them with the manifest, write run.json (last)."""
-    statuses = read_metrics(cfg.output).column("status").to_pylist()
+    table = read_metrics(cfg.output)
+    statuses = table.column("status").to_pylist()
+    review = _write_review(cfg.output, table)
     counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
     manifest_rows = _counter(result, "matteflow.manifest", "rows")
     if manifest_rows is None:  # a runner without metrics: count the manifest itself
@@ -195,6 +227,7 @@ def _finish(
         "failure_rate": round(failure_rate, 6),
         "max_failure_rate": cfg.max_failure_rate,
         "inferred_images": _counter(result, "matteflow.segment", "images"),
+        "needs_review": review,
         "model": {
             "name": cfg.model.name,
             "sha256": get_spec(cfg.model.name).sha256 or None,

@@ -23,6 +23,7 @@ from PIL import Image
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
 from matteflow.transforms.failures import InferenceError
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
+from matteflow.transforms.refine import uncertainty
 from matteflow.transforms.types import DecodedImage, Failed, Matte
 
 __all__ = ["MatteModelHandler", "Segment", "postprocess", "preprocess"]
@@ -62,7 +63,8 @@ def _element_pixels(input_size: int, image: DecodedImage) -> int:
 
 
 class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel]):
-    """RunInference handler for a registry model: (model, device, dtype) and batching limits."""
+    """RunInference handler for a registry model: (model, device, dtype) and batching limits;
+    `flip_tta` also runs each image mirrored and averages the two alphas."""
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         channels_last: bool = False,
         torch_threads: int = 0,
         require_commercial_license: bool = False,
+        flip_tta: bool = False,
     ) -> None:
         spec = get_spec(model)
         # A fixed pixel budget (min = max): a batch fills up to it, or ends with the bundle.
@@ -90,6 +93,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         self._channels_last = channels_last
         self._threads = torch_threads
         self._require_commercial = require_commercial_license
+        self._flip_tta = flip_tta
 
     def load_model(self) -> LoadedModel:
         """Load the registry model once per worker process (verified weights)."""
@@ -111,7 +115,12 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
         start = time.perf_counter()
         x = torch.stack([preprocess(im.rgb, model.spec, model.device) for im in batch])
-        alpha = model(x)
+        if self._flip_tta:  # the mirrored images in the same batch, averaged back
+            both = model(torch.cat([x, x.flip(-1)]))
+            alpha = (both[: len(batch)] + both[len(batch) :].flip(-1)) / 2
+        else:
+            alpha = model(x)
+        doubts = [uncertainty(a[0].float().cpu().numpy()) for a in alpha]
         alphas = [postprocess(a, im.height, im.width) for im, a in zip(batch, alpha, strict=True)]
         per_image_ms = (time.perf_counter() - start) * 1e3 / len(batch)
         mattes = [
@@ -124,8 +133,9 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
                 dtype=model.dtype_name,
                 batch_size=len(batch),
                 timings_ms={**image.timings_ms, "infer_ms": per_image_ms},
+                uncertainty=doubt,
             )
-            for image, a in zip(batch, alphas, strict=True)
+            for image, a, doubt in zip(batch, alphas, doubts, strict=True)
         ]
         beam.metrics.Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
         beam.metrics.Metrics.counter(_NAMESPACE, "images").inc(len(batch))

@@ -37,7 +37,7 @@ __all__ = [
     "skipped_row",
 ]
 
-_TIMINGS = ["fetch_ms", "decode_ms", "infer_ms", "score_ms", "encode_ms", "write_ms"]
+_TIMINGS = ["fetch_ms", "decode_ms", "infer_ms", "refine_ms", "score_ms", "encode_ms", "write_ms"]
 
 SCHEMA = pa.schema(
     [
@@ -64,10 +64,16 @@ SCHEMA = pa.schema(
         ("dtype", pa.string()),
         ("batch_size", pa.int32()),
         ("foreground_fraction", pa.float64()),
+        ("uncertainty", pa.float64()),
+        ("needs_review", pa.bool_()),
         ("ground_truth_uri", pa.string()),
         ("iou", pa.float64()),
         ("mae", pa.float64()),
         ("edge_mae", pa.float64()),
+        ("sad", pa.float64()),
+        ("mse", pa.float64()),
+        ("gradient_error", pa.float64()),
+        ("boundary_f", pa.float64()),
         *[(name, pa.float64()) for name in _TIMINGS],
         ("total_ms", pa.float64()),
         ("cutout_uri", pa.string()),
@@ -130,6 +136,8 @@ def ok_row(
         dtype=matte.dtype,
         batch_size=matte.batch_size,
         foreground_fraction=float(np.mean(matte.alpha)),
+        uncertainty=matte.uncertainty,
+        needs_review=matte.needs_review,
         output_bytes=output_bytes,
         total_ms=sum(timings.get(name, 0.0) for name in _TIMINGS),
         **{name: timings.get(name) for name in _TIMINGS},

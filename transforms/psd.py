@@ -24,9 +24,16 @@ def _check(rgb: np.ndarray, alpha: np.ndarray) -> None:
         raise ValueError(f"alpha: expected {rgb.shape[:2]} uint8, got {alpha.shape} {alpha.dtype}")
 
 
-def encode_psd(rgb: np.ndarray, alpha: np.ndarray, icc_profile: bytes | None = None) -> bytes:
-    """A layered PSD: layer "Original" (the opaque image) below layer "Cutout" (the image with
-    the matte as its layer mask); the merged composite shows the cutout.
+def encode_psd(
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    icc_profile: bytes | None = None,
+    *,
+    cutout: np.ndarray | None = None,
+) -> bytes:
+    """A layered PSD: layer "Original" (the opaque image) below layer "Cutout" (the image, or
+    `cutout` colours such as a decontaminated foreground, with the matte as its layer mask);
+    the merged composite shows the cutout.
 
     `rgb` is H x W x 3 uint8 sRGB, `alpha` H x W uint8 (255 = subject). The document is 8-bit
     RGB plus a merged transparency channel, H x W. "Original" is hidden, so the document opens
@@ -35,6 +42,8 @@ def encode_psd(rgb: np.ndarray, alpha: np.ndarray, icc_profile: bytes | None = N
     as image resource 1039. Same input, same bytes. Raises ValueError on other shapes or dtypes.
     """
     _check(rgb, alpha)
+    if cutout is not None:
+        _check(cutout, alpha)
     height, width = alpha.shape
     psd = PSDImage.new("RGBA", (width, height))
     psd.background_color = None  # a transparent backdrop: matted on white, not new()'s black
@@ -42,7 +51,8 @@ def encode_psd(rgb: np.ndarray, alpha: np.ndarray, icc_profile: bytes | None = N
     # Hidden: "Cutout" is opaque pixels under a mask, so a visible "Original" below it would
     # fill the masked-out background back in, both on screen and in the stored composite.
     psd.create_pixel_layer(image, name="Original").visible = False
-    psd.create_pixel_layer(image, name="Cutout").create_mask(Image.fromarray(alpha))
+    cut = image if cutout is None else Image.fromarray(cutout)
+    psd.create_pixel_layer(cut, name="Cutout").create_mask(Image.fromarray(alpha))
     # The document's fourth channel is the merged transparency only if the file says so; a
     # layered file with a positive layer count otherwise reads it as a spare alpha channel
     # and psd-tools' save() drops the composite's alpha. 'Mtrn' is the spec's flag for it.

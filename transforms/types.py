@@ -71,6 +71,9 @@ class Matte:
     batch_size: int
     timings_ms: dict[str, float] = field(default_factory=dict)  # every stage so far
     scores: dict[str, float] = field(default_factory=dict)  # iou/mae/edge_mae vs ground truth
+    uncertainty: float = 0.0  # ambiguous share of the subject in the model's output (refine.py)
+    needs_review: bool = False  # uncertainty at or above the run's review threshold
+    foreground: np.ndarray | None = None  # decontaminated colour, same shape/dtype as the source
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ Per row (the run's OutputSettings and FramingSettings, changed by the row's allo
     {output}/colors/{key}.{ext}                  opaque colour (+ the mask: a colour/matte pair)
     {output}/psd/{key}.psd                       layered: original, and cutout with its mask
 
-Every file is framed alike, carries the sRGB profile, the source's EXIF (see encode.py) and the
-provenance XMP, and is written under a hidden temporary name beside its final name and renamed
-into place, so no reader ever sees a partial file at a final name.
+Colour is the decontaminated foreground when Refine made one (the PSD's "Original" layer keeps
+the source's). Every file is framed alike, carries the sRGB profile, the source's EXIF (see
+encode.py) and the provenance XMP, and is written under a hidden temporary name beside its final
+name and renamed into place, so no reader ever sees a partial file at a final name.
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ def render(
 ) -> dict[str, tuple[str, bytes]]:
     """{metrics column: (uri, encoded bytes)} of every output the settings select."""
     image = matte.image
-    source = image.rgb16 if outputs.keep_16_bit and image.rgb16 is not None else image.rgb
-    rgb, alpha = frame(source, matte.alpha, framing)
+    original = image.rgb16 if image.rgb16 is not None else image.rgb
+    colour = original if matte.foreground is None else matte.foreground
+    if not outputs.keep_16_bit:
+        original, colour = to_uint8(original), to_uint8(colour)
+    rgb, alpha = frame(colour, matte.alpha, framing)
     alpha_px = quantise_alpha(alpha, rgb.dtype.type)
     settings = {"outputs": dataclasses.asdict(outputs), "framing": dataclasses.asdict(framing)}
     xmp = provenance_xmp(
@@ -137,8 +141,14 @@ def render(
         files["composite_uri"] = (uri, encoded(composite(rgb, alpha, background), fmt))
     if outputs.color:
         files["color_uri"] = (f"{prefix}/colors/{key}.{ext}", encoded(rgb, outputs.cutout_format))
-    if outputs.psd:
-        data = encode_psd(to_uint8(rgb), quantise_alpha(alpha, np.uint8), SRGB_ICC)
+    if outputs.psd:  # the original layer as shot; the cutout layer with its clean colour
+        framed_original = rgb if colour is original else frame(original, matte.alpha, framing)[0]
+        data = encode_psd(
+            to_uint8(framed_original),
+            quantise_alpha(alpha, np.uint8),
+            SRGB_ICC,
+            cutout=to_uint8(rgb),
+        )
         files["psd_uri"] = (f"{prefix}/psd/{key}.psd", data)
     return files
 

@@ -59,7 +59,10 @@ def bad_rows(tmp_path: Path) -> str:
 
 def test_pipeline_accounts_for_every_row(sample: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cfg = load_config(manifest=sample, output=str(out), model="tiny-isnet")
+    # Decontamination off: the tiny model's soft alpha would recolour edge pixels, and this
+    # test checks that the cutout carries the upright source colours.
+    settings = ["refine.decontaminate=false"]
+    cfg = load_config(manifest=sample, output=str(out), model="tiny-isnet", settings=settings)
     with BeamPipeline(runner="FnApiRunner") as p:
         outputs = build(p, cfg)
         statuses = outputs.rows | "Status" >> _status_pairs()

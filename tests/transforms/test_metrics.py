@@ -89,6 +89,7 @@ def test_all_names_exist() -> None:
 def test_ok_row_has_exactly_the_schema_columns() -> None:
     matte = _matte(_task("gt.png"))
     matte.scores = {"iou": 0.5, "mae": 0.25, "edge_mae": 0.125}
+    matte.uncertainty, matte.needs_review = 0.25, True
     timings = {"fetch_ms": 1.0, "decode_ms": 2.0, "infer_ms": 4.0, "write_ms": 8.0}
     outputs = {"cutout_uri": "o/cutouts/k/x.png", "mask_uri": "o/masks/k/x.png"}
     row = ok_row(matte, outputs, 1234, timings, (8, 5))
@@ -114,6 +115,8 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "dtype": "float32",
         "batch_size": 4,
         "foreground_fraction": pytest.approx(float(_alpha().mean()), rel=1e-6),
+        "uncertainty": 0.25,
+        "needs_review": True,
         "ground_truth_uri": "gt.png",
         "iou": 0.5,
         "mae": 0.25,

@@ -182,3 +182,13 @@ def test_accepts_non_contiguous_views() -> None:
 def test_rejects_other_shapes_and_dtypes(rgb_shape, rgb_dtype, alpha_shape, alpha_dtype) -> None:
     with pytest.raises(ValueError, match="expected"):
         encode_psd(np.zeros(rgb_shape, rgb_dtype), np.zeros(alpha_shape, alpha_dtype))
+
+
+def test_cutout_layer_can_carry_other_colours_than_the_original() -> None:
+    rgb = np.zeros((6, 5, 3), np.uint8)
+    clean = np.full((6, 5, 3), 200, np.uint8)  # e.g. a decontaminated foreground
+    alpha = np.full((6, 5), 255, np.uint8)
+    psd = PSDImage.open(io.BytesIO(encode_psd(rgb, alpha, cutout=clean)))
+    original, cut = list(psd)
+    assert np.array_equal(np.asarray(original.topil().convert("RGB")), rgb)
+    assert np.array_equal(np.asarray(cut.topil().convert("RGB")), clean)

@@ -1,0 +1,217 @@
+"""Refine: the model's upsampled alpha -> a full-resolution matte, its foreground colour and an
+uncertainty score.
+
+- `guided`: the fast guided filter (He & Sun 2015) with the image as the guide: linear
+  coefficients fitted on a grid of about the model's resolution, applied at full resolution, so
+  the alpha's edges follow the image's.
+- `matting`: closed-form matting (Levin et al. 2008, pymatting) solved only on the unknown band
+  of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
+- `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
+  estimator), so a cutout over any background shows no halo of the old one.
+- `uncertainty` in [0, 1]: the share of the subject's area (alpha > 0.5 plus the ambiguous band
+  0.1 < alpha < 0.9) that is ambiguous, on the model's own output; 1.0 when nothing is found.
+  `needs_review` is uncertainty >= `review_threshold`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from matteflow.transforms.failures import classify
+from matteflow.transforms.types import Failed, Matte
+
+__all__ = [
+    "REFINE_MODES",
+    "Refine",
+    "RefineSettings",
+    "decontaminate",
+    "guided_filter",
+    "matting",
+    "trimap",
+    "uncertainty",
+]
+
+REFINE_MODES = ("none", "guided", "matting")
+_TILE = 512  # matting tiles: side in pixels, plus _OVERLAP on each side as context
+_OVERLAP = 32
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """How the model's alpha is refined at full resolution, and when a row needs review."""
+
+    refine: str = "guided"  # none | guided | matting (bench/refine.py measured the choice)
+    decontaminate: bool = True  # estimate foreground colour on the edge band
+    guided_radius: int = 2  # guided filter window radius, in pixels of the ~1024 px grid
+    guided_eps: float = 1e-4  # guided filter regularisation (smaller follows edges harder)
+    review_threshold: float = 0.5  # uncertainty at or above this sets needs_review
+
+    def __post_init__(self) -> None:
+        if self.refine not in REFINE_MODES:
+            raise ValueError(
+                f"refine: expected one of {', '.join(REFINE_MODES)}, got {self.refine!r}"
+            )
+        if not 0.0 <= self.review_threshold <= 1.0:
+            raise ValueError(f"review_threshold: expected 0..1, got {self.review_threshold}")
+        if self.guided_eps <= 0:
+            raise ValueError(f"guided_eps: expected a positive number, got {self.guided_eps}")
+
+
+def uncertainty(alpha: np.ndarray) -> float:
+    """Share of the subject's area in the ambiguous band 0.1 < alpha < 0.9 (1.0 if empty)."""
+    ambiguous = np.count_nonzero((alpha > 0.1) & (alpha < 0.9))
+    subject = np.count_nonzero(alpha >= 0.9) + ambiguous
+    return 1.0 if subject == 0 else ambiguous / subject
+
+
+def _box(x: np.ndarray, radius: int) -> np.ndarray:
+    return ndimage.uniform_filter(x, size=2 * radius + 1, mode="reflect")
+
+
+def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A float32 plane resized with bilinear interpolation (Pillow "F" mode)."""
+    if x.shape == (height, width):
+        return x
+    img = Image.fromarray(np.ascontiguousarray(x, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def guided_filter(
+    rgb: np.ndarray, alpha: np.ndarray, radius: int, eps: float, grid: int = 1024
+) -> np.ndarray:
+    """Fast colour guided filter of `alpha` (H x W float32) guided by `rgb` (H x W x 3, uint8
+    or uint16): coefficients fitted on a grid whose long side is at most `grid`, applied at
+    full resolution."""
+    height, width = alpha.shape
+    scale = min(1.0, grid / max(height, width))
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    top = float(np.iinfo(rgb.dtype).max)
+    guide = rgb.astype(np.float32) / top
+    small = np.stack([_resize(guide[..., c], h, w) for c in range(3)], axis=-1)
+    p = _resize(alpha.astype(np.float32), h, w)
+    mean_i = [_box(small[..., c], radius) for c in range(3)]
+    mean_p = _box(p, radius)
+    cov = np.stack([_box(small[..., c] * p, radius) - mean_i[c] * mean_p for c in range(3)], -1)
+    var = np.empty((h, w, 3, 3), np.float32)
+    for i in range(3):
+        for j in range(i, 3):
+            v = _box(small[..., i] * small[..., j], radius) - mean_i[i] * mean_i[j]
+            var[..., i, j] = var[..., j, i] = v
+    var += eps * np.eye(3, dtype=np.float32)
+    a = np.linalg.solve(var, cov[..., None])[..., 0]
+    b = mean_p - sum(a[..., c] * mean_i[c] for c in range(3))
+    out = _resize(_box(b, radius), height, width).copy()
+    for c in range(3):
+        out += _resize(_box(a[..., c], radius), height, width) * guide[..., c]
+    return np.clip(out, 0.0, 1.0)
+
+
+def trimap(alpha: np.ndarray, low: float = 0.05, high: float = 0.95) -> np.ndarray:
+    """0 (background), 1 (foreground) or 0.5 (unknown): the model's confident regions, eroded
+    by a band sized to the image (0.3% of its diagonal, at least 1 px)."""
+    width = max(1, round(0.003 * float(np.hypot(*alpha.shape))))
+    fg = ndimage.binary_erosion(alpha >= high, iterations=width)
+    bg = ndimage.binary_erosion(alpha <= low, iterations=width, border_value=1)
+    out = np.full(alpha.shape, 0.5, np.float64)
+    out[fg], out[bg] = 1.0, 0.0
+    return out
+
+
+def _tiles(shape: tuple[int, int]) -> Iterator[tuple[slice, slice, slice, slice]]:
+    """(rows, cols) of each tile with its context, and the tile's place inside that window."""
+    height, width = shape
+    for top in range(0, height, _TILE):
+        for left in range(0, width, _TILE):
+            r0, c0 = max(0, top - _OVERLAP), max(0, left - _OVERLAP)
+            r1 = min(height, top + _TILE + _OVERLAP)
+            c1 = min(width, left + _TILE + _OVERLAP)
+            inner_r = slice(top - r0, min(top + _TILE, height) - r0)
+            inner_c = slice(left - c0, min(left + _TILE, width) - c0)
+            yield slice(r0, r1), slice(c0, c1), inner_r, inner_c
+
+
+def matting(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Closed-form matting on the unknown band of `trimap(alpha)`, tile by tile; tiles with
+    no unknown pixels, or without both foreground and background, keep the model's alpha."""
+    import pymatting  # numba-compiled on first import (cached); only this mode needs it
+
+    tri = trimap(alpha)
+    guide = rgb.astype(np.float64) / float(np.iinfo(rgb.dtype).max)
+    out = alpha.astype(np.float32).copy()
+    for rows, cols, inner_r, inner_c in _tiles(alpha.shape):
+        t = tri[rows, cols]
+        if not ((t == 0.5).any() and (t == 0.0).any() and (t == 1.0).any()):
+            continue
+        solved = pymatting.estimate_alpha_cf(guide[rows, cols], t)
+        target = out[rows, cols]
+        target[inner_r, inner_c] = np.clip(solved[inner_r, inner_c], 0.0, 1.0)
+    return out
+
+
+def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Foreground colours (same dtype as `rgb`) where 0 < alpha < 1, estimated by pymatting's
+    multi-level method on the edge band's bounding box; other pixels keep `rgb`."""
+    import pymatting
+
+    band = (alpha > 1.0 / 512) & (alpha < 1.0 - 1.0 / 512)
+    if not band.any():
+        return rgb
+    rows, cols = np.nonzero(ndimage.binary_dilation(band, iterations=2))
+    box = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    if rgb[box].shape[0] * rgb[box].shape[1] < 2:  # one pixel: nothing to estimate it from
+        return rgb
+    top = float(np.iinfo(rgb.dtype).max)
+    crop = rgb[box].astype(np.float64) / top
+    foreground = pymatting.estimate_foreground_ml(crop, alpha[box].astype(np.float64))
+    out = rgb.copy()
+    region = out[box]
+    estimated = np.rint(np.clip(foreground, 0.0, 1.0) * top).astype(rgb.dtype)
+    region[band[box]] = estimated[band[box]]
+    return out
+
+
+class _RefineFn(beam.DoFn):
+    def __init__(self, settings: RefineSettings) -> None:
+        self._settings = settings
+
+    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
+        s = self._settings
+        start = time.perf_counter()
+        try:
+            image = matte.image
+            colour = image.rgb16 if image.rgb16 is not None else image.rgb
+            alpha = matte.alpha
+            if s.refine == "guided":
+                alpha = guided_filter(colour, alpha, s.guided_radius, s.guided_eps)
+            elif s.refine == "matting":
+                alpha = matting(colour, alpha)
+            foreground = decontaminate(colour, alpha) if s.decontaminate else None
+        except Exception as err:  # classified errors pass through; the unforeseen get classified
+            failure = classify(err, "refine", matte.image.task.source_uri)
+            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(matte.image.task, failure))
+            return
+        matte.alpha = alpha
+        matte.foreground = foreground
+        matte.needs_review = matte.uncertainty >= s.review_threshold
+        matte.timings_ms = {**matte.timings_ms, "refine_ms": (time.perf_counter() - start) * 1e3}
+        yield matte
+
+
+class Refine(beam.PTransform):
+    """Matte -> Matte with the refined alpha, foreground colour and needs_review; failures ->
+    tag "failures"."""
+
+    def __init__(self, settings: RefineSettings) -> None:
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        fn = _RefineFn(self._settings)
+        return mattes | "Refine" >> beam.ParDo(fn).with_outputs("failures", main="ok")
