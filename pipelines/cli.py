@@ -1,4 +1,4 @@
-"""The `matteflow` command: `run`, and `models list | fetch | verify | convert`."""
+"""The `matteflow` command: `run`, `eval`, and `models list | fetch | verify | convert`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def run_command(ctx: typer.Context) -> None:
     from matteflow.pipelines.remove_background import main as run_main
 
     raise typer.Exit(run_main(list(ctx.args)))
+
+
+@app.command("eval", context_settings=_PASS_THROUGH, add_help_option=False)
+def eval_command(ctx: typer.Context) -> None:
+    """Score the job (or another tool's outputs) on labelled images and write the HTML report:
+    --data MANIFEST_OR_DIR --output URI [--name N] [--refine R] [--predictions DIR] [...].
+    """
+    from matteflow.pipelines.evaluate import main as eval_main
+
+    raise typer.Exit(eval_main(list(ctx.args)))
 
 
 def _fail(err: Exception) -> typer.Exit:

@@ -35,6 +35,7 @@ __all__ = [
     "check_manifest",
     "count_rows",
     "is_glob",
+    "resolve_uri",
     "to_task",
 ]
 
@@ -135,7 +136,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _resolve(base: str, uri: str) -> str:
+def resolve_uri(base: str, uri: str) -> str:
     """uri made absolute against the manifest's folder `base` (a path or a scheme://bucket/…)."""
     if not uri or "://" in uri or uri.startswith("/") or not base:
         return uri
@@ -160,7 +161,7 @@ def _row_id(record: dict[str, Any], source: str, folder: str) -> str:
 
 def to_task(record: dict[str, Any], base: str, folder: str) -> ImageTask:
     """One manifest record as a task; raises BadRow (missing uri, unsafe output key)."""
-    source = _resolve(base, _text(record.get("uri")))
+    source = resolve_uri(base, _text(record.get("uri")))
     if not source:
         raise BadRow("row has an empty uri", code="missing_uri")
     row_id = _row_id(record, source, folder)
@@ -177,7 +178,7 @@ def to_task(record: dict[str, Any], base: str, folder: str) -> ImageTask:
         id=row_id,
         source_uri=source,
         output_key=key,
-        ground_truth_uri=_resolve(base, _text(record.get("ground_truth_uri"))) or None,
+        ground_truth_uri=resolve_uri(base, _text(record.get("ground_truth_uri"))) or None,
         metadata=tuple(
             sorted(
                 (str(k), _text(v))
@@ -256,7 +257,7 @@ class _TaskFn(beam.DoFn):
         try:
             yield to_task(record, self._base, folder)
         except MatteflowError as err:
-            source = _resolve(self._base, _text(record.get("uri")))
+            source = resolve_uri(self._base, _text(record.get("uri")))
             row_id = _row_id(record, source, folder) if source else _text(record.get("id"))
             task = ImageTask(row_id, source, _text(record.get("output_key")))
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
@@ -308,7 +309,7 @@ class ReadManifest(beam.PTransform):
         base = "" if self._kind == "glob" else posixpath.dirname(self._uri)
         folder = (
             parsed.ok
-            | "Uris" >> beam.Map(lambda r: _resolve(base, _text(r.get("uri"))))
+            | "Uris" >> beam.Map(lambda r: resolve_uri(base, _text(r.get("uri"))))
             | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())
         )
         tasks = parsed.ok | "Tasks" >> beam.ParDo(

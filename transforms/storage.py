@@ -7,6 +7,7 @@ full jitter; what stays broken, and every permanent error, is raised classified.
 
 from __future__ import annotations
 
+import mimetypes
 import posixpath
 import random
 import re
@@ -23,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from matteflow.transforms.failures import BadRow, PermanentError, TransientError, classify
 
-__all__ = ["RetryPolicy", "check_uri", "exists", "read_bytes", "write_atomic"]
+__all__ = ["RetryPolicy", "check_uri", "content_type", "exists", "read_bytes", "write_atomic"]
 
 T = TypeVar("T")
 _BUCKET_URI = re.compile(r"^(gs|s3)://[^/]+/[^/].*$")
@@ -80,14 +81,36 @@ def check_uri(uri: str, stage: str) -> None:
         raise error
 
 
+# Content types of what matteflow writes, so bucket-hosted outputs and the eval report open
+# in a browser instead of downloading; anything else is asked of `mimetypes`.
+_CONTENT_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".webp": "image/webp",
+    ".tif": "image/tiff",
+    ".avif": "image/avif",
+    ".psd": "image/vnd.adobe.photoshop",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+    ".csv": "text/csv; charset=utf-8",
+    ".parquet": "application/vnd.apache.parquet",
+}
+
+
+def content_type(uri: str) -> str:
+    """The MIME type an object written at uri gets (by its extension)."""
+    ext = posixpath.splitext(uri)[1].lower()
+    return _CONTENT_TYPES.get(ext) or mimetypes.guess_type(uri)[0] or "application/octet-stream"
+
+
 class _BeamStore:
     """Objects through Beam FileSystems (local paths, gs://, and whatever else is installed)."""
 
     def open(self, uri: str) -> BinaryIO:
         return FileSystems.open(uri)  # type: ignore[no-any-return]
 
-    def create(self, uri: str) -> BinaryIO:
-        return FileSystems.create(uri)  # type: ignore[no-any-return]
+    def create(self, uri: str, mime_type: str) -> BinaryIO:
+        return FileSystems.create(uri, mime_type=mime_type)  # type: ignore[no-any-return]
 
     def rename(self, src: str, dst: str) -> None:
         FileSystems.rename([src], [dst])
@@ -112,8 +135,8 @@ class _S3Store:
     def open(self, uri: str) -> BinaryIO:
         return self._io.open(uri, "rb")  # type: ignore[no-any-return]
 
-    def create(self, uri: str) -> BinaryIO:
-        return self._io.open(uri, "wb")  # type: ignore[no-any-return]
+    def create(self, uri: str, mime_type: str) -> BinaryIO:
+        return self._io.open(uri, "wb", mime_type=mime_type)  # type: ignore[no-any-return]
 
     def rename(self, src: str, dst: str) -> None:
         self._io.rename(src, dst)
@@ -178,7 +201,7 @@ def write_atomic(uri: str, data: bytes, retry: RetryPolicy = DEFAULT_RETRY) -> N
     def write() -> None:
         tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
-            with store.create(tmp) as f:
+            with store.create(tmp, content_type(uri)) as f:  # the rename keeps the type
                 f.write(data)
             store.rename(tmp, uri)
         except BaseException:

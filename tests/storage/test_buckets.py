@@ -13,6 +13,7 @@ from PIL import Image
 
 from matteflow.pipelines.remove_background import main
 from matteflow.transforms.metrics import read_metrics
+from matteflow.transforms.storage import write_atomic
 from tests.images import encode, pattern
 from tests.storage.conftest import Bucket, GcsBucket, S3Bucket
 
@@ -107,3 +108,21 @@ def test_relative_uris_resolve_against_a_bucket_manifest(
     assert main([*argv, *s3_flags]) == 0
     [row] = read_metrics(gcs_bucket.uri("out")).to_pylist()
     assert (row["source_uri"], row["status"]) == (gcs_bucket.uri("images/a.png"), "ok")
+
+
+@pytest.mark.parametrize("bucket", ["gs", "s3"], indirect=True)
+def test_outputs_carry_content_types_through_the_rename(bucket: Bucket) -> None:
+    # Bucket-hosted cutouts and the eval report must open in a browser, not download.
+    expected = {"a/x.png": "image/png", "r/index.html": "text/html; charset=utf-8"}
+    for key in expected:
+        write_atomic(bucket.uri(key), b"data")
+    assert {key: _content_type(bucket, key) for key in expected} == expected
+
+
+def _content_type(bucket: Bucket, key: str) -> str:
+    if isinstance(bucket, GcsBucket):
+        blob = bucket.bucket.get_blob(key)
+        assert blob is not None
+        return str(blob.content_type)
+    assert isinstance(bucket, S3Bucket)
+    return str(bucket.client.head_object(Bucket=bucket.name, Key=key)["ContentType"])

@@ -1,0 +1,200 @@
+"""`matteflow eval`: the same job on labelled images, scored, plus head-to-head reports.
+
+    matteflow eval --data MANIFEST_OR_DIR --output URI [--name NAME] [--model M] [--refine R]
+                   [--profile FILE] [--set TABLE.KEY=VALUE ...] [Beam options]
+    matteflow eval --data MANIFEST_OR_DIR --output URI --predictions DIR [--name NAME]
+
+`--data` is a CSV or JSONL manifest with `uri` (or `image`), `ground_truth_uri` (or `alpha`) and
+optional `id` and `category` columns, or a folder holding `manifest.csv`; relative paths resolve
+against the manifest's folder. Each invocation adds one run under `{output}/runs/{name}/`:
+our pipeline (metrics, masks, cutouts as `matteflow run` writes them), or another tool's
+predictions (`--predictions`: `{id}.png` or `{id}.webp` per image, grey alpha or RGBA cutouts;
+an optional `timings.csv` with `id,seconds` gives their time per image) scored alike. Then
+`{output}/report/index.html` is rewritten with every run found under `{output}/runs/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import posixpath
+import re
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from matteflow.pipelines.remove_background import main as run_main
+from matteflow.pipelines.report import RunResult, Sample, write_report
+from matteflow.transforms.failures import MatteflowError, NotFound, ScoreError
+from matteflow.transforms.manifest import resolve_uri
+from matteflow.transforms.metrics import SCHEMA, load_ground_truth, read_metrics
+from matteflow.transforms.quality import scores
+from matteflow.transforms.storage import exists, read_bytes, write_atomic
+
+__all__ = ["load_samples", "main", "run_name", "score_predictions"]
+
+_PREDICTION_EXTENSIONS = (".png", ".webp")
+
+
+def run_name(text: str) -> str:
+    """A run's folder name: letters, digits, '.', '_' and '-' only."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    if not name:
+        raise ValueError(f"run name {text!r} has no usable characters")
+    return name
+
+
+def load_samples(data: str) -> list[Sample]:
+    """The labelled images of a manifest (CSV/JSONL) or of a folder's manifest.csv."""
+    manifest = data if data.endswith((".csv", ".jsonl")) else f"{data.rstrip('/')}/manifest.csv"
+    text = read_bytes(manifest).decode("utf-8-sig")
+    if manifest.endswith(".jsonl"):
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        records = list(csv.DictReader(io.StringIO(text)))
+    base = manifest[: manifest.rfind("/") + 1]
+    samples = []
+    for record in records:
+        uri = resolve_uri(base, str(record.get("uri") or record.get("image") or ""))
+        truth = resolve_uri(base, str(record.get("ground_truth_uri") or record.get("alpha") or ""))
+        if not uri or not truth:
+            raise ValueError(f"{manifest}: every row needs an image and its ground truth: {record}")
+        sample_id = str(record.get("id") or posixpath.splitext(posixpath.basename(uri))[0])
+        samples.append(Sample(sample_id, uri, truth, str(record.get("category") or "")))
+    if len({s.id for s in samples}) != len(samples):
+        raise ValueError(f"{manifest}: ids are not unique")
+    return samples
+
+
+def _timings(predictions: str) -> dict[str, float]:
+    """id -> seconds from an optional `timings.csv` beside the predictions."""
+    try:
+        text = read_bytes(f"{predictions.rstrip('/')}/timings.csv").decode()
+    except NotFound:
+        return {}
+    return {row["id"]: float(row["seconds"]) for row in csv.DictReader(io.StringIO(text))}
+
+
+def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
+    """Metrics rows (SCHEMA) scoring another tool's alpha or RGBA files against ground truth."""
+    seconds = _timings(predictions)
+    rows = []
+    for sample in samples:
+        row = dict.fromkeys(SCHEMA.names)
+        row.update(
+            id=sample.id,
+            source_uri=sample.image_uri,
+            output_key=sample.id,
+            ground_truth_uri=sample.ground_truth_uri,
+            metadata={"category": sample.category},
+            warnings=[],
+            row_settings={},
+        )
+        candidates = [
+            f"{predictions.rstrip('/')}/{sample.id}{ext}" for ext in _PREDICTION_EXTENSIONS
+        ]
+        found = next((uri for uri in candidates if exists(uri)), None)
+        try:
+            if found is None:
+                raise NotFound(f"no prediction for {sample.id} in {predictions}")
+            pred = load_ground_truth(read_bytes(found), found)
+            truth = load_ground_truth(read_bytes(sample.ground_truth_uri), sample.ground_truth_uri)
+            if pred.shape != truth.shape:
+                shapes = f"{pred.shape[1]}x{pred.shape[0]}, not {truth.shape[1]}x{truth.shape[0]}"
+                raise ScoreError(f"{found}: {shapes}", code="size_mismatch")
+        except MatteflowError as err:
+            row.update(status="failed", error_stage="score", error_code=err.code)
+            row["error_message"] = str(err)
+            rows.append(row)
+            continue
+        row.update(status="ok", mask_uri=found, height=pred.shape[0], width=pred.shape[1])
+        row.update(scores(pred, truth))
+        if sample.id in seconds:
+            row["total_ms"] = seconds[sample.id] * 1e3
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _write_manifest(samples: list[Sample], uri: str) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "uri", "ground_truth_uri", "category"])
+    for s in samples:
+        writer.writerow([s.id, s.image_uri, s.ground_truth_uri, s.category])
+    write_atomic(uri, buf.getvalue().encode())
+
+
+def _runs(output: str) -> list[RunResult]:
+    """Every run under {output}/runs/, by name."""
+    found = FileSystems.match([f"{output}/runs/*/metrics/*.parquet"])[0].metadata_list
+    names = sorted({m.path.split("/runs/", 1)[1].split("/", 1)[0] for m in found})
+    return [RunResult(name, read_metrics(f"{output}/runs/{name}")) for name in names]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matteflow eval", description=__doc__)
+    parser.add_argument("--data", required=True, help="labelled manifest (CSV/JSONL) or folder")
+    parser.add_argument("--output", required=True, help="evaluation output prefix")
+    parser.add_argument("--name", help="run name (default: model-refine, or the folder name)")
+    parser.add_argument("--predictions", help="score another tool's outputs in this folder")
+    parser.add_argument("--model", help="registry model name")
+    parser.add_argument("--refine", help="none | guided | matting")
+    parser.add_argument("--profile", help="TOML profile")
+    parser.add_argument("--sheet_rows", type=int, default=40, help="images in the contact sheet")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: add one run, rewrite the report; exit codes as `matteflow run`."""
+    args, rest = _parser().parse_known_args(argv)
+    output = args.output.rstrip("/")
+    FileSystems.set_options(PipelineOptions(rest))
+    try:
+        samples = load_samples(args.data)
+    except (ValueError, MatteflowError) as err:
+        print(f"matteflow eval: cannot start: {err}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    if args.predictions:
+        name = run_name(args.name or posixpath.basename(args.predictions.rstrip("/")))
+        table = score_predictions(samples, args.predictions)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        write_atomic(f"{output}/runs/{name}/metrics/part-00000-of-00001.parquet", buf.getvalue())
+    else:
+        refine = args.refine or ""
+        default_name = f"{args.model or 'default'}-{refine or 'profile'}"
+        name = run_name(args.name or default_name)
+        manifest = f"{output}/runs/{name}/eval-manifest.csv"
+        _write_manifest(samples, manifest)
+        argv_run = ["--manifest", manifest, "--output", f"{output}/runs/{name}", "--force"]
+        argv_run += ["--model", args.model] if args.model else []
+        argv_run += ["--profile", args.profile] if args.profile else []
+        argv_run += ["--set", f"refine.refine={refine}"] if refine else []
+        code = run_main([*argv_run, *rest])  # reports its own errors; exit codes as `run`
+        if code != 0:
+            return code
+    runs = _runs(output)
+    index = write_report(output, samples, runs, sheet_rows=args.sheet_rows)
+    for run in runs:
+        ok = [r for r in run.metrics.to_pylist() if r["status"] == "ok" and r["iou"] is not None]
+        means = {
+            k: sum(r[k] for r in ok) / len(ok) if ok else float("nan")
+            for k in ("iou", "mae", "edge_mae")
+        }
+        print(
+            f"{run.name}: {len(ok)} scored, iou {means['iou']:.4f}, mae {means['mae']:.4f},"
+            f" edge_mae {means['edge_mae']:.4f}"
+        )
+    print(f"matteflow eval: run {name} in {time.monotonic() - start:.1f}s; report {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

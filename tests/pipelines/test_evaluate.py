@@ -1,0 +1,161 @@
+"""`matteflow eval`: labelled sets, scoring another tool's files, our runs and the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from matteflow.pipelines import evaluate
+from matteflow.pipelines.evaluate import load_samples, main, run_name, score_predictions
+from matteflow.pipelines.report import Sample
+from matteflow.transforms.metrics import SCHEMA, read_metrics
+from matteflow.transforms.quality import scores
+from tests.images import encode, pattern
+
+W, H = 24, 16
+
+
+def _truth() -> np.ndarray:
+    """8-bit ground truth: a hard block with a soft column."""
+    gt = np.zeros((H, W), np.uint8)
+    gt[4:12, 6:18] = 255
+    gt[4:12, 18] = 128
+    return gt
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> Path:
+    """An eval-dev style folder: manifest.csv with image/alpha columns relative to it."""
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "alpha").mkdir()
+    with (root / "manifest.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "image", "alpha", "category"])
+        for name, category in (("a", "product"), ("b", "product"), ("c", "animal")):
+            (root / "images" / f"{name}.png").write_bytes(encode(pattern(W, H), "PNG"))
+            Image.fromarray(_truth()).save(root / "alpha" / f"{name}.png")
+            writer.writerow([name, f"images/{name}.png", f"alpha/{name}.png", category])
+    return root
+
+
+def test_all_names_exist() -> None:
+    assert all(hasattr(evaluate, name) for name in evaluate.__all__)
+
+
+def test_a_folder_means_its_manifest_and_paths_resolve_against_it(labelled: Path) -> None:
+    samples = load_samples(str(labelled))
+    assert [(s.id, s.category) for s in samples] == [
+        ("a", "product"),
+        ("b", "product"),
+        ("c", "animal"),
+    ]
+    assert samples[0].image_uri == str(labelled / "images" / "a.png")
+    assert samples[0].ground_truth_uri == str(labelled / "alpha" / "a.png")
+
+
+def test_jsonl_manifests_with_the_run_column_names(labelled: Path) -> None:
+    lines = [{"uri": "images/a.png", "ground_truth_uri": "alpha/a.png"}]
+    (labelled / "m.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    [sample] = load_samples(str(labelled / "m.jsonl"))
+    assert (sample.id, sample.category) == ("a", "")  # id from the file name
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([["a", "images/a.png", ""]], "needs an image and its ground truth"),
+        ([["a", "images/a.png", "alpha/a.png"], ["a", "images/b.png", "alpha/b.png"]], "unique"),
+    ],
+)
+def test_bad_labelled_manifests_are_refused(
+    labelled: Path, rows: list[list[str]], message: str
+) -> None:
+    path = labelled / "bad.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["id", "uri", "ground_truth_uri"], *rows])
+    with pytest.raises(ValueError, match=message):
+        load_samples(str(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "name"), [("isnet-general-use-guided", "isnet-general-use-guided"), ("a/b c", "a-b-c")]
+)
+def test_run_names_are_safe_folder_names(text: str, name: str) -> None:
+    assert run_name(text) == name
+
+
+def test_run_name_needs_a_usable_character() -> None:
+    with pytest.raises(ValueError, match="no usable characters"):
+        run_name("//")
+
+
+def test_predictions_are_scored_like_our_masks(labelled: Path, tmp_path: Path) -> None:
+    samples = load_samples(str(labelled))
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    grey = np.zeros((H, W), np.uint8)
+    grey[4:12, 6:16] = 255  # misses two columns
+    Image.fromarray(grey).save(pred / "a.png")
+    rgba = np.dstack([np.asarray(pattern(W, H)), _truth()])  # an RGBA cutout, exact
+    Image.fromarray(rgba).save(pred / "b.webp", lossless=True)
+    Image.fromarray(np.zeros((H + 1, W), np.uint8)).save(pred / "c.png")  # wrong size
+    (pred / "timings.csv").write_text("id,seconds\na,0.5\n")
+
+    table = score_predictions(samples, str(pred))
+    assert table.schema == SCHEMA
+    rows = {r["id"]: r for r in table.to_pylist()}
+    truth = _truth().astype(np.float32) / 255
+    expected = scores(grey.astype(np.float32) / 255, truth)
+    assert {k: rows["a"][k] for k in expected} == pytest.approx(expected)
+    assert (rows["a"]["total_ms"], rows["b"]["total_ms"]) == (500.0, None)
+    assert rows["b"]["iou"] == 1.0 and rows["b"]["mae"] == 0.0
+    assert rows["b"]["mask_uri"] == str(pred / "b.webp")
+    assert (rows["c"]["status"], rows["c"]["error_code"]) == ("failed", "size_mismatch")
+
+
+def test_a_missing_prediction_is_a_failed_row(tmp_path: Path) -> None:
+    sample = Sample("z", "img.png", "gt.png", "")
+    [row] = score_predictions([sample], str(tmp_path)).to_pylist()
+    assert (row["status"], row["error_stage"], row["error_code"]) == (
+        "failed",
+        "score",
+        "not_found",
+    )
+
+
+def test_eval_adds_runs_and_writes_one_report(labelled: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    base = ["--data", str(labelled), "--output", str(out), "--model", "tiny-isnet"]
+    assert main([*base, "--refine", "none"]) == 0
+    assert main([*base, "--refine", "guided", "--name", "guided"]) == 0
+    ours = out / "runs" / "tiny-isnet-none"
+    assert (
+        main(["--data", str(labelled), "--output", str(out), "--predictions", str(ours / "masks")])
+        == 0
+    )
+
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["guided", "masks", "tiny-isnet-none"]
+    ours_rows = {r["id"]: r for r in read_metrics(str(ours)).to_pylist()}
+    copied = {r["id"]: r for r in read_metrics(str(out / "runs" / "masks")).to_pylist()}
+    assert set(ours_rows) == set(copied) == {"a", "b", "c"}
+    for sample_id, row in ours_rows.items():
+        assert row["status"] == "ok" and row["metadata"] == [("category", row["metadata"][0][1])]
+        # Scoring our written masks as "another tool" gives our scores, up to 8-bit rounding.
+        assert copied[sample_id]["iou"] == pytest.approx(row["iou"], abs=0.02)
+    page = (out / "report" / "index.html").read_text()
+    for name in runs:
+        assert name in page
+
+
+def test_eval_refuses_a_missing_data_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert "cannot start" in capsys.readouterr().err
