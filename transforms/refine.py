@@ -47,7 +47,7 @@ _OVERLAP = 32
 class RefineSettings:
     """How the model's alpha is refined at full resolution, and when a row needs review."""
 
-    refine: str = "guided"  # none | guided | matting (bench/refine.py measured the choice)
+    refine: str = "none"  # none | guided | matting (none: see bench/refine.py and README)
     decontaminate: bool = True  # estimate foreground colour on the edge band
     guided_radius: int = 2  # guided filter window radius, in pixels of the ~1024 px grid
     guided_eps: float = 1e-4  # guided filter regularisation (smaller follows edges harder)
