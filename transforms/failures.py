@@ -8,7 +8,8 @@
         ├── Forbidden         fetch/forbidden
         ├── DecodeError       decode/<code>: unsupported_format, truncated, too_many_pixels
         ├── ScoreError        score/<code>: ground truth unreadable or the wrong size
-        └── InferenceError    segment/<code>
+        ├── InferenceError    segment/<code>
+        └── RefineError       refine/<code>: e.g. shape_mismatch
 
 `stage` and `code` are the stable strings written to the metrics Parquet.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "MatteflowError",
     "NotFound",
     "PermanentError",
+    "RefineError",
     "ScoreError",
     "TransientError",
     "classify",
@@ -87,6 +89,12 @@ class InferenceError(PermanentError):
     """The model failed on this element even when run alone."""
 
     stage, code = "segment", "model_error"
+
+
+class RefineError(PermanentError):
+    """The matte cannot be refined (e.g. its alpha does not fit its image)."""
+
+    stage, code = "refine", "refine_error"
 
 
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}

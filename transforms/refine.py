@@ -15,6 +15,7 @@ uncertainty score.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from matteflow.transforms.failures import classify
+from matteflow.transforms.failures import RefineError, classify
 from matteflow.transforms.types import Failed, Matte
 
 __all__ = [
@@ -60,7 +61,7 @@ class RefineSettings:
             )
         if not 0.0 <= self.review_threshold <= 1.0:
             raise ValueError(f"review_threshold: expected 0..1, got {self.review_threshold}")
-        if self.guided_eps <= 0:
+        if not self.guided_eps > 0:  # also refuses NaN
             raise ValueError(f"guided_eps: expected a positive number, got {self.guided_eps}")
 
 
@@ -188,6 +189,12 @@ class _RefineFn(beam.DoFn):
             image = matte.image
             colour = image.rgb16 if image.rgb16 is not None else image.rgb
             alpha = matte.alpha
+            if alpha.shape != colour.shape[:2]:
+                raise RefineError(
+                    f"{image.task.source_uri}: alpha {alpha.shape[1]}x{alpha.shape[0]} does not"
+                    f" match the {image.width}x{image.height} image",
+                    code="shape_mismatch",
+                )
             if s.refine == "guided":
                 alpha = guided_filter(colour, alpha, s.guided_radius, s.guided_eps)
             elif s.refine == "matting":
@@ -197,11 +204,13 @@ class _RefineFn(beam.DoFn):
             failure = classify(err, "refine", matte.image.task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(matte.image.task, failure))
             return
-        matte.alpha = alpha
-        matte.foreground = foreground
-        matte.needs_review = matte.uncertainty >= s.review_threshold
-        matte.timings_ms = {**matte.timings_ms, "refine_ms": (time.perf_counter() - start) * 1e3}
-        yield matte
+        yield dataclasses.replace(
+            matte,
+            alpha=alpha,
+            foreground=foreground,
+            needs_review=matte.uncertainty >= s.review_threshold,
+            timings_ms={**matte.timings_ms, "refine_ms": (time.perf_counter() - start) * 1e3},
+        )
 
 
 class Refine(beam.PTransform):
