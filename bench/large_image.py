@@ -25,7 +25,7 @@ from matteflow.transforms.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "examples" / "sample" / "chelsea.jpg"
-_STAGES = ("fetch_ms", "decode_ms", "infer_ms", "encode_ms", "write_ms")
+_STAGES = ("fetch_ms", "decode_ms", "infer_ms", "refine_ms", "encode_ms", "write_ms")
 
 
 def _photo(megapixels: float, path: Path) -> tuple[int, int]:

@@ -7,7 +7,7 @@ uncertainty score.
 - `matting`: closed-form matting (Levin et al. 2008, pymatting) solved only on the unknown band
   of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
 - `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
-  estimator), so a cutout over any background shows no halo of the old one.
+  estimator, in tiles), so a cutout over any background shows no halo of the old one.
 - `uncertainty` in [0, 1]: the share of the subject's area (alpha > 0.5 plus the ambiguous band
   0.1 < alpha < 0.9) that is ambiguous, on the model's own output; 1.0 when nothing is found.
   `needs_review` is uncertainty >= `review_threshold`.
@@ -42,6 +42,9 @@ __all__ = [
 REFINE_MODES = ("none", "guided", "matting")
 _TILE = 512  # matting tiles: side in pixels, plus _OVERLAP on each side as context
 _OVERLAP = 32
+# Foreground estimation spreads known colours over longer distances than matting's local
+# windows: more context per tile, so tiles agree with a whole-image estimate at their seams.
+_DECONTAMINATE_CONTEXT = 128
 
 
 @dataclass(frozen=True)
@@ -125,14 +128,17 @@ def trimap(alpha: np.ndarray, low: float = 0.05, high: float = 0.95) -> np.ndarr
     return out
 
 
-def _tiles(shape: tuple[int, int]) -> Iterator[tuple[slice, slice, slice, slice]]:
-    """(rows, cols) of each tile with its context, and the tile's place inside that window."""
+def _tiles(
+    shape: tuple[int, int], context: int = _OVERLAP
+) -> Iterator[tuple[slice, slice, slice, slice]]:
+    """(rows, cols) of each tile with `context` pixels around it, and the tile's place inside
+    that window."""
     height, width = shape
     for top in range(0, height, _TILE):
         for left in range(0, width, _TILE):
-            r0, c0 = max(0, top - _OVERLAP), max(0, left - _OVERLAP)
-            r1 = min(height, top + _TILE + _OVERLAP)
-            c1 = min(width, left + _TILE + _OVERLAP)
+            r0, c0 = max(0, top - context), max(0, left - context)
+            r1 = min(height, top + _TILE + context)
+            c1 = min(width, left + _TILE + context)
             inner_r = slice(top - r0, min(top + _TILE, height) - r0)
             inner_c = slice(left - c0, min(left + _TILE, width) - c0)
             yield slice(r0, r1), slice(c0, c1), inner_r, inner_c
@@ -158,23 +164,23 @@ def matting(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Foreground colours (same dtype as `rgb`) where 0 < alpha < 1, estimated by pymatting's
-    multi-level method on the edge band's bounding box; other pixels keep `rgb`."""
+    multi-level method tile by tile (bounded memory); other pixels keep `rgb`."""
     import pymatting
 
     band = (alpha > 1.0 / 512) & (alpha < 1.0 - 1.0 / 512)
-    if not band.any():
-        return rgb
-    rows, cols = np.nonzero(ndimage.binary_dilation(band, iterations=2))
-    box = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    if rgb[box].shape[0] * rgb[box].shape[1] < 2:  # one pixel: nothing to estimate it from
+    if not band.any() or alpha.size < 2:  # one pixel: nothing to estimate it from
         return rgb
     top = float(np.iinfo(rgb.dtype).max)
-    crop = rgb[box].astype(np.float64) / top
-    foreground = pymatting.estimate_foreground_ml(crop, alpha[box].astype(np.float64))
     out = rgb.copy()
-    region = out[box]
-    estimated = np.rint(np.clip(foreground, 0.0, 1.0) * top).astype(rgb.dtype)
-    region[band[box]] = estimated[band[box]]
+    for rows, cols, inner_r, inner_c in _tiles(alpha.shape, context=_DECONTAMINATE_CONTEXT):
+        inner = band[rows, cols][inner_r, inner_c]
+        if not inner.any():
+            continue
+        window = rgb[rows, cols].astype(np.float64) / top
+        estimated = pymatting.estimate_foreground_ml(window, alpha[rows, cols].astype(np.float64))
+        clean = np.rint(np.clip(estimated[inner_r, inner_c], 0.0, 1.0) * top).astype(rgb.dtype)
+        target = out[rows, cols][inner_r, inner_c]
+        target[inner] = clean[inner]
     return out
 
 

@@ -272,3 +272,24 @@ def test_odd_sizes_and_per_row_outputs_through_the_cli(tmp_path: Path) -> None:
     assert tiny["row_settings"] == [("outputs", "mask,psd"), ("framing", "crop")]
     assert tiny["cutout_uri"] is None and tiny["psd_uri"] == f"{out}/psd/tiny.psd"
     assert (out / "masks" / "tiny.png").exists() and not (out / "cutouts" / "tiny.png").exists()
+
+
+def test_review_manifest_lists_flagged_rows_most_uncertain_first(
+    sample: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = ["--manifest", sample, "--output", str(out), "--model", "tiny-isnet"]
+    assert main([*argv, "--set", "refine.review_threshold=0.0"]) == 0  # every ok row flagged
+    rows = read_metrics(str(out)).to_pylist()
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: -r["uncertainty"])
+    assert all(r["needs_review"] and 0.0 <= r["uncertainty"] <= 1.0 for r in ok)
+    with (out / "review" / "manifest.csv").open() as f:
+        listed = list(csv.DictReader(f))
+    assert [r["id"] for r in listed] == [r["id"] for r in ok]
+    assert [float(r["uncertainty"]) for r in listed] == [round(r["uncertainty"], 4) for r in ok]
+    assert json.loads((out / "run.json").read_text())["needs_review"] == len(ok)
+
+    assert main([*argv, "--set", "refine.review_threshold=1.0", "--force"]) == 0
+    flagged = [r for r in read_metrics(str(out)).to_pylist() if r["needs_review"]]
+    with (out / "review" / "manifest.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(flagged)  # the last run's list replaces it

@@ -336,6 +336,21 @@ def test_decontaminate_recovers_the_foreground_colour_on_the_soft_band() -> None
     assert np.array_equal(out[~band], rgb[~band])
 
 
+def test_decontaminate_in_tiles_recovers_the_foreground_across_tile_seams() -> None:
+    # 700 x 600 is four 512 px tiles; the disc's soft edge crosses both seams.
+    alpha, fg, image = _composite(700, 600, 512, 512, 150)
+    rgb = _u8(image)
+    out = decontaminate(rgb, alpha.astype(np.float32))
+    soft = (alpha > 0.1) & (alpha < 0.9)
+    near_seams = soft & (
+        (np.abs(np.arange(700) - 512)[:, None] < 40) | (np.abs(np.arange(600) - 512)[None, :] < 40)
+    )
+    raw = np.abs(rgb / 255.0 - fg)[soft].mean()
+    assert near_seams.sum() > 100
+    assert np.abs(out / 255.0 - fg)[soft].mean() < raw / 10
+    assert np.abs(out / 255.0 - fg)[near_seams].mean() < raw / 10
+
+
 def test_decontaminate_sixteen_bit_in_sixteen_bit_out() -> None:
     alpha, fg, image = _composite(60, 70, 30, 36, 18)
     rgb16 = np.rint(image * 65535).astype(np.uint16)
