@@ -17,11 +17,11 @@ name and renamed into place, so no reader ever sees a partial file at a final na
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -47,7 +47,7 @@ from matteflow.transforms.settings import OutputSettings, background_colour, wit
 from matteflow.transforms.storage import read_bytes, write_atomic
 from matteflow.transforms.types import Failed, ImageTask, Matte
 
-__all__ = ["WriteOutputs", "composite", "quantise_alpha", "render"]
+__all__ = ["Rendered", "WriteOutputs", "composite", "quantise_alpha", "render"]
 
 
 def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
@@ -86,15 +86,25 @@ def _background(spec: str, height: int, width: int, dtype: np.dtype) -> np.ndarr
     return np.asarray(covered, np.float32) * scale
 
 
+class Rendered(NamedTuple):
+    """The encoded outputs of one row and the size they were framed to."""
+
+    files: dict[str, tuple[str, bytes]]  # metrics column -> (uri, encoded bytes)
+    width: int
+    height: int
+
+
 def render(
     matte: Matte, outputs: OutputSettings, framing: FramingSettings, output: str
-) -> dict[str, tuple[str, bytes]]:
-    """{metrics column: (uri, encoded bytes)} of every output the settings select."""
+) -> Rendered:
+    """Every output the settings select, encoded, with their (framed) size."""
     image = matte.image
     original = image.rgb16 if image.rgb16 is not None else image.rgb
-    colour = original if matte.foreground is None else matte.foreground
+    clean = matte.foreground is not None  # decontaminated colour from Refine
+    colour = matte.foreground if clean else original
     if not outputs.keep_16_bit:
-        original, colour = to_uint8(original), to_uint8(colour)
+        original = to_uint8(original)
+        colour = to_uint8(colour) if clean else original
     rgb, alpha = frame(colour, matte.alpha, framing)
     alpha_px = quantise_alpha(alpha, rgb.dtype.type)
     settings = {"outputs": dataclasses.asdict(outputs), "framing": dataclasses.asdict(framing)}
@@ -142,7 +152,7 @@ def render(
     if outputs.color:
         files["color_uri"] = (f"{prefix}/colors/{key}.{ext}", encoded(rgb, outputs.cutout_format))
     if outputs.psd:  # the original layer as shot; the cutout layer with its clean colour
-        framed_original = rgb if colour is original else frame(original, matte.alpha, framing)[0]
+        framed_original = frame(original, matte.alpha, framing)[0] if clean else rgb
         data = encode_psd(
             to_uint8(framed_original),
             quantise_alpha(alpha, np.uint8),
@@ -150,7 +160,7 @@ def render(
             cutout=to_uint8(rgb),
         )
         files["psd_uri"] = (f"{prefix}/psd/{key}.psd", data)
-    return files
+    return Rendered(files, rgb.shape[1], rgb.shape[0])
 
 
 class _WriteFn(beam.DoFn):
@@ -168,7 +178,7 @@ class _WriteFn(beam.DoFn):
             check_key(task.output_key)  # keys are checked when read; never write outside
             start = time.perf_counter()
             outputs, framing = with_overrides(self._outputs, self._framing, dict(task.settings))
-            files = render(matte, outputs, framing, self._output)
+            files, width, height = render(matte, outputs, framing, self._output)
             encoded = time.perf_counter()
             for uri, data in files.values():
                 write_atomic(uri, data)
@@ -184,17 +194,8 @@ class _WriteFn(beam.DoFn):
             "encode_ms": (encoded - start) * 1e3,
             "write_ms": (written - encoded) * 1e3,
         }
-        size = _size(files)
-        yield ok_row(matte, uris, sum(len(data) for _, data in files.values()), timings, size)
-
-
-def _size(files: dict[str, tuple[str, bytes]]) -> tuple[int, int] | None:
-    """(width, height) of the written images, read from the first file's header."""
-    for uri, data in files.values():
-        if not uri.endswith(".psd"):
-            with Image.open(io.BytesIO(data)) as img:
-                return img.size
-    return None
+        output_bytes = sum(len(data) for _, data in files.values())
+        yield ok_row(matte, uris, output_bytes, timings, (width, height))
 
 
 class WriteOutputs(beam.PTransform):

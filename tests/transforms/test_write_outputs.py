@@ -84,7 +84,7 @@ def _matte(
 def _render(
     matte: Matte, outputs: OutputSettings, framing: FramingSettings = NO_FRAMING
 ) -> dict[str, tuple[str, bytes]]:
-    return render(matte, outputs, framing, "out/")
+    return render(matte, outputs, framing, "out/").files
 
 
 def _open(data: bytes) -> Image.Image:
