@@ -27,6 +27,7 @@ import tifffile
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from matteflow.transforms.colour import INTENTS, to_srgb_rgb, wide_to_srgb
+from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
 from matteflow.transforms.metrics import skipped_row
 from matteflow.transforms.resume import Resume
@@ -203,7 +204,7 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
         alpha = wide[..., colour_channels] if wide.shape[2] in (2, 4) else None
         if alpha is not None and alpha.min() == 65535:
             alpha = None
-        rgb = ((rgb16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        rgb = to_uint8(rgb16)
     else:
         alpha = _alpha(img)
         converted, description, colour_notes = to_srgb_rgb(img, settings.intent)

@@ -7,6 +7,7 @@ back to its image's full resolution before it leaves the handler.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -175,8 +176,8 @@ def _split(
         yield beam.pvalue.TaggedOutput("failures", result)
         return
     source_alpha = result.image.source_alpha
-    result.alpha = apply_existing_alpha(result.alpha, source_alpha, settings.existing_alpha)
-    yield result
+    alpha = apply_existing_alpha(result.alpha, source_alpha, settings.existing_alpha)
+    yield dataclasses.replace(result, alpha=alpha)  # Beam elements are not changed in place
 
 
 class Segment(beam.PTransform):
