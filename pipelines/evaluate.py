@@ -33,9 +33,16 @@ from matteflow.pipelines.remove_background import main as run_main
 from matteflow.pipelines.report import RunResult, Sample, write_report
 from matteflow.transforms.failures import MatteflowError, NotFound, ScoreError
 from matteflow.transforms.manifest import resolve_uri
-from matteflow.transforms.metrics import SCHEMA, load_ground_truth, read_metrics
+from matteflow.transforms.metrics import (
+    SCHEMA,
+    base_row,
+    failed_row,
+    load_ground_truth,
+    read_metrics,
+)
 from matteflow.transforms.quality import scores
 from matteflow.transforms.storage import exists, read_bytes, write_atomic
+from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = ["load_samples", "main", "run_name", "score_predictions"]
 
@@ -86,15 +93,12 @@ def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
     seconds = _timings(predictions)
     rows = []
     for sample in samples:
-        row = dict.fromkeys(SCHEMA.names)
-        row.update(
-            id=sample.id,
-            source_uri=sample.image_uri,
-            output_key=sample.id,
-            ground_truth_uri=sample.ground_truth_uri,
-            metadata={"category": sample.category},
-            warnings=[],
-            row_settings={},
+        task = ImageTask(
+            sample.id,
+            sample.image_uri,
+            sample.id,
+            sample.ground_truth_uri,
+            (("category", sample.category),),
         )
         candidates = [
             f"{predictions.rstrip('/')}/{sample.id}{ext}" for ext in _PREDICTION_EXTENSIONS
@@ -108,12 +112,11 @@ def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
             if pred.shape != truth.shape:
                 shapes = f"{pred.shape[1]}x{pred.shape[0]}, not {truth.shape[1]}x{truth.shape[0]}"
                 raise ScoreError(f"{found}: {shapes}", code="size_mismatch")
-        except MatteflowError as err:
-            row.update(status="failed", error_stage="score", error_code=err.code)
-            row["error_message"] = str(err)
-            rows.append(row)
+        except MatteflowError as err:  # a missing prediction scores as a failure, too
+            rows.append(failed_row(Failed(task, "score", err.code, str(err))))
             continue
-        row.update(status="ok", mask_uri=found, height=pred.shape[0], width=pred.shape[1])
+        row = base_row(task, "ok")
+        row.update(mask_uri=found, height=pred.shape[0], width=pred.shape[1])
         row.update(scores(pred, truth))
         if sample.id in seconds:
             row["total_ms"] = seconds[sample.id] * 1e3

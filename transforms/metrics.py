@@ -29,6 +29,7 @@ __all__ = [
     "SCHEMA",
     "Score",
     "WriteMetrics",
+    "base_row",
     "failed_row",
     "load_ground_truth",
     "ok_row",
@@ -90,7 +91,8 @@ SCHEMA = pa.schema(
 )
 
 
-def _base(task: ImageTask, status: str) -> dict[str, Any]:
+def base_row(task: ImageTask, status: str) -> dict[str, Any]:
+    """A metrics row (every SCHEMA column, None unless the task says) for `task` in `status`."""
     row: dict[str, Any] = dict.fromkeys(SCHEMA.names)
     row.update(
         id=task.id,
@@ -115,7 +117,7 @@ def ok_row(
     """The metrics row of a processed image; `outputs` maps uri columns to written URIs and
     `output_size` is the written images' (width, height)."""
     image = matte.image
-    row = _base(image.task, "ok")
+    row = base_row(image.task, "ok")
     width, height = output_size or (None, None)
     row.update(
         width=image.width,
@@ -149,14 +151,14 @@ def ok_row(
 
 def skipped_row(task: ImageTask, outputs: dict[str, str], source_sha256: str) -> dict[str, Any]:
     """The metrics row of a row whose outputs were current: nothing was redone."""
-    row = _base(task, "skipped")
+    row = base_row(task, "skipped")
     row.update(source_sha256=source_sha256, **outputs)
     return row
 
 
 def failed_row(failed: Failed) -> dict[str, Any]:
     """The metrics row of a row that failed; error columns say where and why."""
-    row = _base(failed.task, "failed")
+    row = base_row(failed.task, "failed")
     row.update(error_stage=failed.stage, error_code=failed.code, error_message=failed.message)
     return row
 
