@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+
+from matteflow.transforms.resize import resize_plane
 
 __all__ = ["FramingSettings", "check_framing", "frame", "subject_box"]
 
@@ -130,12 +131,6 @@ def _scale_span(start: int, stop: int, k: float, size: int) -> tuple[int, int]:
     return first, min(size, max(first + 1, _round(stop * k)))
 
 
-def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Lanczos resize of one float32 H x W plane (Pillow mode "F", no quantisation)."""
-    resized = Image.fromarray(plane).resize((width, height), Image.Resampling.LANCZOS)
-    return np.asarray(resized, dtype=np.float32)
-
-
 def _resize(
     rgb: np.ndarray, alpha: np.ndarray, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -144,11 +139,11 @@ def _resize(
     if alpha.shape == (height, width):
         return rgb, alpha
     top = np.iinfo(rgb.dtype).max
-    ringing = _resize_plane(alpha, height, width)  # Lanczos may overshoot [0, 1] slightly
+    ringing = resize_plane(alpha, height, width)  # Lanczos may overshoot [0, 1] slightly
     visible = ringing > 0
     out_rgb = np.empty((height, width, 3), rgb.dtype)
     for c in range(3):
-        premultiplied = _resize_plane(rgb[..., c].astype(np.float32) * alpha, height, width)
+        premultiplied = resize_plane(rgb[..., c].astype(np.float32) * alpha, height, width)
         # Dividing by the unclipped alpha keeps a flat colour flat where alpha overshoots 1.
         colour = np.divide(premultiplied, ringing, out=np.zeros_like(ringing), where=visible)
         out_rgb[..., c] = np.clip(np.rint(colour), 0, top)

@@ -26,6 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from matteflow.transforms.failures import RefineError, classify
+from matteflow.transforms.resize import resize_plane
 from matteflow.transforms.types import Failed, Matte
 
 __all__ = [
@@ -80,11 +81,7 @@ def _box(x: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A float32 plane resized with bilinear interpolation (Pillow "F" mode)."""
-    if x.shape == (height, width):
-        return x
-    img = Image.fromarray(np.ascontiguousarray(x, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
+    return resize_plane(x, height, width, Image.Resampling.BILINEAR)
 
 
 def guided_filter(
