@@ -18,7 +18,7 @@ import imagecodecs
 import numpy as np
 from PIL import Image, ImageCms
 
-__all__ = ["INTENTS", "SRGB_ICC", "to_srgb_rgb", "wide_to_srgb"]
+__all__ = ["INTENTS", "SIXTEEN_BIT_GREY", "SRGB_ICC", "to_srgb_rgb", "wide_to_srgb"]
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 SRGB_ICC: bytes = _SRGB.tobytes()  # the profile converted to, and embedded in every output
@@ -30,7 +30,7 @@ INTENTS = {
 }
 # Modes LittleCMS converts directly; everything else is first brought to one of these.
 _CMS_MODES = {"RGB", "L", "CMYK"}
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")
+SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L")  # the 16-bit modes Pillow holds (grey only)
 # LittleCMS's optimised 16-bit pipelines interpolate a table and miss clipped, out-of-gamut
 # colours by up to 15/255 against the exact (and 8-bit) result; unoptimised they agree within 1.
 _CMS_NOOPTIMIZE = 0x0100
@@ -58,7 +58,7 @@ def _transform(icc: bytes, mode: str, intent: str) -> tuple[ImageCms.ImageCmsTra
 def _cms_mode(img: Image.Image) -> Image.Image:
     if img.mode in _CMS_MODES:
         return img
-    if img.mode in _SIXTEEN_BIT:
+    if img.mode in SIXTEEN_BIT_GREY:
         # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them;
         # 65535 / 257 = 255 exactly, so this maps the full range onto 0..255.
         wide = np.asarray(img, dtype=np.float64)

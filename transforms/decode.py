@@ -26,7 +26,7 @@ import pillow_heif
 import tifffile
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from matteflow.transforms.colour import INTENTS, to_srgb_rgb, wide_to_srgb
+from matteflow.transforms.colour import INTENTS, SIXTEEN_BIT_GREY, to_srgb_rgb, wide_to_srgb
 from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
 from matteflow.transforms.metrics import skipped_row
@@ -54,9 +54,8 @@ class DecodeSettings:
     """Limits and colour handling applied while decoding."""
 
     max_pixels: int = 100_000_000  # larger images fail as decode/too_many_pixels
-    intent: str = (
-        "perceptual"  # ICC rendering intent: perceptual | relative | saturation | absolute
-    )
+    # ICC rendering intent: perceptual | relative | saturation | absolute
+    intent: str = "perceptual"
 
     def __post_init__(self) -> None:
         if self.intent not in INTENTS:
@@ -146,7 +145,7 @@ def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
 
 def _bits(img: Image.Image, data: bytes) -> int:
     """Bits per sample of the source (Pillow reports 16-bit RGB as 8-bit modes)."""
-    if img.mode in ("I;16", "I;16B", "I;16L"):
+    if img.mode in SIXTEEN_BIT_GREY:
         return 16
     if img.format == "PNG" and len(data) > _PNG_BIT_DEPTH:
         return int(data[_PNG_BIT_DEPTH])
@@ -160,7 +159,7 @@ def _wide_pixels(img: Image.Image, data: bytes) -> np.ndarray | None:
     """H x W x C uint16 samples (grey, grey+alpha, RGB, RGBA) of a 16-bit source, else None."""
     if _bits(img, data) != 16:
         return None
-    if img.mode in ("I;16", "I;16B", "I;16L"):
+    if img.mode in SIXTEEN_BIT_GREY:
         return np.asarray(img).astype(np.uint16)[..., None]
     if img.format == "PNG" and img.mode in ("RGB", "RGBA", "LA"):
         pixels = imagecodecs.png_decode(data)
