@@ -219,6 +219,8 @@ def set_progress_listener(listener: Callable[[str], None] | None) -> None:
 
 
 class _CountFn(beam.DoFn):
+    """Counters in the runner's UI: rows_ok, rows_skipped, rows_failed, and failed/STAGE/CODE."""
+
     def __init__(self) -> None:
         self._rows = {
             s: beam.metrics.Metrics.counter("matteflow.metrics", f"rows_{s}")
@@ -227,6 +229,9 @@ class _CountFn(beam.DoFn):
 
     def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self._rows[row["status"]].inc()
+        if row["status"] == "failed":
+            code = f"failed/{row['error_stage']}/{row['error_code']}"
+            beam.metrics.Metrics.counter("matteflow.metrics", code).inc()
         listener = _listener
         if listener is not None:
             listener(row["status"])
@@ -241,10 +246,16 @@ class WriteMetrics(beam.PTransform):
         self._prefix = f"{output.rstrip('/')}/metrics/part"
 
     def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
+        # Unbounded (streaming) rows come in fixed windows: each window's files are named by
+        # its UTC start and end, e.g. part-2026-11-27T09-00-00-2026-11-27T09-01-00-00000-of-00001.
+        shards = None if rows.is_bounded else "-V-SSSSS-of-NNNNN"
         return (
             rows
             | "Count" >> beam.ParDo(_CountFn())
-            | "Parquet" >> beam.io.WriteToParquet(self._prefix, SCHEMA, file_name_suffix=".parquet")
+            | "Parquet"
+            >> beam.io.WriteToParquet(
+                self._prefix, SCHEMA, file_name_suffix=".parquet", shard_name_template=shards
+            )
         )
 
 

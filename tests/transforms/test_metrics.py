@@ -282,6 +282,7 @@ def test_write_metrics_round_trips_through_parquet(tmp_path: Path) -> None:
     counters = result.metrics().query(MetricsFilter().with_namespace("matteflow.metrics"))
     committed = {c.key.metric.name: c.committed for c in counters["counters"]}
     assert (committed.get("rows_ok"), committed.get("rows_failed")) == (3, 1)
+    assert committed.get("failed/decode/truncated") == 1  # per code, for the runner's UI
 
 
 def test_read_metrics_of_an_empty_output_is_an_empty_table(tmp_path: Path) -> None:
