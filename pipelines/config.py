@@ -11,8 +11,10 @@ import importlib.resources
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
+from matteflow.pipelines.options import BeamSettings
+from matteflow.transforms.arrivals import StreamingSettings
 from matteflow.transforms.decode import DecodeSettings
 from matteflow.transforms.framing import FramingSettings, check_framing
 from matteflow.transforms.matte import MatteSettings
@@ -67,6 +69,8 @@ class RunConfig:
     framing: FramingSettings = field(default_factory=FramingSettings)
     matte: MatteSettings = field(default_factory=MatteSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
+    streaming: StreamingSettings = field(default_factory=StreamingSettings)
+    beam: BeamSettings = field(default_factory=BeamSettings)  # runner options (pipelines/options)
 
 
 # Integer settings where 0 has a meaning: torch's own thread count, no zlib compression, no
@@ -90,6 +94,10 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a table, got {value!r}")
             values[key] = _build(expected, value, where)  # type: ignore[arg-type]
+        elif get_origin(expected) is tuple:  # a list of strings: [beam] args
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            values[key] = tuple(value)
         elif isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
             raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
         elif expected is int and value < (0 if key in _ZERO_MEANS_DEFAULT_OR_NONE else 1):

@@ -1,14 +1,31 @@
-"""Command-line options of matteflow jobs; runner settings stay standard Beam flags."""
+"""Command-line options of matteflow jobs; runner settings stay standard Beam flags, given on
+the command line or in a profile's `[beam]` table."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["MatteflowOptions"]
+__all__ = ["BeamSettings", "MatteflowOptions"]
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    """Beam pipeline options a profile sets (`[beam] args`); the command line's flags come after
+    them, so a flag given there wins (repeatable flags such as --experiments add up)."""
+
+    args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for arg in self.args:
+            if not arg.startswith("--"):
+                raise ValueError(f"args: {arg!r} is not a flag; write '--name=value'")
 
 
 class MatteflowOptions(PipelineOptions):
-    """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set."""
+    """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set,
+    --subscription."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
@@ -35,4 +52,10 @@ class MatteflowOptions(PipelineOptions):
             metavar="TABLE.KEY=VALUE",
             help="override one profile setting, e.g. --set outputs.cutout_format=webp"
             " (repeatable; VALUE is read as TOML, else as a string)",
+        )
+        parser.add_argument(
+            "--subscription",
+            default=None,
+            help="with --streaming: a Pub/Sub subscription (projects/P/subscriptions/S) of Cloud"
+            " Storage object-finalize notifications, read instead of polling the --manifest glob",
         )

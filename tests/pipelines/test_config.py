@@ -59,12 +59,26 @@ def test_output_framing_and_matte_tables(tmp_path: Path) -> None:
         ("[framing]\nmax_size = -1\n", "framing.max_size: expected a positive integer"),
         ("[matte]\nexisting_alpha = 'mix'\n", "matte.existing_alpha: expected one of keep"),
         ("[decode]\nintent = 'vivid'\n", "decode.intent: expected one of perceptual"),
+        ("[beam]\nargs = '--runner=X'\n", "beam.args: expected a list of strings"),
+        ("[beam]\nargs = [1]\n", "beam.args: expected a list of strings, got [1]"),
+        ("[beam]\nargs = ['runner=X']\n", "beam.args: 'runner=X' is not a flag"),
+        ("[streaming]\nwindow_s = 0\n", "streaming.window_s: expected a positive integer"),
+        ("[streaming]\npoll_interval_s = -1\n", "streaming.poll_interval_s: expected > 0"),
     ],
 )
 def test_bad_profiles_name_the_dotted_path(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_profile(tmp_path, text))
     assert message in str(info.value)
+
+
+def test_beam_and_streaming_tables(tmp_path: Path) -> None:
+    text = (
+        '[beam]\nargs = ["--runner=FlinkRunner", "--parallelism=4"]\n[streaming]\nwindow_s = 300\n'
+    )
+    cfg = load_config(_profile(tmp_path, text))
+    assert cfg.beam.args == ("--runner=FlinkRunner", "--parallelism=4")
+    assert (cfg.streaming.window_s, cfg.streaming.poll_interval_s) == (300, 30.0)
 
 
 def test_missing_profile_file(tmp_path: Path) -> None:

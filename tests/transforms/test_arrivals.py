@@ -1,0 +1,34 @@
+"""ReadArrivals' plain parts: the watched glob's root, and what a bucket notification names."""
+
+from __future__ import annotations
+
+import pytest
+
+from matteflow.transforms.arrivals import StreamingSettings, glob_root, notification_uri
+
+
+@pytest.mark.parametrize(
+    ("pattern", "root"),
+    [
+        ("gs://b/incoming/**/*.jpg", "gs://b/incoming/"),
+        ("gs://b/incoming/**.jpg", "gs://b/incoming/"),
+        ("photos/shop-?/*.png", "photos/"),
+        ("/data/[ab]*.png", "/data/"),
+        ("*.png", ""),
+    ],
+)
+def test_glob_root_is_the_folder_before_the_first_wildcard(pattern: str, root: str) -> None:
+    assert glob_root(pattern) == root
+
+
+def test_notification_names_finished_uploads_only() -> None:
+    finalize = {"eventType": "OBJECT_FINALIZE", "bucketId": "b", "objectId": "in/x y.jpg"}
+    assert notification_uri(finalize) == "gs://b/in/x y.jpg"
+    assert notification_uri({**finalize, "eventType": "OBJECT_DELETE"}) is None
+    assert notification_uri({**finalize, "eventType": "OBJECT_METADATA_UPDATE"}) is None
+    assert notification_uri({"eventType": "OBJECT_FINALIZE", "bucketId": "b"}) is None
+
+
+def test_poll_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="poll_interval_s"):
+        StreamingSettings(poll_interval_s=0)
