@@ -1,7 +1,8 @@
 """The main job: manifest -> cutouts, masks and one Parquet metrics row per manifest row.
 
 ReadManifest -> FetchAndDecode -> Segment -> Score -> WriteOutputs -> WriteMetrics; every
-failure on the way becomes a failed metrics row. `run.json` is written last.
+failure on the way becomes a failed metrics row. `run.json` is written last. With --streaming,
+ReadArrivals (new objects as they land) replaces ReadManifest and metrics are written per window.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import platform
 import sys
 import time
@@ -26,18 +28,26 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
+    PortableOptions,
     StandardOptions,
 )
-from apache_beam.runners.runner import PipelineResult
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from matteflow.models.registry import RegistryError, check, get_spec
 from matteflow.models.weights import WeightsError, native_weights
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.progress import local_runner, progress_bar
+from matteflow.transforms.arrivals import ReadArrivals
 from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
-from matteflow.transforms.manifest import ManifestError, ReadManifest, check_manifest, count_rows
+from matteflow.transforms.manifest import (
+    ManifestError,
+    ReadManifest,
+    check_manifest,
+    count_rows,
+    is_glob,
+)
 from matteflow.transforms.metrics import Score, WriteMetrics, failed_row, read_metrics
 from matteflow.transforms.refine import Refine
 from matteflow.transforms.resume import Resume, settings_digest
@@ -46,6 +56,8 @@ from matteflow.transforms.storage import exists, write_atomic
 from matteflow.transforms.write import WriteOutputs
 
 __all__ = ["Outputs", "PreflightError", "TooManyFailures", "build", "main", "preflight", "run"]
+
+_LOG = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -93,10 +105,14 @@ def _resume(cfg: RunConfig) -> Resume:
     return Resume(cfg.output, settings, force=cfg.force)
 
 
-def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
-    """Add the job's steps to p."""
+def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
+    """Add the job's steps to p: tasks from the manifest or, streaming, from `arrivals` (new
+    objects as they land; their metrics rows are written per window)."""
     resume = _resume(cfg)
-    manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest)
+    if arrivals is None:
+        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest)
+    else:
+        manifest = p | "ReadArrivals" >> arrivals
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume)
     segmented = decoded.ok | "Segment" >> Segment(_handler(cfg), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
@@ -121,24 +137,32 @@ def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     return Outputs(manifest.ok, segmented.ok, rows)
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig, *, remote: bool = False, streaming: bool = False) -> None:
     """Check manifest header, model, device and output prefix before the graph runs.
 
-    Raises PreflightError with the reason and the fix.
+    `remote`: the model runs on a distributed runner's workers, so its device and weights are
+    checked there as each worker loads it, not on this launcher. `streaming`: the manifest is a
+    glob to watch, which may match nothing yet. Raises PreflightError with the reason and the fix.
     """
     if not cfg.manifest or not cfg.output:
         raise PreflightError("both --manifest and --output are required")
     if not 0.0 <= cfg.max_failure_rate <= 1.0:
         raise PreflightError(f"--max_failure_rate {cfg.max_failure_rate}: expected 0.0 .. 1.0")
+    if streaming and not is_glob(cfg.manifest):
+        raise PreflightError(
+            f"--streaming watches a glob, not a manifest file: --manifest {cfg.manifest!r};"
+            " e.g. --manifest 'gs://bucket/incoming/**.jpg'"
+        )
     try:
-        check_manifest(cfg.manifest)
+        if not streaming:
+            check_manifest(cfg.manifest)
         spec = check(
             cfg.model.name,
-            cfg.model.device,
+            "cpu" if remote else cfg.model.device,
             cfg.model.dtype,
             require_commercial_license=cfg.model.require_commercial_license,
         )
-        if spec.format == "onnx":
+        if spec.format == "onnx" and not remote:
             native_weights(spec)  # verify, and fetch/convert once, in the launcher
         background = cfg.outputs.background
         if cfg.outputs.composite and not background_colour(background) and not exists(background):
@@ -173,7 +197,7 @@ def _write_review(output: str, table: pa.Table) -> int:
     """Write {output}/review/manifest.csv: the rows flagged needs_review, most uncertain first,
     as a manifest another run (a stronger model, a human tool) can take. Returns the count."""
     rows = [r for r in table.to_pylist() if r["needs_review"]]
-    rows.sort(key=lambda r: -r["uncertainty"])
+    rows.sort(key=lambda r: (-r["uncertainty"], r["id"]))  # ties by id: same list on any runner
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "uri", "output_key", "uncertainty", "cutout_uri", "mask_uri"])
@@ -186,18 +210,33 @@ def _write_review(output: str, table: pa.Table) -> int:
 
 
 def _counter(result: PipelineResult, namespace: str, name: str) -> int | None:
-    """A Beam counter's committed value, or None when the runner reports no metrics."""
+    """A Beam counter's committed value (a distribution's: its count), summed over steps; None
+    when the runner reports no such metric."""
     try:
         query = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))
-    except (NotImplementedError, AttributeError):
+    except Exception as err:  # a runner without metrics, or its service failing: run.json stays
+        _LOG.warning("metrics unavailable from the runner (%s: %s)", type(err).__name__, err)
         return None
     values = [c.committed for c in query["counters"] if c.committed is not None]
+    values += [d.committed.count for d in query["distributions"] if d.committed is not None]
     return sum(values) if values else None
 
 
 def _is_local(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     return runner is None
+
+
+_LOCAL_RUNNERS = {"directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
+
+
+def _is_remote(options: PipelineOptions) -> bool:
+    """True when the model runs on workers elsewhere (Dataflow, Flink, Spark...), not here:
+    a runner other than Beam's local ones, unless its SDK workers loop back to this process."""
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+    if runner in _LOCAL_RUNNERS:
+        return False
+    return options.view_as(PortableOptions).environment_type != "LOOPBACK"
 
 
 def _versions() -> dict[str, str]:
@@ -227,6 +266,8 @@ def _finish(
         "failure_rate": round(failure_rate, 6),
         "max_failure_rate": cfg.max_failure_rate,
         "inferred_images": _counter(result, "matteflow.segment", "images"),
+        # RunInference's own record of each model load: one per worker process that segmented.
+        "model_loads": _counter(result, "matteflow.segment", "load_model_latency_milli_secs"),
         "needs_review": review,
         "model": {
             "name": cfg.model.name,
@@ -245,14 +286,14 @@ def _finish(
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
-    """Parse options, preflight, run the job to completion and write run.json.
+    """Parse options (a profile's [beam] args, then argv), preflight, run the job to completion
+    and write run.json; with --streaming, start the job instead (see _stream).
 
     Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
     run.json) when the share of failed rows is over --max_failure_rate.
     """
-    options = PipelineOptions(argv)
-    FileSystems.set_options(options)  # preflight reads buckets with the run's endpoint/credentials
-    mf = options.view_as(MatteflowOptions)
+    argv = sys.argv[1:] if argv is None else argv
+    mf = PipelineOptions(argv).view_as(MatteflowOptions)
     cfg = load_config(
         mf.profile,
         manifest=mf.manifest,
@@ -262,10 +303,15 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         max_failure_rate=mf.max_failure_rate,
         settings=mf.settings,
     )
-    started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    preflight(cfg)
-    _clear_previous_run(cfg.output)
+    options = PipelineOptions([*cfg.beam.args, *argv])  # the command line's flags win
+    FileSystems.set_options(options)  # preflight reads buckets with the run's endpoint/credentials
     local = _is_local(options)
+    streaming = options.view_as(StandardOptions).streaming
+    started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
+    preflight(cfg, remote=_is_remote(options), streaming=streaming)
+    if streaming:
+        return _stream(cfg, options, mf.subscription)
+    _clear_previous_run(cfg.output)
     runner = local_runner(options) if local else None
     in_process = local and options.view_as(DirectOptions).direct_running_mode == "in_memory"
     with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
@@ -288,6 +334,18 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     return result
 
 
+def _stream(cfg: RunConfig, options: PipelineOptions, subscription: str | None) -> PipelineResult:
+    """Start the streaming job: objects matching the glob are processed as they land, until the
+    job is drained or cancelled. No run.json: metrics are files per window (see README)."""
+    p = beam.Pipeline(options=options)  # runner from the options: locally, Beam's DirectRunner
+    build(p, cfg, ReadArrivals(cfg.manifest, cfg.streaming, subscription))
+    result = p.run()
+    print(f"matteflow: streaming {subscription or cfg.manifest} into {cfg.output}")
+    if _is_local(options):
+        result.wait_until_finish()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: run the job; returns the exit code (see README, "Exit codes")."""
     if argv is not None and {"-h", "--help"} & set(argv):
@@ -307,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     except TooManyFailures as err:
         print(f"matteflow: {err}", file=sys.stderr)
         return 3
-    return 0 if result.state == beam.runners.runner.PipelineState.DONE else 1
+    # RUNNING: a streaming job that a distributed runner now runs on its own.
+    return 0 if result.state in (PipelineState.DONE, PipelineState.RUNNING) else 1
 
 
 if __name__ == "__main__":
