@@ -3,6 +3,7 @@ the command line or in a profile's `[beam]` table."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -23,6 +24,13 @@ class BeamSettings:
                 raise ValueError(f"args: {arg!r} is not a flag; write '--name=value'")
 
 
+def _flag(text: str) -> bool:
+    """A boolean flag's value: true or false (any case)."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 class MatteflowOptions(PipelineOptions):
     """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set,
     --subscription."""
@@ -36,7 +44,13 @@ class MatteflowOptions(PipelineOptions):
         parser.add_argument("--profile", default=None, help="TOML profile (default: local)")
         parser.add_argument("--model", default=None, help="registry model name")
         parser.add_argument(
-            "--force", action="store_true", help="redo rows whose outputs are already current"
+            "--force",
+            nargs="?",
+            const=True,
+            default=False,
+            type=_flag,
+            help="redo rows whose outputs are already current (--force=true|false also works,"
+            " as a Flex Template passes it)",
         )
         parser.add_argument(
             "--max_failure_rate",

@@ -287,7 +287,7 @@ def _finish(
 
 def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse options (a profile's [beam] args, then argv), preflight, run the job to completion
-    and write run.json; with --streaming, start the job instead (see _stream).
+    and write run.json; with --streaming or --no_wait_until_finish, start it instead (_start).
 
     Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
     run.json) when the share of failed rows is over --max_failure_rate.
@@ -310,8 +310,10 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
     preflight(cfg, remote=_is_remote(options), streaming=streaming)
     if streaming:
-        return _stream(cfg, options, mf.subscription)
+        return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, mf.subscription))
     _clear_previous_run(cfg.output)
+    if options.view_as(StandardOptions).no_wait_until_finish and not local:
+        return _start(cfg, options)
     runner = local_runner(options) if local else None
     in_process = local and options.view_as(DirectOptions).direct_running_mode == "in_memory"
     with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
@@ -334,13 +336,17 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     return result
 
 
-def _stream(cfg: RunConfig, options: PipelineOptions, subscription: str | None) -> PipelineResult:
-    """Start the streaming job: objects matching the glob are processed as they land, until the
-    job is drained or cancelled. No run.json: metrics are files per window (see README)."""
+def _start(
+    cfg: RunConfig, options: PipelineOptions, arrivals: ReadArrivals | None = None
+) -> PipelineResult:
+    """Start a job that writes no run.json: a streaming job (`arrivals`: objects processed as
+    they land until the job is drained or cancelled; metrics per window), or a batch job left
+    to its runner (--no_wait_until_finish). A local streaming job runs here until it ends."""
     p = beam.Pipeline(options=options)  # runner from the options: locally, Beam's DirectRunner
-    build(p, cfg, ReadArrivals(cfg.manifest, cfg.streaming, subscription))
+    build(p, cfg, arrivals)
     result = p.run()
-    print(f"matteflow: streaming {subscription or cfg.manifest} into {cfg.output}")
+    kind = "streaming" if arrivals is not None else "batch, not waited for:"
+    print(f"matteflow: started {kind} {cfg.manifest} -> {cfg.output} (no run.json)")
     if _is_local(options):
         result.wait_until_finish()
     return result
@@ -365,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     except TooManyFailures as err:
         print(f"matteflow: {err}", file=sys.stderr)
         return 3
-    # RUNNING: a streaming job that a distributed runner now runs on its own.
-    return 0 if result.state in (PipelineState.DONE, PipelineState.RUNNING) else 1
+    # Not terminal: a job started and left to its runner (streaming, --no_wait_until_finish).
+    state = result.state
+    return 0 if state == PipelineState.DONE or not PipelineState.is_terminal(state) else 1
 
 
 if __name__ == "__main__":
