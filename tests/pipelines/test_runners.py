@@ -8,6 +8,7 @@ at what the launcher does before it talks to a service.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import apache_beam as beam
@@ -34,6 +35,7 @@ from apache_beam.runners.runner import create_runner
 from apache_beam.transforms.environments import DockerEnvironment, python_sdk_dependencies
 
 from matteflow.pipelines.config import RunConfig, load_config
+from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.remove_background import PreflightError, build, preflight, run
 from matteflow.transforms.arrivals import ReadArrivals
 from tests.conftest import REPO
@@ -184,3 +186,36 @@ def test_a_remote_launcher_leaves_the_gpu_and_weights_to_the_workers(tmp_path: P
     preflight(cfg, remote=True)
     with pytest.raises(PreflightError, match="no CUDA device"):
         preflight(cfg)
+
+
+# A value each Flex Template parameter must accept, and one it must refuse.
+FLEX_EXAMPLES = {
+    "manifest": ("gs://photos/2026-11/manifest.csv", "photos/manifest.csv"),
+    "output": ("gs://cutouts/2026-11", "s3://cutouts/2026-11"),
+    "profile": ("/opt/matteflow/configs/dataflow-gpu.toml", "configs/dataflow-gpu.toml"),
+    "model": ("isnet-general-use", "ISNet General"),
+    "set": ("outputs.cutout_format=webp", "webp"),
+    "max_failure_rate": ("0.05", "5%"),
+    "force": ("true", "yes"),
+    "sdk_container_image": (WORKER_IMAGE, "matteflow worker"),
+}
+
+
+def test_flex_template_parameters_are_job_flags_with_working_regexes() -> None:
+    metadata = json.loads((CONFIGS / "flex-template-metadata.json").read_text())
+    params = {p["name"]: p for p in metadata["parameters"]}
+    assert sorted(params) == sorted(FLEX_EXAMPLES)
+    for name, (good, bad) in FLEX_EXAMPLES.items():
+        (regex,) = params[name]["regexes"]
+        assert re.fullmatch(regex, good), name
+        assert not re.fullmatch(regex, bad), name
+    # As the launcher passes them: --name=value, each one parsed by the job's own options.
+    options = PipelineOptions([f"--{name}={good}" for name, (good, _) in FLEX_EXAMPLES.items()])
+    flags = options.view_as(MatteflowOptions)
+    assert (flags.manifest, flags.force, flags.max_failure_rate) == (
+        "gs://photos/2026-11/manifest.csv",
+        True,
+        0.05,
+    )
+    assert flags.settings == ["outputs.cutout_format=webp"]
+    assert options.view_as(WorkerOptions).sdk_container_image == WORKER_IMAGE

@@ -1,0 +1,48 @@
+# matteflow worker image: Beam's Python 3.11 SDK container with the CUDA build of torch, this
+# package and the model's verified weights. The same image serves as Dataflow's
+# --sdk_container_image and as a Flex Template's launcher (README: "Distributed runs").
+#
+#   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/matteflow-worker:0.1.0 \
+#       --build-context weights=../shared/models .
+#
+# The `weights` build context is any folder holding isnet-general-use-fp16.onnx: the build
+# checks its sha256 against configs/models.toml and converts it; a wrong file fails the build.
+# For CPU workers (Flink, Spark): --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+# Same Beam and Python as pyproject.toml: the SDK harness in the image runs the job's code.
+FROM apache/beam_python3.11_sdk:2.77.0
+
+# A Flex Template launcher in the same image (the launcher runs FLEX_TEMPLATE_PYTHON_PY_FILE).
+COPY --from=gcr.io/dataflow-templates-base/python311-template-launcher-base:latest \
+    /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
+
+# torch as pinned in pyproject.toml, from PyTorch's CUDA index: its wheels bring their CUDA
+# libraries; the driver comes from Dataflow (worker_accelerator ... install-nvidia-driver).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+RUN pip install --no-cache-dir "torch==2.13.0" --index-url "${TORCH_INDEX}"
+
+# The package with its pinned dependencies (torch is already satisfied: 2.13.0+cu128 matches
+# ==2.13.0) and Beam's GCP extra, which DataflowRunner needs in a Flex launcher.
+WORKDIR /opt/matteflow
+COPY pyproject.toml README.md ./
+COPY pipelines pipelines
+COPY transforms transforms
+COPY models models
+COPY configs configs
+RUN pip install --no-cache-dir ".[dataflow]" && pip check
+
+# Weights: fetched from the build context as a mirror, sha256-verified, converted once to
+# safetensors in the cache that workers read. Nothing is downloaded at job start.
+ENV MATTEFLOW_CACHE_DIR=/opt/matteflow/cache
+RUN --mount=type=bind,from=weights,target=/weights \
+    MATTEFLOW_MODEL_MIRRORS=/weights matteflow models fetch isnet-general-use \
+    && matteflow models verify isnet-general-use \
+    && chmod -R a+rX /opt/matteflow/cache
+
+# Flex Template entry: the same `main` as `matteflow run` (parameters arrive as --name=value).
+RUN printf 'import sys\nfrom matteflow.pipelines.remove_background import main\nsys.exit(main(sys.argv[1:]))\n' \
+    > /opt/matteflow/launch.py
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/matteflow/launch.py
+
+# Beam's SDK harness stays the entrypoint for workers; the Flex launcher is started by Dataflow.
+ENTRYPOINT ["/opt/apache/beam/boot"]
