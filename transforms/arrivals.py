@@ -40,6 +40,8 @@ class StreamingSettings:
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s: expected > 0, got {self.poll_interval_s}")
+        if self.window_s <= 0:
+            raise ValueError(f"window_s: expected > 0, got {self.window_s}")
 
 
 def glob_root(pattern: str) -> str:

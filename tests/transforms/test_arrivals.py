@@ -29,6 +29,7 @@ def test_notification_names_finished_uploads_only() -> None:
     assert notification_uri({"eventType": "OBJECT_FINALIZE", "bucketId": "b"}) is None
 
 
-def test_poll_interval_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="poll_interval_s"):
-        StreamingSettings(poll_interval_s=0)
+@pytest.mark.parametrize("field", ["poll_interval_s", "window_s"])
+def test_intervals_must_be_positive(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        StreamingSettings(**{field: 0})
