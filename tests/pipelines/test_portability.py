@@ -26,16 +26,15 @@ _RUN_DEPENDENT = {
     "write_ms",
     "total_ms",
 }
+MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 RUNNERS = {
     "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
-    "multi_process": [
-        "--runner=DirectRunner",
-        "--direct_num_workers=2",
-        "--direct_running_mode=multi_processing",
-    ],
+    "multi_process": ["--runner=DirectRunner", *MULTI_PROCESS],
+    # No --runner: matteflow's own FnApiRunner (pipelines/progress.py), in two processes.
+    "multi_process_default": MULTI_PROCESS,
 }
 # Worker processes that may each load the model once.
-PROCESSES = {"in_process": 1, "portable": 1, "multi_process": 2}
+PROCESSES = {"in_process": 1, "portable": 1, "multi_process": 2, "multi_process_default": 2}
 
 
 @pytest.fixture(scope="module")
