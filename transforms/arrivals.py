@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileSystem
+from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Timestamp
 
@@ -53,9 +53,10 @@ def glob_root(pattern: str) -> str:
     return fixed[: fixed.rfind("/") + 1]
 
 
-def notification_uri(attributes: dict[str, str]) -> str | None:
-    """The gs:// URI a Cloud Storage Pub/Sub notification announces, or None when the event
-    is not a finished upload (deletes, metadata updates, archiving)."""
+def notification_uri(message: PubsubMessage) -> str | None:
+    """The gs:// URI a Cloud Storage Pub/Sub notification announces (from its attributes), or
+    None when the event is not a finished upload (deletes, metadata updates, archiving)."""
+    attributes = message.attributes or {}
     if attributes.get("eventType") != "OBJECT_FINALIZE":
         return None
     bucket, name = attributes.get("bucketId"), attributes.get("objectId")
@@ -115,7 +116,8 @@ class ReadArrivals(beam.PTransform):
                 pbegin
                 | "Notifications"
                 >> beam.io.ReadFromPubSub(subscription=self._subscription, with_attributes=True)
-                | "Uris" >> beam.FlatMap(_announced)
+                | "Uris" >> beam.Map(notification_uri)
+                | "Finalized" >> beam.Filter(lambda uri: uri is not None)
             )
         return (
             pbegin
@@ -136,9 +138,3 @@ class ReadArrivals(beam.PTransform):
             | "Tasks" >> beam.ParDo(_TaskFn(self._pattern)).with_outputs("failures", main="ok")
         )
         return ManifestRows(tasks.ok, tasks.failures)
-
-
-def _announced(message: Any) -> Iterator[str]:
-    uri = notification_uri(dict(message.attributes or {}))
-    if uri is not None:
-        yield uri
