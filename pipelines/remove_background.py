@@ -340,14 +340,14 @@ def _start(
     cfg: RunConfig, options: PipelineOptions, arrivals: ReadArrivals | None = None
 ) -> PipelineResult:
     """Start a job that writes no run.json: a streaming job (`arrivals`: objects processed as
-    they land until the job is drained or cancelled; metrics per window), or a batch job left
-    to its runner (--no_wait_until_finish). A local streaming job runs here until it ends."""
+    they land until the job is drained or cancelled; metrics per window), waited for unless
+    --no_wait_until_finish, or a batch job left to its runner (--no_wait_until_finish)."""
     p = beam.Pipeline(options=options)  # runner from the options: locally, Beam's DirectRunner
     build(p, cfg, arrivals)
     result = p.run()
-    kind = "streaming" if arrivals is not None else "batch, not waited for:"
-    print(f"matteflow: started {kind} {cfg.manifest} -> {cfg.output} (no run.json)")
-    if _is_local(options):
+    kind = "streaming" if arrivals is not None else "batch"
+    print(f"matteflow: started {kind} job {cfg.manifest} -> {cfg.output} (no run.json)")
+    if not options.view_as(StandardOptions).no_wait_until_finish:
         result.wait_until_finish()
     return result
 
@@ -371,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     except TooManyFailures as err:
         print(f"matteflow: {err}", file=sys.stderr)
         return 3
-    # Not terminal: a job started and left to its runner (streaming, --no_wait_until_finish).
+    # DRAINED: a streaming job's normal end. Not terminal: a job left to its runner.
     state = result.state
-    return 0 if state == PipelineState.DONE or not PipelineState.is_terminal(state) else 1
+    ended = state in (PipelineState.DONE, PipelineState.DRAINED)
+    return 0 if ended or not PipelineState.is_terminal(state) else 1
 
 
 if __name__ == "__main__":
