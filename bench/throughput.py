@@ -4,14 +4,20 @@ A benchmark, not a test. Each part runs in its own process (so its peak RSS is i
 same N images and weights:
 
   (a) model only: the forward pass at the production batch size (the pixel budget of
-      `batching.max_pixels`) and precision, on tensors prepared beforehand: the limit;
-  (b) end to end: `matteflow run` on a manifest of the images (DirectRunner, in process),
-      images / the run's wall time (run.json), model load and preflight included;
-  (c) rembg (`dis_custom`, the same ONNX file, its own venv; --rembg-venv), when given.
+      `batching.max_pixels`), precision, memory layout, inference size and threads, on
+      tensors prepared beforehand: the limit; model load and one warm-up batch not timed;
+  (b) end to end: `matteflow run` on a manifest of the images (DirectRunner, in process
+      unless --beam says otherwise). It runs twice, on the N images and on 2N (each image
+      twice, under two ids), and the steady rate is N / (T(2N) - T(N)): what the run adds per
+      image once started, so that, as in (a) and (c), model load and start-up are left out.
+      The rate of the N-image run over its whole wall time is printed beside it;
+  (c) rembg (`dis_custom`, the same ONNX file, its own venv; --rembg-venv), when given; its
+      session creation and one warm-up image not timed.
 
-It prints images/s and peak RSS per part and the ratios b/a and b/c. `--scaling 100,1000` also
-runs the pipeline on that many small generated images with the tiny model and compares peak
-RSS (memory must stay flat as the run grows).
+Settings come from the default profile plus `--set TABLE.KEY=VALUE` (as for `matteflow run`)
+and apply to (a) and (b) alike. It prints images/s and peak RSS per part and the ratios b/a
+and b/c. `--scaling 100,1000` also runs the pipeline on that many small generated images with
+the tiny model and compares peak RSS (memory must stay flat as the run grows).
 
     .venv/bin/python bench/throughput.py --images 24 --rembg-venv .venv-rembg \
         --out out/bench/throughput.json
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,28 +40,46 @@ from PIL import Image
 
 _MODEL_ONLY = textwrap.dedent(
     """
-    import resource, sys, time, json
+    import resource, shlex, sys, time, json
+    from concurrent.futures import ThreadPoolExecutor
     import numpy as np, torch
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
     from PIL import Image
     from matteflow.models.registry import load
     from matteflow.pipelines.config import load_config
+    from matteflow.pipelines.progress import local_worker_flags
+    from matteflow.pipelines.remove_background import worker_torch_threads
     from matteflow.transforms.inference import preprocess
-    model_name, dtype, threads, paths = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+    settings, beam, paths = json.loads(sys.argv[1]), shlex.split(sys.argv[2]), sys.argv[3:]
+    cfg = load_config(settings=settings)
+    options = PipelineOptions([*beam, *local_worker_flags(beam)])
+    workers = options.view_as(DirectOptions).direct_num_workers
+    threads = worker_torch_threads(cfg, options)
     if threads > 0:
         torch.set_num_threads(threads)
-    model = load(model_name, "cpu", dtype)
-    size = model.spec.input_size
-    budget = max(size * size, load_config().batching.max_pixels)
-    batch = max(1, budget // (size * size))
+    m = cfg.model
+    model = load(m.name, m.device, m.dtype, channels_last=m.channels_last)
+    size = m.inference_size or model.spec.input_size
+    batch = max(1, max(size * size, cfg.batching.max_pixels) // (size * size))
     rgbs = [np.array(Image.open(p).convert("RGB")) for p in paths]
-    x = [preprocess(rgb, model.spec, model.device) for rgb in rgbs]
-    with torch.inference_mode():
-        model(torch.stack(x[:batch]))  # warm-up, not timed
+    x = [preprocess(rgb, model.spec, model.device, size) for rgb in rgbs]
+    batches = [torch.stack(x[i : i + batch]) for i in range(0, len(x), batch)]
+    def forward(b):
+        with torch.inference_mode():
+            model(b)
+    # As the pipeline runs it: `workers` threads share the model, each with its own batches.
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(forward, batches[:workers]))  # warm-up, not timed
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        for i in range(0, len(x), batch):
-            model(torch.stack(x[i : i + batch]))
+        list(pool.map(forward, batches))
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: wait before reading the clock
         seconds = time.perf_counter() - start
-    print(json.dumps({"images": len(x), "seconds": seconds, "batch": batch,
+    print(json.dumps({"images": len(x), "seconds": seconds, "batch": batch, "size": size,
+                      "dtype": model.dtype_name, "workers": workers,
+                      "threads": torch.get_num_threads(),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """
 )
@@ -131,66 +156,80 @@ def _rate(part: dict) -> float:
     return float(part["images"]) / float(part["seconds"])
 
 
+def _say(results: dict[str, object], key: str, text: str, value: object) -> None:
+    print(text, flush=True)
+    results[key] = value
+
+
 def main() -> None:
     """Run the parts and print (and optionally save) images/s, peak RSS and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/eval-dev"))
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--model", default="isnet-general-use")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="TABLE.KEY=VALUE"
+    )
+    parser.add_argument(
+        "--beam", default="", help="Beam options for (b), e.g. --direct_num_workers=2"
+    )
     parser.add_argument("--rembg-venv", type=Path, help="a venv with rembg installed")
     parser.add_argument("--onnx", type=Path, help="ONNX file for rembg (default: model path)")
     parser.add_argument("--scaling", default="", help="e.g. 100,1000 (tiny model)")
+    parser.add_argument("--skip", default="", help="parts to leave out, e.g. a,c")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     with (args.data / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
-    paths = [args.data / rows[i % len(rows)]["image"] for i in range(args.images)]
+    paths = [(args.data / rows[i % len(rows)]["image"]).resolve() for i in range(args.images)]
     megapixels = sum(Image.open(p).width * Image.open(p).height for p in paths) / 1e6
+    settings = [f"model.name={args.model}", *args.settings]
     results: dict[str, object] = {"images": len(paths), "megapixels": megapixels}
-    print(f"{len(paths)} images ({megapixels:.1f} MP), model {args.model}, {args.dtype}")
+    results["settings"], results["beam"] = settings, args.beam
+    print(f"{len(paths)} images ({megapixels:.1f} MP); settings {settings}; beam {args.beam!r}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_only = _child(
-            sys.executable,
-            _MODEL_ONLY,
-            [args.model, args.dtype, str(args.threads), *map(str, paths)],
-        )
-        print(
-            f"(a) model only, batch {model_only['batch']}: {_rate(model_only):.3f} images/s,"
-            f" peak RSS {model_only['peak_rss_mb']:.0f} MB",
-            flush=True,
-        )
-        settings = ["--set", f"model.dtype={args.dtype}"]
-        if args.threads > 0:
-            settings += ["--set", f"model.torch_threads={args.threads}"]
-        pipeline = _pipeline(paths, work, "e2e", ["--model", args.model, *settings])
-        print(
-            f"(b) end to end: {_rate(pipeline):.3f} images/s, peak RSS"
-            f" {pipeline['peak_rss_mb']:.0f} MB; b/a = {_rate(pipeline) / _rate(model_only):.2f}",
-            flush=True,
-        )
-        results.update(
-            model_only=model_only, pipeline=pipeline, b_over_a=_rate(pipeline) / _rate(model_only)
-        )
+        if "a" not in args.skip:
+            a = _child(
+                sys.executable, _MODEL_ONLY, [json.dumps(settings), args.beam, *map(str, paths)]
+            )
+            text = (
+                f"(a) model only, {a['dtype']} at {a['size']} px, batch {a['batch']},"
+                f" {a['workers']} worker threads x {a['threads']} torch threads:"
+                f" {_rate(a):.3f} images/s, peak RSS"
+                f" {a['peak_rss_mb']:.0f} MB"
+            )
+            _say(results, "model_only", text, a)
+        if "b" not in args.skip:
+            argv = [arg for s in settings for arg in ("--set", s)] + shlex.split(args.beam)
+            once = _pipeline(paths, work, "e2e", argv)
+            twice = _pipeline(paths + paths, work, "e2e-twice", argv)
+            steady = {**twice, "images": len(paths), "seconds": twice["seconds"] - once["seconds"]}
+            text = (
+                f"(b) end to end: steady {_rate(steady):.3f} images/s ({len(paths)} more images"
+                f" took {steady['seconds']:.1f} s more); whole run of {len(paths)} images"
+                f" {_rate(once):.3f} images/s; peak RSS {twice['peak_rss_mb']:.0f} MB"
+            )
+            _say(results, "pipeline", text, {"steady": steady, "once": once, "twice": twice})
+        if "a" not in args.skip and "b" not in args.skip:
+            ratio = _rate(steady) / _rate(a)
+            _say(results, "b_over_a", f"b/a = {ratio:.2f}", ratio)
         if args.rembg_venv:
             onnx = args.onnx or _onnx_path()
             with tempfile.TemporaryDirectory() as home:
                 (Path(home) / onnx.name).write_bytes(onnx.read_bytes())
                 env = {"REMBG_HOME": home, "PATH": "/usr/bin:/bin"}
-                rembg = _child(
+                c = _child(
                     str(args.rembg_venv / "bin" / "python"),
                     _REMBG,
                     [str(Path(home) / onnx.name), *map(str, paths)],
                     env,
                 )
-            print(
-                f"(c) rembg: {_rate(rembg):.3f} images/s, peak RSS {rembg['peak_rss_mb']:.0f}"
-                f" MB; b/c = {_rate(pipeline) / _rate(rembg):.2f}",
-                flush=True,
-            )
-            results.update(rembg=rembg, b_over_c=_rate(pipeline) / _rate(rembg))
+            text = f"(c) rembg: {_rate(c):.3f} images/s, peak RSS {c['peak_rss_mb']:.0f} MB"
+            _say(results, "rembg", text, c)
+            if "b" not in args.skip:
+                ratio = _rate(steady) / _rate(c)
+                _say(results, "b_over_c", f"b/c = {ratio:.2f}", ratio)
         scaling = {}
         for count in (int(c) for c in args.scaling.split(",") if c):
             small = _small_images(count, work / "small")
@@ -204,8 +243,13 @@ def main() -> None:
         if len(scaling) >= 2:
             low, high = min(scaling), max(scaling)
             growth = scaling[high]["peak_rss_mb"] / scaling[low]["peak_rss_mb"] - 1
-            print(f"peak RSS {high} vs {low} images: {growth:+.1%}")
-            results["scaling"] = {**{str(k): v for k, v in scaling.items()}, "growth": growth}
+            text = f"peak RSS {high} vs {low} images: {growth:+.1%}"
+            _say(
+                results,
+                "scaling",
+                text,
+                {**{str(k): v for k, v in scaling.items()}, "growth": growth},
+            )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -37,7 +38,7 @@ from matteflow.models.registry import RegistryError, check, get_spec
 from matteflow.models.weights import WeightsError, native_weights
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions
-from matteflow.pipelines.progress import local_runner, progress_bar
+from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
 from matteflow.transforms.arrivals import ReadArrivals
 from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
@@ -55,7 +56,16 @@ from matteflow.transforms.settings import background_colour
 from matteflow.transforms.storage import exists, write_atomic
 from matteflow.transforms.write import WriteOutputs
 
-__all__ = ["Outputs", "PreflightError", "TooManyFailures", "build", "main", "preflight", "run"]
+__all__ = [
+    "Outputs",
+    "PreflightError",
+    "TooManyFailures",
+    "build",
+    "main",
+    "preflight",
+    "run",
+    "worker_torch_threads",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -76,7 +86,17 @@ class Outputs(NamedTuple):
     rows: beam.PCollection
 
 
-def _handler(cfg: RunConfig) -> MatteModelHandler:
+def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
+    """Torch threads per worker process: the profile's, else, when the local runner starts
+    several workers (--direct_num_workers), this machine's cores shared among them, so that
+    they do not oversubscribe it; 0 leaves torch's default (all cores)."""
+    if cfg.model.torch_threads:
+        return cfg.model.torch_threads
+    workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+
+
+def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
     """The RunInference model handler the config asks for."""
     m = cfg.model
     return MatteModelHandler(
@@ -84,8 +104,9 @@ def _handler(cfg: RunConfig) -> MatteModelHandler:
         m.device,
         m.dtype,
         max_batch_pixels=cfg.batching.max_pixels,
+        inference_size=m.inference_size,
         channels_last=m.channels_last,
-        torch_threads=m.torch_threads,
+        torch_threads=worker_torch_threads(cfg, options),
         require_commercial_license=m.require_commercial_license,
         flip_tta=m.flip_tta,
     )
@@ -101,6 +122,7 @@ def _resume(cfg: RunConfig) -> Resume:
         cfg.refine,
         cfg.decode.intent,
         cfg.model.flip_tta,
+        cfg.model.inference_size,
     )
     return Resume(cfg.output, settings, force=cfg.force)
 
@@ -114,7 +136,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
     else:
         manifest = p | "ReadArrivals" >> arrivals
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume)
-    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg), cfg.matte)
+    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg, p.options), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
     scored = refined.ok | "Score" >> Score()
     written = scored.ok | "WriteOutputs" >> WriteOutputs(
@@ -137,12 +159,13 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
     return Outputs(manifest.ok, segmented.ok, rows)
 
 
-def preflight(cfg: RunConfig, *, remote: bool = False, streaming: bool = False) -> None:
+def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) -> None:
     """Check manifest header, model, device and output prefix before the graph runs.
 
-    `remote`: the model runs on a distributed runner's workers, so its device and weights are
-    checked there as each worker loads it, not on this launcher. `streaming`: the manifest is a
-    glob to watch, which may match nothing yet. Raises PreflightError with the reason and the fix.
+    A run on this machine (`local`) also checks that the device exists here and readies the
+    weights; on a remote runner the workers check both when they load the model. `streaming`:
+    the manifest is a glob to watch, which may match nothing yet. Raises PreflightError with
+    the reason and the fix.
     """
     if not cfg.manifest or not cfg.output:
         raise PreflightError("both --manifest and --output are required")
@@ -158,11 +181,12 @@ def preflight(cfg: RunConfig, *, remote: bool = False, streaming: bool = False) 
             check_manifest(cfg.manifest)
         spec = check(
             cfg.model.name,
-            "cpu" if remote else cfg.model.device,
+            cfg.model.device,
             cfg.model.dtype,
             require_commercial_license=cfg.model.require_commercial_license,
+            device_here=local,
         )
-        if spec.format == "onnx" and not remote:
+        if spec.format == "onnx" and local:
             native_weights(spec)  # verify, and fetch/convert once, in the launcher
         background = cfg.outputs.background
         if cfg.outputs.composite and not background_colour(background) and not exists(background):
@@ -292,7 +316,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
     run.json) when the share of failed rows is over --max_failure_rate.
     """
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     mf = PipelineOptions(argv).view_as(MatteflowOptions)
     cfg = load_config(
         mf.profile,
@@ -303,19 +327,21 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         max_failure_rate=mf.max_failure_rate,
         settings=mf.settings,
     )
-    options = PipelineOptions([*cfg.beam.args, *argv])  # the command line's flags win
+    argv = [*cfg.beam.args, *argv]  # a profile's Beam options first: the command line's win
+    local = _is_local(PipelineOptions(argv))
+    options = PipelineOptions([*argv, *local_worker_flags(argv)] if local else argv)
     FileSystems.set_options(options)  # preflight reads buckets with the run's endpoint/credentials
-    local = _is_local(options)
     streaming = options.view_as(StandardOptions).streaming
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    preflight(cfg, remote=_is_remote(options), streaming=streaming)
+    preflight(cfg, not _is_remote(options), streaming=streaming)
     if streaming:
         return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, mf.subscription))
     _clear_previous_run(cfg.output)
     if options.view_as(StandardOptions).no_wait_until_finish and not local:
         return _start(cfg, options)
     runner = local_runner(options) if local else None
-    in_process = local and options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    mode = options.view_as(DirectOptions).direct_running_mode
+    in_process = local and mode != "multi_processing"
     with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
         p = beam.Pipeline(runner=runner, options=options)
         build(p, cfg)

@@ -125,6 +125,11 @@ def _tiff(pixels: np.ndarray, meta: Metadata) -> bytes:
     return buf.getvalue()
 
 
+# Lossless WebP's `quality` is encoder effort. On 24 eval-dev cutouts (4.0 MP, Pillow 12.3),
+# effort 50 encoded 2.7x faster than 100 for files 0.7% larger (75: 2.5x, +1.4%).
+_WEBP_LOSSLESS_EFFORT = 50
+
+
 def encode(
     pixels: np.ndarray,
     fmt: str,
@@ -152,7 +157,8 @@ def encode(
             info.add_itxt(_XMP_KEY, meta.xmp.decode())
         options.update(pnginfo=info, compress_level=compress_level)
     elif fmt == "webp":
-        options.update(lossless=lossless, quality=100 if lossless else quality, xmp=meta.xmp)
+        effort = _WEBP_LOSSLESS_EFFORT if lossless else quality
+        options.update(lossless=lossless, quality=effort, xmp=meta.xmp)
     elif fmt == "avif":
         options.update(quality=quality, xmp=meta.xmp)
     elif fmt == "jpeg":

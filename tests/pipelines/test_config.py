@@ -64,6 +64,8 @@ def test_output_framing_and_matte_tables(tmp_path: Path) -> None:
         ("[beam]\nargs = ['runner=X']\n", "beam.args: 'runner=X' is not a flag"),
         ("[streaming]\nwindow_s = 0\n", "streaming.window_s: expected a positive integer"),
         ("[streaming]\npoll_interval_s = -1\n", "streaming.poll_interval_s: expected > 0"),
+        ("[model]\ninference_size = 700\n", "model.inference_size: expected a multiple of 32"),
+        ("[model]\ninference_size = -32\n", "model.inference_size: expected a positive integer"),
     ],
 )
 def test_bad_profiles_name_the_dotted_path(tmp_path: Path, text: str, message: str) -> None:

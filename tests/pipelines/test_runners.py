@@ -13,7 +13,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-import torch
 from apache_beam.options.pipeline_options import (
     DebugOptions,
     GoogleCloudOptions,
@@ -36,7 +35,7 @@ from apache_beam.transforms.environments import DockerEnvironment, python_sdk_de
 
 from matteflow.pipelines.config import RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions
-from matteflow.pipelines.remove_background import PreflightError, build, preflight, run
+from matteflow.pipelines.remove_background import build, run
 from matteflow.transforms.arrivals import ReadArrivals
 from tests.conftest import REPO
 from tests.images import encode, pattern
@@ -171,21 +170,6 @@ def test_a_profiles_beam_args_choose_the_runner_and_the_command_line_wins(
     assert isinstance(run(argv), portable_runner.PipelineResult)
     assert not isinstance(run([*argv, "--runner=FnApiRunner"]), portable_runner.PipelineResult)
     assert json.loads((tmp_path / "out" / "run.json").read_text())["counts"]["ok"] == 0  # resumed
-
-
-def test_a_remote_launcher_leaves_the_gpu_and_weights_to_the_workers(tmp_path: Path) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the local check passes too")
-    (tmp_path / "a.png").write_bytes(encode(pattern(), "PNG"))
-    cfg = load_config(
-        str(CONFIGS / "dataflow-gpu.toml"),
-        manifest=str(tmp_path / "*.png"),
-        output=str(tmp_path / "out"),
-        model="tiny-isnet",
-    )
-    preflight(cfg, remote=True)
-    with pytest.raises(PreflightError, match="no CUDA device"):
-        preflight(cfg)
 
 
 # A value each Flex Template parameter must accept, and one it must refuse.
