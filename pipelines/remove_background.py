@@ -87,9 +87,9 @@ class Outputs(NamedTuple):
 
 
 def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
-    """Torch threads per worker process: the profile's, else, when the local runner starts
-    several workers (--direct_num_workers), this machine's cores shared among them, so that
-    they do not oversubscribe it; 0 leaves torch's default (all cores)."""
+    """Torch threads for each worker: the profile's, else, when the local runner starts several
+    workers (--direct_num_workers, threads or processes), this machine's cores shared among
+    them so that they do not oversubscribe it; 0 leaves torch's default (all cores)."""
     if cfg.model.torch_threads:
         return cfg.model.torch_threads
     workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
