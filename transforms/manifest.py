@@ -14,6 +14,8 @@ import csv
 import hashlib
 import json
 import posixpath
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -40,6 +42,9 @@ __all__ = [
 ]
 
 _KNOWN = ("uri", "id", "ground_truth_uri", "output_key")
+_DRIVE = re.compile(r"^[A-Za-z]:")  # C:, d:x (a Windows drive)
+# A file name is at most 255 bytes on common filesystems; room for ".png" and a temp suffix.
+_MAX_SEGMENT_BYTES = 200
 _rows = beam.metrics.Metrics.counter("matteflow.manifest", "rows")
 
 
@@ -124,12 +129,21 @@ def count_rows(uri: str) -> int:
 
 
 def check_key(key: str) -> None:
-    """Raise BadRow unless key is a safe relative path for outputs."""
+    """Raise BadRow (manifest/unsafe_key) unless key is a safe relative path for outputs: no
+    scheme, drive or leading "/", no "", "." or ".." segment, no backslash, no control or
+    line-separator character, segments of at most 200 bytes."""
     parts = key.split("/")
-    if not key or key.startswith("/") or "://" in key or ".." in parts or "\\" in key:
-        raise BadRow(f"output key {key!r} is not a safe relative path", code="unsafe_key")
-    if any(ord(ch) < 32 for ch in key):
-        raise BadRow(f"output key {key!r} contains control characters", code="unsafe_key")
+    problem = None
+    if not key or key.startswith("/") or "://" in key or _DRIVE.match(key) or "\\" in key:
+        problem = "is not a relative path"
+    elif any(part in ("", ".", "..") for part in parts):
+        problem = "has an empty, '.' or '..' segment"
+    elif any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in key):
+        problem = "contains control characters"
+    elif max(len(part.encode()) for part in parts) > _MAX_SEGMENT_BYTES:
+        problem = f"has a segment over {_MAX_SEGMENT_BYTES} bytes"
+    if problem:
+        raise BadRow(f"output key {key!r} {problem}", code="unsafe_key")
 
 
 def _text(value: Any) -> str:
