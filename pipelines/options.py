@@ -8,7 +8,8 @@ __all__ = ["MatteflowOptions"]
 
 
 class MatteflowOptions(PipelineOptions):
-    """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set."""
+    """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set,
+    --allow_source, --allow_private_sources."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
@@ -35,4 +36,18 @@ class MatteflowOptions(PipelineOptions):
             metavar="TABLE.KEY=VALUE",
             help="override one profile setting, e.g. --set outputs.cutout_format=webp"
             " (repeatable; VALUE is read as TOML, else as a string)",
+        )
+        parser.add_argument(
+            "--allow_source",
+            dest="allow_sources",
+            action="append",
+            default=None,
+            metavar="PATTERN",
+            help="a source URI pattern rows may read, e.g. 'gs://photos/*' or 'local'"
+            " (repeatable; replaces the default: local, gs://*, s3://*; http(s) only if named)",
+        )
+        parser.add_argument(
+            "--allow_private_sources",
+            action="store_true",
+            help="let http(s) sources resolve to loopback, link-local or private addresses",
         )

@@ -96,8 +96,10 @@ def _resume(cfg: RunConfig) -> Resume:
 def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     """Add the job's steps to p."""
     resume = _resume(cfg)
-    manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest)
-    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume)
+    manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
+    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(
+        cfg.decode, resume, allow_private=cfg.sources.allow_private
+    )
     segmented = decoded.ok | "Segment" >> Segment(_handler(cfg), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
     scored = refined.ok | "Score" >> Score()
@@ -261,6 +263,8 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         force=mf.force,
         max_failure_rate=mf.max_failure_rate,
         settings=mf.settings,
+        allow_sources=mf.allow_sources,
+        allow_private_sources=mf.allow_private_sources,
     )
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
     preflight(cfg)

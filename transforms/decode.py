@@ -249,9 +249,12 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, settings: DecodeSettings, resume: Resume) -> None:
+    def __init__(
+        self, settings: DecodeSettings, resume: Resume, allow_private: bool = False
+    ) -> None:
         self._settings = settings
         self._resume = resume
+        self._allow_private = allow_private
 
     def setup(self) -> None:
         # Our own pixel limit applies; Pillow's global bomb check would fire first otherwise.
@@ -260,7 +263,7 @@ class _DecodeFn(beam.DoFn):
     def process(self, task: ImageTask) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput]:
         start = time.perf_counter()
         try:
-            data = read_bytes(task.source_uri)
+            data = read_bytes(task.source_uri, allow_private=self._allow_private)
             fetched = time.perf_counter()
             source_sha256 = hashlib.sha256(data).hexdigest()
             done = self._resume.current(task.output_key, source_sha256, task.settings)
@@ -280,13 +283,17 @@ class _DecodeFn(beam.DoFn):
 
 class FetchAndDecode(beam.PTransform):
     """ImageTask -> DecodedImage (sRGB, EXIF applied); rows whose outputs are current ->
-    tag "skipped" (metrics rows); failures -> tag "failures"."""
+    tag "skipped" (metrics rows); failures -> tag "failures". http(s) sources are read from
+    public addresses only, unless `allow_private` (see sources.py)."""
 
-    def __init__(self, settings: DecodeSettings, resume: Resume) -> None:
+    def __init__(
+        self, settings: DecodeSettings, resume: Resume, *, allow_private: bool = False
+    ) -> None:
         super().__init__()
         self._settings = settings
         self._resume = resume
+        self._allow_private = allow_private
 
     def expand(self, tasks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _DecodeFn(self._settings, self._resume)
+        fn = _DecodeFn(self._settings, self._resume, self._allow_private)
         return tasks | "Decode" >> beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")
