@@ -62,6 +62,8 @@ class DecodeSettings:
     """Limits and colour handling applied while decoding."""
 
     max_pixels: int = 100_000_000  # larger images fail as decode/too_many_pixels
+    # larger files fail as fetch/too_large, read no further; 1 GiB holds any image of max_pixels
+    max_bytes: int = 1 << 30
     # ICC rendering intent: perceptual | relative | saturation | absolute
     intent: str = "perceptual"
 
@@ -263,7 +265,11 @@ class _DecodeFn(beam.DoFn):
     def process(self, task: ImageTask) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput]:
         start = time.perf_counter()
         try:
-            data = read_bytes(task.source_uri, allow_private=self._allow_private)
+            data = read_bytes(
+                task.source_uri,
+                allow_private=self._allow_private,
+                max_bytes=self._settings.max_bytes,
+            )
             fetched = time.perf_counter()
             source_sha256 = hashlib.sha256(data).hexdigest()
             done = self._resume.current(task.output_key, source_sha256, task.settings)

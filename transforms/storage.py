@@ -208,8 +208,9 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-def _http_get(uri: str, allow_private: bool) -> bytes:
-    """The body of a GET of uri from a public address (or any, with allow_private).
+def _http_get(uri: str, allow_private: bool, limit: int | None) -> bytes:
+    """The body of a GET of uri from a public address (or any, with allow_private), at most
+    `limit` bytes (None: all).
 
     Redirects are not followed (their target was never checked): fetch/redirect. Other
     statuses raise HTTPError, which `classify` sorts (404, 403, 5xx, ...).
@@ -223,7 +224,7 @@ def _http_get(uri: str, allow_private: bool) -> bytes:
         path = parts.path or "/"
         connection.request("GET", f"{path}?{parts.query}" if parts.query else path)
         response = connection.getresponse()
-        body = response.read()
+        body = response.read(limit)
     finally:
         connection.close()
     if 300 <= response.status < 400:
@@ -236,20 +237,32 @@ def _http_get(uri: str, allow_private: bool) -> bytes:
 
 
 def read_bytes(
-    uri: str, retry: RetryPolicy = DEFAULT_RETRY, *, allow_private: bool = False
+    uri: str,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    *,
+    allow_private: bool = False,
+    max_bytes: int = 0,
 ) -> bytes:
-    """All bytes of the object at uri; errors classified at stage fetch.
+    """All bytes of the object at uri; errors classified at stage fetch. An object over
+    max_bytes (0: no limit) fails as fetch/too_large after reading max_bytes + 1 bytes.
 
     http(s) URIs are read only from public addresses unless allow_private (see sources.py);
     which URIs may be read at all is for the caller to check (`sources.check_source`).
     """
     check_uri(uri, "fetch")
+    limit = max_bytes + 1 if max_bytes else None
 
     def read() -> bytes:
         if uri.startswith(("http://", "https://")):
-            return _http_get(uri, allow_private)
-        with _store(uri).open(uri) as f:
-            return bytes(f.read())
+            data = _http_get(uri, allow_private, limit)
+        else:
+            with _store(uri).open(uri) as f:
+                data = bytes(f.read() if limit is None else f.read(limit))
+        if max_bytes and len(data) > max_bytes:
+            error = PermanentError(f"{uri}: larger than the {max_bytes}-byte limit")
+            error.stage, error.code = "fetch", "too_large"
+            raise error
+        return data
 
     return retry.call(read, "fetch", uri)
 

@@ -185,6 +185,12 @@ def test_http_failures_are_classified(web: str, path: str, code: str) -> None:
     assert "secret" not in str(info.value)
 
 
+def test_http_bodies_over_max_bytes_are_refused(web: str) -> None:
+    with pytest.raises(PermanentError) as info:
+        read_bytes(f"{web}/ok.png", NO_WAIT, allow_private=True, max_bytes=len(PNG) - 1)
+    assert info.value.code == "too_large"
+
+
 def test_http_503_is_retried(web: str) -> None:
     assert read_bytes(f"{web}/flaky.png", NO_WAIT, allow_private=True) == PNG
     assert _Handler.flaky_seen == 1
