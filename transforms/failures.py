@@ -168,7 +168,8 @@ def classify(err: BaseException, stage: str, uri: str) -> MatteflowError:
     """Turn any exception raised while handling `uri` in `stage` into a MatteflowError.
 
     404 / missing file -> NotFound, 401/403 / permission -> Forbidden, 408/429/5xx, timeouts
-    and dropped connections -> TransientError, anything else -> PermanentError "unexpected".
+    and dropped connections -> TransientError, out of memory -> PermanentError "oom",
+    anything else -> PermanentError "unexpected".
     """
     if isinstance(err, MatteflowError):
         return err
@@ -183,6 +184,8 @@ def classify(err: BaseException, stage: str, uri: str) -> MatteflowError:
         result = Forbidden(f"{uri}: access denied ({status or 'permission'})")
     elif status in _TRANSIENT_STATUS or (status is None and _transient_type(err)):
         result = TransientError(text)
+    elif is_oom(err):
+        result = PermanentError(text, code="oom")
     else:
         result = PermanentError(text, code="unexpected")
     result.stage = stage

@@ -123,3 +123,10 @@ def test_other_model_errors_are_segment_model_error(err: Exception) -> None:
     assert not is_oom(err)
     failure = inference_failure(err, "a.png")
     assert (failure.stage, failure.code) == ("segment", "model_error")
+
+
+@pytest.mark.parametrize("stage", ["decode", "refine", "write"])
+def test_out_of_memory_in_any_stage_is_oom(stage: str) -> None:
+    failure = classify(MemoryError(), stage, "gs://b/huge.tif")
+    assert (failure.stage, failure.code) == (stage, "oom")
+    assert isinstance(failure, PermanentError)
