@@ -30,6 +30,7 @@ __all__ = [
     "get_spec",
     "load",
     "register",
+    "resolve_dtype",
     "specs",
 ]
 
@@ -159,11 +160,18 @@ class LoadedModel:
 
 
 def check(
-    name: str, device: str, dtype: str, *, require_commercial_license: bool = False
+    name: str,
+    device: str,
+    dtype: str,
+    *,
+    require_commercial_license: bool = False,
+    device_here: bool = True,
 ) -> ModelSpec:
     """The spec of `name` once licence, dtype and device allow a load; raises otherwise.
 
-    Raises RegistryError (unknown name, bad dtype, absent device) or LicenseError.
+    `device_here` = False checks the device's name but not its presence (a launcher whose
+    workers, not itself, have the GPU). Raises RegistryError (unknown name, bad dtype or
+    device, absent device) or LicenseError.
     """
     spec = get_spec(name)
     if require_commercial_license and spec.commercial_use != "yes":
@@ -173,12 +181,26 @@ def check(
             f" Distribution: {spec.distribution}. Use a model whose commercial use is"
             " established, or clear this one with its rights holders first."
         )
-    if dtype not in DTYPES:
-        raise RegistryError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
+    if dtype != "auto" and dtype not in DTYPES:
+        raise RegistryError(f"dtype {dtype!r}: expected auto or one of {', '.join(DTYPES)}")
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise RegistryError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+    if device_here and target.type == "cuda" and not torch.cuda.is_available():
         raise RegistryError(f"device {device!r} requested but no CUDA device is available")
     return spec
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The dtype "auto" stands for on `device`: bfloat16 where the device computes it natively
+    (CPUs with AVX-512 BF16 or AMX, CUDA GPUs from Ampere on), else float16 on CUDA and float32
+    on CPU. Any other name is returned as it is."""
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
 def load(
@@ -191,11 +213,13 @@ def load(
 ) -> LoadedModel:
     """Build model `name` with verified weights on `device`, computing in `dtype`.
 
-    Weights stay float32; dtype bfloat16/float16 runs the forward pass under autocast.
-    Raises what `check` raises, and WeightsError when no verified weights can be had.
+    Weights stay float32; dtype bfloat16/float16 runs the forward pass under autocast, and
+    "auto" picks one (`resolve_dtype`). Raises what `check` raises, and WeightsError when no
+    verified weights can be had.
     """
     spec = check(name, device, dtype, require_commercial_license=require_commercial_license)
     target = torch.device(device)
+    dtype = resolve_dtype(dtype, target)
     network = build_network(spec)
     if spec.format == "onnx":
         state = load_file(str(native_weights(spec)))

@@ -39,11 +39,20 @@ class ModelSettings:
 
     name: str = "isnet-general-use"
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"; a missing GPU fails in preflight
-    dtype: str = "float32"  # "float32" | "bfloat16" | "float16" (autocast)
-    channels_last: bool = False
-    torch_threads: int = 0  # per worker process; 0 keeps torch's default
+    # "auto" (bfloat16 where the CPU or GPU computes it natively, else float16 on CUDA and
+    # float32 on CPU) | "float32" | "bfloat16" | "float16"; reduced precision is autocast
+    dtype: str = "auto"
+    inference_size: int = 0  # square side the model runs at (multiple of 32); 0 = the model's
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
+    torch_threads: int = 0  # per worker process; 0 = the CPU's cores / worker processes
     require_commercial_license: bool = False
     flip_tta: bool = False  # also run each image mirrored and average (2x the model's time)
+
+    def __post_init__(self) -> None:
+        if self.inference_size % 32:
+            raise ValueError(
+                f"inference_size: expected a multiple of 32, got {self.inference_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,9 @@ class RunConfig:
     sources: SourcePolicy = field(default_factory=SourcePolicy)
 
 
-# Integer settings where 0 has a meaning: torch's own thread count, no zlib compression, no
-# size limit. Every other integer must be positive.
-_ZERO_MEANS_DEFAULT_OR_NONE = {"torch_threads", "png_compress_level", "max_size"}
+# Integer settings where 0 has a meaning: a default worked out at run time, no zlib compression,
+# no size limit. Every other integer must be positive.
+_ZERO_MEANS_DEFAULT_OR_NONE = {"torch_threads", "inference_size", "png_compress_level", "max_size"}
 
 
 def _build(cls: type, table: dict[str, Any], path: str) -> Any:

@@ -1,9 +1,12 @@
-"""Local runs: a runner that skips the Prism download, and a progress bar fed by metrics rows."""
+"""Local runs: worker threads by default, a runner that skips the Prism download, and a
+progress bar fed by metrics rows."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Iterator, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_provision_api_pb2
@@ -20,7 +23,20 @@ from rich.progress import (
 
 from matteflow.transforms.metrics import set_progress_listener
 
-__all__ = ["local_runner", "progress_bar"]
+__all__ = ["LOCAL_WORKERS", "local_runner", "local_worker_flags", "progress_bar"]
+
+# Worker threads of a local run: one per core, at most 4 (each holds a batch's activations).
+LOCAL_WORKERS = min(4, os.cpu_count() or 1)
+
+
+def local_worker_flags(argv: Sequence[str]) -> list[str]:
+    """The flags that run a local job on LOCAL_WORKERS threads of this process, unless argv
+    chooses workers or running mode itself. The threads share one model and split torch's
+    threads among them (see remove_background), so one batch's decode, refinement and encoding
+    overlap the model's work on another, and no core waits on another's."""
+    if any(a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in argv):
+        return []
+    return [f"--direct_num_workers={LOCAL_WORKERS}", "--direct_running_mode=multi_threading"]
 
 
 def local_runner(options: PipelineOptions) -> fn_runner.FnApiRunner:
@@ -52,14 +68,16 @@ def progress_bar(total: int, enabled: bool) -> Iterator[None]:
     with Progress(*columns) as bar:
         task = bar.add_task("images", total=total, rate="-", failed=0)
         failed = 0
+        lock = threading.Lock()  # rows arrive from several worker threads
 
         def advance(status: str) -> None:
             nonlocal failed
-            failed += status == "failed"
-            bar.advance(task)
-            state = bar.tasks[task]
-            rate = state.completed / state.elapsed if state.elapsed else 0.0
-            bar.update(task, rate=f"{rate:.2f}", failed=failed)
+            with lock:
+                failed += status == "failed"
+                bar.advance(task)
+                state = bar.tasks[task]
+                rate = state.completed / state.elapsed if state.elapsed else 0.0
+                bar.update(task, rate=f"{rate:.2f}", failed=failed)
 
         set_progress_listener(advance)
         try:

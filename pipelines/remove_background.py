@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import platform
 import sys
 import time
@@ -34,7 +35,7 @@ from matteflow.models.registry import RegistryError, check, get_spec
 from matteflow.models.weights import WeightsError, native_weights
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions
-from matteflow.pipelines.progress import local_runner, progress_bar
+from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
 from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
 from matteflow.transforms.manifest import ManifestError, ReadManifest, check_manifest, count_rows
@@ -45,7 +46,16 @@ from matteflow.transforms.settings import background_colour
 from matteflow.transforms.storage import exists, write_atomic
 from matteflow.transforms.write import WriteOutputs
 
-__all__ = ["Outputs", "PreflightError", "TooManyFailures", "build", "main", "preflight", "run"]
+__all__ = [
+    "Outputs",
+    "PreflightError",
+    "TooManyFailures",
+    "build",
+    "main",
+    "preflight",
+    "run",
+    "worker_torch_threads",
+]
 
 
 class PreflightError(RuntimeError):
@@ -64,7 +74,17 @@ class Outputs(NamedTuple):
     rows: beam.PCollection
 
 
-def _handler(cfg: RunConfig) -> MatteModelHandler:
+def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
+    """Torch threads per worker process: the profile's, else, when the local runner starts
+    several workers (--direct_num_workers), this machine's cores shared among them, so that
+    they do not oversubscribe it; 0 leaves torch's default (all cores)."""
+    if cfg.model.torch_threads:
+        return cfg.model.torch_threads
+    workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+
+
+def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
     """The RunInference model handler the config asks for."""
     m = cfg.model
     return MatteModelHandler(
@@ -72,8 +92,9 @@ def _handler(cfg: RunConfig) -> MatteModelHandler:
         m.device,
         m.dtype,
         max_batch_pixels=cfg.batching.max_pixels,
+        inference_size=m.inference_size,
         channels_last=m.channels_last,
-        torch_threads=m.torch_threads,
+        torch_threads=worker_torch_threads(cfg, options),
         require_commercial_license=m.require_commercial_license,
         flip_tta=m.flip_tta,
     )
@@ -89,6 +110,7 @@ def _resume(cfg: RunConfig) -> Resume:
         cfg.refine,
         cfg.decode.intent,
         cfg.model.flip_tta,
+        cfg.model.inference_size,
     )
     return Resume(cfg.output, settings, force=cfg.force)
 
@@ -100,7 +122,7 @@ def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(
         cfg.decode, resume, allow_private=cfg.sources.allow_private
     )
-    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg), cfg.matte)
+    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg, p.options), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
     scored = refined.ok | "Score" >> Score()
     written = scored.ok | "WriteOutputs" >> WriteOutputs(
@@ -123,10 +145,12 @@ def build(p: beam.Pipeline, cfg: RunConfig) -> Outputs:
     return Outputs(manifest.ok, segmented.ok, rows)
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig, local: bool = True) -> None:
     """Check manifest header, model, device and output prefix before the graph runs.
 
-    Raises PreflightError with the reason and the fix.
+    A run on this machine (`local`) also checks that the device exists here; on a remote
+    runner the workers check it when they load the model. Raises PreflightError with the
+    reason and the fix.
     """
     if not cfg.manifest or not cfg.output:
         raise PreflightError("both --manifest and --output are required")
@@ -139,6 +163,7 @@ def preflight(cfg: RunConfig) -> None:
             cfg.model.device,
             cfg.model.dtype,
             require_commercial_license=cfg.model.require_commercial_license,
+            device_here=local,
         )
         if spec.format == "onnx":
             native_weights(spec)  # verify, and fetch/convert once, in the launcher
@@ -252,7 +277,11 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
     run.json) when the share of failed rows is over --max_failure_rate.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(argv)
+    local = _is_local(options)
+    if local:
+        options = PipelineOptions([*argv, *local_worker_flags(argv)])
     FileSystems.set_options(options)  # preflight reads buckets with the run's endpoint/credentials
     mf = options.view_as(MatteflowOptions)
     cfg = load_config(
@@ -267,11 +296,11 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         allow_private_sources=mf.allow_private_sources,
     )
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    preflight(cfg)
+    preflight(cfg, local)
     _clear_previous_run(cfg.output)
-    local = _is_local(options)
     runner = local_runner(options) if local else None
-    in_process = local and options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    mode = options.view_as(DirectOptions).direct_running_mode
+    in_process = local and mode != "multi_processing"
     with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
         p = beam.Pipeline(runner=runner, options=options)
         build(p, cfg)

@@ -33,20 +33,27 @@ _LOG = logging.getLogger(__name__)
 _NAMESPACE = "matteflow.segment"
 
 
-def preprocess(rgb: np.ndarray, spec: ModelSpec, device: torch.device) -> torch.Tensor:
+def preprocess(
+    rgb: np.ndarray, spec: ModelSpec, device: torch.device, size: int = 0
+) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x S x S float32 normalised per the spec (resize on `device`).
 
-    A side over twice the model's input is first shrunk by an integer box filter (Pillow's
-    reduce), which bounds memory on very large images and keeps the bilinear step from
-    aliasing; smaller images take the reference's plain bilinear resize.
+    S is `size`, or the spec's input size when 0. The uint8 pixels travel to the device (from
+    pinned memory, without blocking, on CUDA) and are resized and normalised there. A side
+    over twice S is first shrunk by an integer box filter (Pillow's reduce), which bounds
+    memory on very large images and keeps the bilinear step from aliasing; smaller images take
+    the reference's plain bilinear resize.
     """
-    factors = tuple(max(1, side // (2 * spec.input_size)) for side in (rgb.shape[1], rgb.shape[0]))
+    size = size or spec.input_size
+    factors = tuple(max(1, side // (2 * size)) for side in (rgb.shape[1], rgb.shape[0]))
     if factors != (1, 1):
         rgb = np.array(Image.fromarray(rgb).reduce(factors))  # type: ignore[arg-type]
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device, non_blocking=True)
+    x = torch.from_numpy(np.ascontiguousarray(rgb))
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
     x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    size = (spec.input_size, spec.input_size)
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((x - mean) / std)[0]
@@ -64,8 +71,9 @@ def _element_pixels(input_size: int, image: DecodedImage) -> int:
 
 
 class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel]):
-    """RunInference handler for a registry model: (model, device, dtype) and batching limits;
-    `flip_tta` also runs each image mirrored and averages the two alphas."""
+    """RunInference handler for a registry model: (model, device, dtype), the square size the
+    model runs at (`inference_size`, 0 = the model's own) and batching limits; `flip_tta` also
+    runs each image mirrored and averages the two alphas."""
 
     def __init__(
         self,
@@ -74,19 +82,21 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         dtype: str = "float32",
         *,
         max_batch_pixels: int,
+        inference_size: int = 0,
         channels_last: bool = False,
         torch_threads: int = 0,
         require_commercial_license: bool = False,
         flip_tta: bool = False,
     ) -> None:
         spec = get_spec(model)
+        self._size = inference_size or spec.input_size
         # A fixed pixel budget (min = max): a batch fills up to it, or ends with the bundle.
         # Beam's adaptive sizing fits batch time against size, which says nothing here.
-        budget = max(spec.input_size * spec.input_size, max_batch_pixels)
+        budget = max(self._size * self._size, max_batch_pixels)
         super().__init__(
             min_batch_size=budget,
             max_batch_size=budget,
-            element_size_fn=functools.partial(_element_pixels, spec.input_size),
+            element_size_fn=functools.partial(_element_pixels, self._size),
         )
         self._model = model
         self._device = device
@@ -115,7 +125,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
         start = time.perf_counter()
-        x = torch.stack([preprocess(im.rgb, model.spec, model.device) for im in batch])
+        x = torch.stack([preprocess(im.rgb, model.spec, model.device, self._size) for im in batch])
         if self._flip_tta:  # the mirrored images in the same batch, averaged back
             both = model(torch.cat([x, x.flip(-1)]))
             alpha = (both[: len(batch)] + both[len(batch) :].flip(-1)) / 2
@@ -123,7 +133,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             alpha = model(x)
         doubts = [uncertainty(a[0].float().cpu().numpy()) for a in alpha]
         alphas = [postprocess(a, im.height, im.width) for im, a in zip(batch, alpha, strict=True)]
-        per_image_ms = (time.perf_counter() - start) * 1e3 / len(batch)
+        batch_ms = (time.perf_counter() - start) * 1e3
         mattes = [
             Matte(
                 image=image,
@@ -133,12 +143,13 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
                 device=str(model.device),
                 dtype=model.dtype_name,
                 batch_size=len(batch),
-                timings_ms={**image.timings_ms, "infer_ms": per_image_ms},
+                timings_ms={**image.timings_ms, "infer_ms": batch_ms / len(batch)},
                 uncertainty=doubt,
             )
             for image, a, doubt in zip(batch, alphas, doubts, strict=True)
         ]
         beam.metrics.Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
+        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
         beam.metrics.Metrics.counter(_NAMESPACE, "images").inc(len(batch))
         return mattes
 
@@ -148,17 +159,29 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         model: LoadedModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Matte | Failed]:
-        """Mattes for the batch; a failing batch is retried one element at a time."""
+        """Mattes for the batch. A failing batch (e.g. out of memory) is retried in halves,
+        down to single images, so only an image that fails alone becomes a failure."""
         if not batch:
             return []
         try:
             return self._infer(batch, model)
         except Exception as err:
+            out_of_memory = isinstance(err, torch.OutOfMemoryError | MemoryError)
+            if out_of_memory and model.device.type == "cuda":
+                torch.cuda.empty_cache()
             if len(batch) == 1:
-                error = InferenceError(f"{batch[0].task.source_uri}: {type(err).__name__}: {err}")
+                error = InferenceError(
+                    f"{batch[0].task.source_uri}: {type(err).__name__}: {err}",
+                    code="oom" if out_of_memory else None,
+                )
                 return [Failed.from_error(batch[0].task, error)]
-            _LOG.warning("batch of %d failed (%s); retrying one by one", len(batch), err)
-            return [out for image in batch for out in self.run_inference([image], model)]
+            _LOG.warning("batch of %d failed (%s); retrying in halves", len(batch), err)
+            beam.metrics.Metrics.counter(_NAMESPACE, "batch_splits").inc()
+            half = len(batch) // 2
+            return [
+                *self.run_inference(batch[:half], model),
+                *self.run_inference(batch[half:], model),
+            ]
 
     def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
         """Bytes of pixels in the batch (the default pickles the whole batch)."""

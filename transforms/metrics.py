@@ -222,14 +222,24 @@ def set_progress_listener(listener: Callable[[str], None] | None) -> None:
 
 
 class _CountFn(beam.DoFn):
+    """Counts rows by status and records each stage's time per image (milliseconds) as a
+    Beam distribution in namespace matteflow.stages, so a runner's UI shows where time goes."""
+
     def __init__(self) -> None:
         self._rows = {
             s: beam.metrics.Metrics.counter("matteflow.metrics", f"rows_{s}")
             for s in ("ok", "skipped", "failed")
         }
+        self._stages = {
+            name: beam.metrics.Metrics.distribution("matteflow.stages", name)
+            for name in (*_TIMINGS, "total_ms")
+        }
 
     def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self._rows[row["status"]].inc()
+        for name, distribution in self._stages.items():
+            if row.get(name) is not None:
+                distribution.update(round(row[name]))
         listener = _listener
         if listener is not None:
             listener(row["status"])

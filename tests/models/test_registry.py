@@ -15,9 +15,11 @@ from matteflow.models.registry import (
     LicenseError,
     ModelSpec,
     RegistryError,
+    check,
     get_spec,
     load,
     register,
+    resolve_dtype,
     specs,
 )
 
@@ -207,5 +209,21 @@ def test_cuda_without_cuda_raises_registry_error() -> None:
 
 
 def test_unknown_dtype_raises_registry_error() -> None:
-    with pytest.raises(RegistryError, match="dtype 'int8': expected one of float32, bfloat16"):
+    with pytest.raises(
+        RegistryError, match="dtype 'int8': expected auto or one of float32, bfloat16"
+    ):
         load("tiny-isnet", dtype="int8")
+
+
+def test_auto_dtype_is_what_this_machine_computes_natively() -> None:
+    cpu = torch.device("cpu")
+    native = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    assert resolve_dtype("auto", cpu) == native
+    assert load("tiny-isnet", dtype="auto").dtype_name == native
+    assert [resolve_dtype(d, cpu) for d in ("float32", "float16")] == ["float32", "float16"]
+
+
+def test_a_launcher_checks_a_remote_device_by_name_only() -> None:
+    assert check("tiny-isnet", "cuda:0", "auto", device_here=False).name == "tiny-isnet"
+    with pytest.raises(RegistryError, match="device 'gpu': expected cpu, cuda or cuda:N"):
+        check("tiny-isnet", "gpu", "auto", device_here=False)

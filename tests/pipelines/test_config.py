@@ -59,6 +59,8 @@ def test_output_framing_and_matte_tables(tmp_path: Path) -> None:
         ("[framing]\nmax_size = -1\n", "framing.max_size: expected a positive integer"),
         ("[matte]\nexisting_alpha = 'mix'\n", "matte.existing_alpha: expected one of keep"),
         ("[decode]\nintent = 'vivid'\n", "decode.intent: expected one of perceptual"),
+        ("[model]\ninference_size = 700\n", "model.inference_size: expected a multiple of 32"),
+        ("[model]\ninference_size = -32\n", "model.inference_size: expected a positive integer"),
     ],
 )
 def test_bad_profiles_name_the_dotted_path(tmp_path: Path, text: str, message: str) -> None:

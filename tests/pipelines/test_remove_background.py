@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from apache_beam.metrics.cells import DistributionResult
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from matteflow.pipelines.config import load_config
-from matteflow.pipelines.remove_background import PreflightError, build, main, preflight
+from matteflow.pipelines.remove_background import (
+    PreflightError,
+    build,
+    main,
+    preflight,
+    run,
+    worker_torch_threads,
+)
 from matteflow.transforms.metrics import read_metrics
 from tests.images import encode, oriented, pattern
 
@@ -200,6 +211,37 @@ def test_preflight_refuses_unknown_model_and_missing_gpu(sample: str, tmp_path: 
     cfg = load_config(str(profile), manifest=sample, output=str(tmp_path / "o"), model="tiny-isnet")
     with pytest.raises(PreflightError, match="no CUDA device"):
         preflight(cfg)
+    preflight(cfg, local=False)  # a remote runner's workers have the GPU and check it on load
+
+
+@pytest.mark.parametrize(
+    ("threads", "beam_options", "expected"),
+    [
+        (0, [], 0),  # one worker: torch's default
+        (0, ["--direct_num_workers=2"], max(1, (os.cpu_count() or 1) // 2)),
+        (3, ["--direct_num_workers=2"], 3),  # the profile's own value wins
+    ],
+)
+def test_local_workers_share_the_cores_between_them(
+    threads: int, beam_options: list[str], expected: int
+) -> None:
+    cfg = load_config(settings=[f"model.torch_threads={threads}"])
+    assert worker_torch_threads(cfg, PipelineOptions(beam_options)) == expected
+
+
+def test_stage_times_and_batch_sizes_are_beam_metrics(sample: str, tmp_path: Path) -> None:
+    argv = ["--manifest", sample, "--output", str(tmp_path / "out"), "--model", "tiny-isnet"]
+    metrics = run(argv).metrics()
+
+    def distribution(namespace: str, name: str) -> DistributionResult:
+        query = metrics.query(MetricsFilter().with_namespace(namespace).with_name(name))
+        [result] = query["distributions"]
+        return result.committed
+
+    for stage in ("fetch_ms", "decode_ms", "infer_ms", "encode_ms", "write_ms", "total_ms"):
+        assert distribution("matteflow.stages", stage).count == 3, stage  # the 3 ok rows
+    batches = distribution("matteflow.segment", "batch_images")
+    assert batches.sum == 3 and batches.max <= 3
 
 
 def test_preflight_refuses_a_missing_composite_background(sample: str, tmp_path: Path) -> None:

@@ -114,6 +114,15 @@ def test_large_images_are_box_reduced_before_the_bilinear_resize() -> None:
     assert float(preprocess(small, spec, CPU).std()) > 0.1
 
 
+def test_preprocess_runs_at_the_size_asked_for() -> None:
+    # The box reduce follows the size asked for too: 300 px stripes are under twice 160.
+    stripes = np.zeros((300, 300, 3), np.uint8)
+    stripes[:, ::2] = 255
+    x = preprocess(stripes, get_spec(MODEL), CPU, 160)
+    assert x.shape == (3, 160, 160)
+    assert float(x.std()) > 0.1  # plain bilinear: not box-reduced to a flat grey
+
+
 def test_postprocess_restores_full_size_by_hand() -> None:
     # 2 x 2 -> 3 x 4, half-pixel centres: sample x = (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75,
     # 1.25, clamped to the edge -> 0, 0.25, 0.75, 1 between a 0 column and a 1 column.
@@ -143,6 +152,21 @@ def test_batching_is_by_pixels(handler: MatteModelHandler) -> None:
 def test_max_batch_is_at_least_one_image() -> None:
     tiny = MatteModelHandler(MODEL, max_batch_pixels=10)
     assert tiny.batch_elements_kwargs()["max_batch_size"] == 64 * 64
+
+
+def test_inference_size_sets_the_tensor_and_the_batch_weight(model: LoadedModel) -> None:
+    big = MatteModelHandler(MODEL, max_batch_pixels=10, inference_size=96)
+    kwargs = big.batch_elements_kwargs()
+    assert kwargs["max_batch_size"] == 96 * 96
+    assert kwargs["element_size_fn"](_image("small", 17, 11)) == 96 * 96
+    seen: list[tuple[int, ...]] = []
+    handle = model.network.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        [matte] = big.run_inference([_image("a", 40, 23)], model)
+    finally:
+        handle.remove()
+    assert seen == [(1, 3, 96, 96)]
+    assert isinstance(matte, Matte) and matte.alpha.shape == (23, 40)
 
 
 def test_bytes_and_namespace(handler: MatteModelHandler) -> None:
@@ -207,6 +231,37 @@ def test_broken_element_fails_alone(
         assert isinstance(matte, Matte) and matte.image is image
         assert matte.batch_size == 1  # retried one at a time
         assert matte.alpha.shape == (image.height, image.width)
+
+
+class _MemoryBoundHandler(MatteModelHandler):
+    """The real handler on a device that runs out of memory above `limit` images a batch."""
+
+    limit = 2
+
+    def _infer(self, batch, model):  # type: ignore[no-untyped-def]
+        if len(batch) > self.limit:
+            raise torch.OutOfMemoryError(f"out of memory: {len(batch)} images")
+        return super()._infer(batch, model)
+
+
+def test_batch_out_of_memory_is_retried_in_halves(pinned: LoadedModel) -> None:
+    handler = _MemoryBoundHandler(MODEL, max_batch_pixels=100_000)
+    batch = [_image(f"i{n}", 17 + n, 11) for n in range(5)]
+    out = list(handler.run_inference(batch, pinned))
+    # 5 -> 2 + 3 -> 2 + (1 + 2): every image once, in order, in the largest batch that fits.
+    assert [o.image.task.id for o in out if isinstance(o, Matte)] == ["i0", "i1", "i2", "i3", "i4"]
+    assert [o.batch_size for o in out if isinstance(o, Matte)] == [2, 2, 1, 2, 2]
+
+
+def test_image_out_of_memory_alone_fails_as_oom(pinned: LoadedModel) -> None:
+    handler = _MemoryBoundHandler(MODEL, max_batch_pixels=100_000)
+    handler.limit = 0
+    out = list(handler.run_inference([_image("a", 17, 11), _image("b", 40, 23)], pinned))
+    assert [(f.task.id, f.stage, f.code) for f in out if isinstance(f, Failed)] == [
+        ("a", "segment", "oom"),
+        ("b", "segment", "oom"),
+    ]
+    assert all("OutOfMemoryError" in f.message for f in out if isinstance(f, Failed))
 
 
 def test_empty_batch_gives_nothing(handler: MatteModelHandler, pinned: LoadedModel) -> None:
