@@ -20,6 +20,7 @@ from matteflow.transforms.framing import FramingSettings, check_framing
 from matteflow.transforms.matte import MatteSettings
 from matteflow.transforms.refine import RefineSettings
 from matteflow.transforms.settings import OutputSettings
+from matteflow.transforms.sources import SourcePolicy
 
 __all__ = [
     "BatchingSettings",
@@ -80,6 +81,7 @@ class RunConfig:
     refine: RefineSettings = field(default_factory=RefineSettings)
     streaming: StreamingSettings = field(default_factory=StreamingSettings)
     beam: BeamSettings = field(default_factory=BeamSettings)  # runner options (pipelines/options)
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
 
 
 # Integer settings where 0 has a meaning: a default worked out at run time, no zlib compression,
@@ -99,7 +101,11 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
             value = float(value)
         if expected is str and type(value) is int:  # a pixel length: margin = 40
             value = str(value)
-        if dataclasses.is_dataclass(expected):
+        if get_origin(expected) is tuple:  # a list of strings: sources.allow = ["gs://a/*"]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            values[key] = tuple(value)
+        elif dataclasses.is_dataclass(expected):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a table, got {value!r}")
             values[key] = _build(expected, value, where)  # type: ignore[arg-type]
@@ -146,11 +152,14 @@ def load_config(
     force: bool = False,
     max_failure_rate: float | None = None,
     settings: list[str] | None = None,
+    allow_sources: list[str] | None = None,
+    allow_private_sources: bool = False,
 ) -> RunConfig:
     """Parse a profile file (default: the packaged configs/local.toml), then apply overrides.
 
     Overrides given (not None, force True) replace the profile's values; `model` is a name;
-    each of `settings` is "table.key=value" (value as TOML, else a string), as from --set.
+    each of `settings` is "table.key=value" (value as TOML, else a string), as from --set;
+    `allow_sources` (--allow_source) replaces `sources.allow`.
     """
     if profile:
         try:
@@ -172,10 +181,15 @@ def load_config(
         raise ConfigError(str(err)) from None
     if model:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model))
+    sources = SourcePolicy(
+        tuple(allow_sources) if allow_sources else cfg.sources.allow,
+        allow_private_sources or cfg.sources.allow_private,
+    )
     return dataclasses.replace(
         cfg,
         manifest=manifest or cfg.manifest,
         output=output or cfg.output,
         force=force or cfg.force,
         max_failure_rate=cfg.max_failure_rate if max_failure_rate is None else max_failure_rate,
+        sources=sources,
     )

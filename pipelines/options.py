@@ -33,7 +33,7 @@ def _flag(text: str) -> bool:
 
 class MatteflowOptions(PipelineOptions):
     """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set,
-    --subscription."""
+    --subscription, --allow_source, --allow_private_sources."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
@@ -72,4 +72,18 @@ class MatteflowOptions(PipelineOptions):
             default=None,
             help="with --streaming: a Pub/Sub subscription (projects/P/subscriptions/S) of Cloud"
             " Storage object-finalize notifications, read instead of polling the --manifest glob",
+        )
+        parser.add_argument(
+            "--allow_source",
+            dest="allow_sources",
+            action="append",
+            default=None,
+            metavar="PATTERN",
+            help="a source URI pattern rows may read, e.g. 'gs://photos/*' or 'local'"
+            " (repeatable; replaces the default: local, gs://*, s3://*; http(s) only if named)",
+        )
+        parser.add_argument(
+            "--allow_private_sources",
+            action="store_true",
+            help="let http(s) sources resolve to loopback, link-local or private addresses",
         )

@@ -132,10 +132,12 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
     objects as they land; their metrics rows are written per window)."""
     resume = _resume(cfg)
     if arrivals is None:
-        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest)
+        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
     else:
         manifest = p | "ReadArrivals" >> arrivals
-    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume)
+    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(
+        cfg.decode, resume, allow_private=cfg.sources.allow_private
+    )
     segmented = decoded.ok | "Segment" >> Segment(_handler(cfg, p.options), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
     scored = refined.ok | "Score" >> Score()
@@ -326,6 +328,8 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         force=mf.force,
         max_failure_rate=mf.max_failure_rate,
         settings=mf.settings,
+        allow_sources=mf.allow_sources,
+        allow_private_sources=mf.allow_private_sources,
     )
     argv = [*cfg.beam.args, *argv]  # a profile's Beam options first: the command line's win
     local = _is_local(PipelineOptions(argv))

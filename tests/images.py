@@ -30,6 +30,7 @@ __all__ = [
     "oriented",
     "palette_with_transparency",
     "pattern",
+    "png_chunk",
     "sixteen_bit_grey",
     "sixteen_bit_rgb",
     "truncated",
@@ -344,7 +345,8 @@ def sixteen_bit_rgb(width: int = WIDTH, height: int = HEIGHT, *, alpha: bool = F
     return _not_multiple_of_257(np.rint(np.dstack(planes)))
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, body and CRC."""
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
@@ -378,11 +380,11 @@ def encode16(
     data = bytes(imagecodecs.png_encode(pixels))
     chunks = b""
     if icc is not None:
-        chunks += _png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc))
+        chunks += png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc))
     if exif_orientation is not None:
         exif = Image.Exif()
         exif[ExifTags.Base.Orientation] = exif_orientation
-        chunks += _png_chunk(b"eXIf", exif.tobytes())
+        chunks += png_chunk(b"eXIf", exif.tobytes())
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length and type, IHDR body, CRC
     return data[:ihdr_end] + chunks + data[ihdr_end:]
 

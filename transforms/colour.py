@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from functools import lru_cache
 from typing import cast
 
@@ -21,10 +22,11 @@ from PIL import Image, ImageCms
 __all__ = ["INTENTS", "SIXTEEN_BIT_GREY", "SRGB_ICC", "to_srgb_rgb", "wide_to_srgb"]
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-# The profile converted to, and embedded in every output. LittleCMS stamps the header with the
-# time it was made (ICC.1 7.2.1, bytes 24-35); zeroed, so every process, worker and rerun
-# writes the same bytes for the same image (issue 9: outputs identical across runners).
-SRGB_ICC: bytes = _SRGB.tobytes()[:24] + bytes(12) + _SRGB.tobytes()[36:]
+# The profile converted to, and embedded in every output. LittleCMS stamps its header with the
+# time it was made (bytes 24-35); a fixed date keeps outputs byte-identical across processes.
+SRGB_ICC: bytes = (
+    _SRGB.tobytes()[:24] + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + _SRGB.tobytes()[36:]
+)
 INTENTS = {
     "perceptual": ImageCms.Intent.PERCEPTUAL,
     "relative": ImageCms.Intent.RELATIVE_COLORIMETRIC,

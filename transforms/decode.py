@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,8 +44,15 @@ _ORIENTATION_TAG = 0x0112
 # artist, copyright; and the Exif and GPS sub-directories.
 _EXIF_KEPT = (0x010E, 0x010F, 0x0110, 0x011A, 0x011B, 0x0128, 0x0131, 0x0132, 0x013B, 0x8298)
 _EXIF_DIRECTORIES = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
-# Leading bytes of formats whose files, when Pillow cannot identify them, were cut short.
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
+# Leading bytes of formats whose files, when Pillow cannot identify them, were cut short, unless
+# their header declares a zero width or height: where that header keeps the two (offset, struct
+# format). A JPEG's frame header has no fixed place.
+_HEADERS: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 16, ">II"),
+    (b"GIF87a", 6, "<HH"),
+    (b"GIF89a", 6, "<HH"),
+    (b"\xff\xd8\xff", 0, ""),
+)
 _PNG_BIT_DEPTH = 24  # offset of the bit depth in a PNG (signature, IHDR length/type, W, H)
 _TIFF_BITS_PER_SAMPLE = 258
 
@@ -54,6 +62,8 @@ class DecodeSettings:
     """Limits and colour handling applied while decoding."""
 
     max_pixels: int = 100_000_000  # larger images fail as decode/too_many_pixels
+    # larger files fail as fetch/too_large, read no further; 1 GiB holds any image of max_pixels
+    max_bytes: int = 1 << 30
     # ICC rendering intent: perceptual | relative | saturation | absolute
     intent: str = "perceptual"
 
@@ -81,8 +91,10 @@ def _open(
 ) -> tuple[Image.Image, bytes, int, tuple[str, ...]]:
     """(the first frame, loaded; its EXIF block; the orientation to apply; warnings).
 
-    Raises DecodeError (unsupported_format, truncated, corrupt, too_many_pixels).
+    Raises DecodeError (empty, unsupported_format, truncated, corrupt, too_many_pixels).
     """
+    if not data:
+        raise DecodeError(f"{uri}: empty file (0 bytes)", code="empty")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -93,19 +105,27 @@ def _open(
                     f"{uri}: {img.width}x{img.height} is over the {max_pixels}-pixel limit",
                     code="too_many_pixels",
                 )
+            if img.format == "PNG":  # its getexif() loads the pixels; their errors count here
+                img.load()
             exif, orientation, notes = _exif(img)  # before load(): see _exif
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"{uri}: {err}", code="too_many_pixels") from None
     except UnidentifiedImageError:
-        if data.startswith(_SIGNATURES):
+        for signature, offset, sizes in _HEADERS:
+            if not data.startswith(signature):
+                continue
+            complete = sizes and len(data) >= offset + struct.calcsize(sizes)
+            if complete and 0 in struct.unpack_from(sizes, data, offset):
+                raise DecodeError(f"{uri}: header declares a zero size", code="corrupt") from None
             raise DecodeError(f"{uri}: image ends before its data", code="truncated") from None
         raise DecodeError(f"{uri}: not an image format Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as err:
-        # Pillow says "image file is truncated" mid-scan but "Truncated File Read" mid-header.
+        # Pillow says "image file is truncated" mid-scan, "Truncated File Read" mid-header and
+        # "Broken PNG file" past the end, but "broken data stream" for corrupt data.
         text = str(err).lower()
-        code = "truncated" if "truncated" in text or "broken" in text else "corrupt"
-        raise DecodeError(f"{uri}: {err}", code=code) from None
+        cut = "truncated" in text or "broken png" in text or _riff_cut_short(data)
+        raise DecodeError(f"{uri}: {err}", code="truncated" if cut else "corrupt") from None
     for warning in caught:  # Pillow warns, rather than raises, on a malformed EXIF block
         if "exif" in str(warning.message).lower():
             notes = ("decode/corrupt_exif",)
@@ -114,6 +134,11 @@ def _open(
                 warning.message, warning.category, warning.filename, warning.lineno
             )
     return img, exif, orientation, notes
+
+
+def _riff_cut_short(data: bytes) -> bool:
+    """Whether a RIFF file (WebP) is shorter than the length its header declares."""
+    return data[:4] == b"RIFF" and len(data) < 8 + int.from_bytes(data[4:8], "little")
 
 
 def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
@@ -188,7 +213,7 @@ def _alpha(img: Image.Image) -> np.ndarray | None:
 def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedImage:
     """Decode image bytes to upright sRGB pixels (8-bit, and 16-bit for 16-bit sources).
 
-    Raises DecodeError: unsupported_format, truncated, corrupt, too_many_pixels.
+    Raises DecodeError: empty, unsupported_format, truncated, corrupt, too_many_pixels.
     """
     img, exif, orientation, notes = _open(task.source_uri, data, settings.max_pixels)
     frames = int(getattr(img, "n_frames", 1))
@@ -226,9 +251,12 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, settings: DecodeSettings, resume: Resume) -> None:
+    def __init__(
+        self, settings: DecodeSettings, resume: Resume, allow_private: bool = False
+    ) -> None:
         self._settings = settings
         self._resume = resume
+        self._allow_private = allow_private
 
     def setup(self) -> None:
         # Our own pixel limit applies; Pillow's global bomb check would fire first otherwise.
@@ -237,7 +265,11 @@ class _DecodeFn(beam.DoFn):
     def process(self, task: ImageTask) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput]:
         start = time.perf_counter()
         try:
-            data = read_bytes(task.source_uri)
+            data = read_bytes(
+                task.source_uri,
+                allow_private=self._allow_private,
+                max_bytes=self._settings.max_bytes,
+            )
             fetched = time.perf_counter()
             source_sha256 = hashlib.sha256(data).hexdigest()
             done = self._resume.current(task.output_key, source_sha256, task.settings)
@@ -257,13 +289,17 @@ class _DecodeFn(beam.DoFn):
 
 class FetchAndDecode(beam.PTransform):
     """ImageTask -> DecodedImage (sRGB, EXIF applied); rows whose outputs are current ->
-    tag "skipped" (metrics rows); failures -> tag "failures"."""
+    tag "skipped" (metrics rows); failures -> tag "failures". http(s) sources are read from
+    public addresses only, unless `allow_private` (see sources.py)."""
 
-    def __init__(self, settings: DecodeSettings, resume: Resume) -> None:
+    def __init__(
+        self, settings: DecodeSettings, resume: Resume, *, allow_private: bool = False
+    ) -> None:
         super().__init__()
         self._settings = settings
         self._resume = resume
+        self._allow_private = allow_private
 
     def expand(self, tasks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _DecodeFn(self._settings, self._resume)
+        fn = _DecodeFn(self._settings, self._resume, self._allow_private)
         return tasks | "Decode" >> beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")

@@ -8,15 +8,17 @@
         ├── Forbidden         fetch/forbidden
         ├── DecodeError       decode/<code>: unsupported_format, truncated, too_many_pixels
         ├── ScoreError        score/<code>: ground truth unreadable or the wrong size
-        ├── InferenceError    segment/<code>
+        ├── InferenceError    segment/<code>: model_error, oom
         └── RefineError       refine/<code>: e.g. shape_mismatch
 
-`stage` and `code` are the stable strings written to the metrics Parquet.
+`stage` and `code` are the stable strings written to the metrics Parquet. Messages pass through
+`redact`: they name the object and the cause, never credentials, signed-URL tokens or bytes.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 
 __all__ = [
     "BadRow",
@@ -30,7 +32,29 @@ __all__ = [
     "ScoreError",
     "TransientError",
     "classify",
+    "inference_failure",
+    "is_oom",
+    "redact",
 ]
+
+# A URL, from which user info (credentials) and the query string or fragment (signed-URL tokens
+# live there) are dropped; trailing punctuation stays.
+_URL = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]*://)"  # scheme
+    r"(?:[^\s/?#@]*@)?"  # user info: dropped
+    r"([^\s?#'\"]*)"  # host and path: kept
+    r"(?:[?#][^\s'\"]*?(?=[:;,.)]*(?:[\s'\"]|$)))?"  # query or fragment: dropped
+)
+# A Python bytes literal, as Pillow and friends quote file headers in their errors.
+_BYTES = re.compile(r"""\bb(['"])(?:\\.|(?!\1).)*\1""")
+_MAX_MESSAGE = 1000
+
+
+def redact(text: str) -> str:
+    """text with every URL's credentials, query string and fragment removed, bytes literals
+    elided and at most 1000 characters: fit for metrics and logs."""
+    text = _BYTES.sub("b'…'", _URL.sub(r"\1\2", text))
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
 class MatteflowError(Exception):
@@ -40,7 +64,7 @@ class MatteflowError(Exception):
     code = "error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         if code is not None:
             self.code = code
 
@@ -144,7 +168,8 @@ def classify(err: BaseException, stage: str, uri: str) -> MatteflowError:
     """Turn any exception raised while handling `uri` in `stage` into a MatteflowError.
 
     404 / missing file -> NotFound, 401/403 / permission -> Forbidden, 408/429/5xx, timeouts
-    and dropped connections -> TransientError, anything else -> PermanentError "unexpected".
+    and dropped connections -> TransientError, out of memory -> PermanentError "oom",
+    anything else -> PermanentError "unexpected".
     """
     if isinstance(err, MatteflowError):
         return err
@@ -159,7 +184,32 @@ def classify(err: BaseException, stage: str, uri: str) -> MatteflowError:
         result = Forbidden(f"{uri}: access denied ({status or 'permission'})")
     elif status in _TRANSIENT_STATUS or (status is None and _transient_type(err)):
         result = TransientError(text)
+    elif is_oom(err):
+        result = PermanentError(text, code="oom")
     else:
         result = PermanentError(text, code="unexpected")
     result.stage = stage
     return result
+
+
+# torch.OutOfMemoryError (CUDA, MPS) by class name, so this module does not import torch; the
+# CPU allocator raises a plain RuntimeError that says so.
+_OOM_TEXT = ("out of memory", "can't allocate memory")
+
+
+def is_oom(err: BaseException) -> bool:
+    """Whether err says the device or host ran out of memory."""
+    if isinstance(err, MemoryError) or any(
+        cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__
+    ):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(marker in text for marker in _OOM_TEXT)
+
+
+def inference_failure(err: BaseException, uri: str) -> InferenceError:
+    """The failure of one element that the model could not process even alone:
+    segment/oom when it ran out of memory, else segment/model_error."""
+    return InferenceError(
+        f"{uri}: {type(err).__name__}: {err}", code="oom" if is_oom(err) else None
+    )

@@ -4,8 +4,9 @@ The runner reads the manifest in parallel (text and Parquet splits, or object ma
 launcher only checks its header. Column `uri` is required; `id`, `ground_truth_uri` and
 `output_key` are optional; other columns are carried to the metrics row as metadata. Relative
 URIs resolve against the manifest's folder. Ids default to the path relative to the rows'
-common folder, without extension. A row that cannot become a task (no uri, unsafe output key,
-an id or output key shared with another row, unparsable) leaves as a `Failed` record.
+common folder, without extension. A row that cannot become a task (no uri, unsafe output key, a
+source the run may not read, an id or output key shared with another row, unparsable) leaves as
+a `Failed` record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import csv
 import hashlib
 import json
 import posixpath
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -24,7 +27,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from matteflow.transforms.failures import BadRow, MatteflowError
 from matteflow.transforms.framing import FramingSettings
-from matteflow.transforms.settings import ROW_SETTINGS, OutputSettings, with_overrides
+from matteflow.transforms.settings import (
+    ROW_SETTINGS,
+    OutputSettings,
+    background_colour,
+    with_overrides,
+)
+from matteflow.transforms.sources import DEFAULT_POLICY, SourcePolicy, check_source
 from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = [
@@ -40,6 +49,9 @@ __all__ = [
 ]
 
 _KNOWN = ("uri", "id", "ground_truth_uri", "output_key")
+_DRIVE = re.compile(r"^[A-Za-z]:")  # C:, d:x (a Windows drive)
+# A file name is at most 255 bytes on common filesystems; room for ".png" and a temp suffix.
+_MAX_SEGMENT_BYTES = 200
 _rows = beam.metrics.Metrics.counter("matteflow.manifest", "rows")
 
 
@@ -124,12 +136,21 @@ def count_rows(uri: str) -> int:
 
 
 def check_key(key: str) -> None:
-    """Raise BadRow unless key is a safe relative path for outputs."""
+    """Raise BadRow (manifest/unsafe_key) unless key is a safe relative path for outputs: no
+    scheme, drive or leading "/", no "", "." or ".." segment, no backslash, no control or
+    line-separator character, segments of at most 200 bytes."""
     parts = key.split("/")
-    if not key or key.startswith("/") or "://" in key or ".." in parts or "\\" in key:
-        raise BadRow(f"output key {key!r} is not a safe relative path", code="unsafe_key")
-    if any(ord(ch) < 32 for ch in key):
-        raise BadRow(f"output key {key!r} contains control characters", code="unsafe_key")
+    problem = None
+    if not key or key.startswith("/") or "://" in key or _DRIVE.match(key) or "\\" in key:
+        problem = "is not a relative path"
+    elif any(part in ("", ".", "..") for part in parts):
+        problem = "has an empty, '.' or '..' segment"
+    elif any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in key):
+        problem = "contains control characters"
+    elif max(len(part.encode()) for part in parts) > _MAX_SEGMENT_BYTES:
+        problem = f"has a segment over {_MAX_SEGMENT_BYTES} bytes"
+    if problem:
+        raise BadRow(f"output key {key!r} {problem}", code="unsafe_key")
 
 
 def _text(value: Any) -> str:
@@ -159,8 +180,11 @@ def _row_id(record: dict[str, Any], source: str, folder: str) -> str:
     return _text(record.get("id")) or posixpath.splitext(rel.lstrip("/"))[0]
 
 
-def to_task(record: dict[str, Any], base: str, folder: str) -> ImageTask:
-    """One manifest record as a task; raises BadRow (missing uri, unsafe output key)."""
+def to_task(
+    record: dict[str, Any], base: str, folder: str, sources: SourcePolicy = DEFAULT_POLICY
+) -> ImageTask:
+    """One manifest record as a task; raises BadRow (missing_uri, unsafe_key, bad_setting, and
+    source_not_allowed for an image, ground truth or background the run may not read)."""
     source = resolve_uri(base, _text(record.get("uri")))
     if not source:
         raise BadRow("row has an empty uri", code="missing_uri")
@@ -174,11 +198,16 @@ def to_task(record: dict[str, Any], base: str, folder: str) -> ImageTask:
         with_overrides(OutputSettings(), FramingSettings(), dict(settings))
     except ValueError as err:
         raise BadRow(str(err), code="bad_setting") from None
+    ground_truth = resolve_uri(base, _text(record.get("ground_truth_uri")))
+    background = dict(settings).get("background", "")
+    for uri in (source, ground_truth, "" if background_colour(background) else background):
+        if uri:
+            check_source(uri, sources)
     return ImageTask(
         id=row_id,
         source_uri=source,
         output_key=key,
-        ground_truth_uri=resolve_uri(base, _text(record.get("ground_truth_uri"))) or None,
+        ground_truth_uri=ground_truth or None,
         metadata=tuple(
             sorted(
                 (str(k), _text(v))
@@ -248,14 +277,15 @@ class _CommonFolder(beam.CombineFn):  # type: ignore[misc]
 
 
 class _TaskFn(beam.DoFn):
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, sources: SourcePolicy) -> None:
         self._base = base
+        self._sources = sources
 
     def process(
         self, record: dict[str, Any], folder: str
     ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
         try:
-            yield to_task(record, self._base, folder)
+            yield to_task(record, self._base, folder, self._sources)
         except MatteflowError as err:
             source = resolve_uri(self._base, _text(record.get("uri")))
             row_id = _row_id(record, source, folder) if source else _text(record.get("id"))
@@ -286,12 +316,14 @@ class _UniqueFn(beam.DoFn):
 
 
 class ReadManifest(beam.PTransform):
-    """PBegin -> ManifestRows(ok: ImageTask per usable row, failures: Failed per bad row)."""
+    """PBegin -> ManifestRows(ok: ImageTask per usable row, failures: Failed per bad row);
+    rows naming sources outside `sources` fail as manifest/source_not_allowed."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, sources: SourcePolicy = DEFAULT_POLICY) -> None:
         super().__init__()
         self._uri = uri
         self._kind = _kind(uri)
+        self._sources = sources
 
     def _source(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         if self._kind == "glob":
@@ -313,7 +345,7 @@ class ReadManifest(beam.PTransform):
             | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())
         )
         tasks = parsed.ok | "Tasks" >> beam.ParDo(
-            _TaskFn(base), folder=beam.pvalue.AsSingleton(folder)
+            _TaskFn(base, self._sources), folder=beam.pvalue.AsSingleton(folder)
         ).with_outputs("failures", main="ok")
         by_id = (
             tasks.ok

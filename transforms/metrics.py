@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
-from matteflow.transforms.failures import ScoreError, classify
+from matteflow.transforms.failures import ScoreError, classify, redact
 from matteflow.transforms.quality import scores
 from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask, Matte
@@ -92,14 +92,15 @@ SCHEMA = pa.schema(
 
 
 def base_row(task: ImageTask, status: str) -> dict[str, Any]:
-    """A metrics row (every SCHEMA column, None unless the task says) for `task` in `status`."""
+    """A metrics row (every SCHEMA column, None unless the task says) for `task` in `status`;
+    URIs are redacted (no credentials or signed-URL tokens)."""
     row: dict[str, Any] = dict.fromkeys(SCHEMA.names)
     row.update(
         id=task.id,
-        source_uri=task.source_uri,
+        source_uri=redact(task.source_uri),
         output_key=task.output_key,
         status=status,
-        ground_truth_uri=task.ground_truth_uri,
+        ground_truth_uri=task.ground_truth_uri and redact(task.ground_truth_uri),
         metadata=dict(task.metadata),
         row_settings=dict(task.settings),
         warnings=[],
@@ -159,7 +160,9 @@ def skipped_row(task: ImageTask, outputs: dict[str, str], source_sha256: str) ->
 def failed_row(failed: Failed) -> dict[str, Any]:
     """The metrics row of a row that failed; error columns say where and why."""
     row = base_row(failed.task, "failed")
-    row.update(error_stage=failed.stage, error_code=failed.code, error_message=failed.message)
+    row.update(
+        error_stage=failed.stage, error_code=failed.code, error_message=redact(failed.message)
+    )
     return row
 
 

@@ -1,5 +1,6 @@
 """Object access for every stage: whole-object reads and atomic writes through Beam FileSystems
-(local paths, gs://, s3://), with URI checks and retries of transient errors.
+(local paths, gs://, s3://), reads of http(s) sources, with URI checks and retries of transient
+errors.
 
 Transient errors (throttling, 5xx, resets, timeouts) are retried with exponential backoff and
 full jitter; what stays broken, and every permanent error, is raised classified.
@@ -7,15 +8,19 @@ full jitter; what stays broken, and every permanent error, is raised classified.
 
 from __future__ import annotations
 
+import http.client
 import mimetypes
 import posixpath
 import random
 import re
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import BinaryIO, TypeVar
+from urllib.error import HTTPError
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 from apache_beam.io.aws import s3io
@@ -23,11 +28,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from matteflow.transforms.failures import BadRow, PermanentError, TransientError, classify
+from matteflow.transforms.sources import public_address
 
 __all__ = ["RetryPolicy", "check_uri", "content_type", "exists", "read_bytes", "write_atomic"]
 
 T = TypeVar("T")
 _BUCKET_URI = re.compile(r"^(gs|s3)://[^/]+/[^/].*$")
+_HTTP_URI = re.compile(r"^https?://[^/?#]+")
+_HTTP_TIMEOUT_S = 60
 _retries = beam.metrics.Metrics.counter("matteflow.storage", "retries")
 
 
@@ -70,7 +78,10 @@ def check_uri(uri: str, stage: str) -> None:
     if scheme in ("gs", "s3") and not _BUCKET_URI.match(uri):
         error = PermanentError(f"{uri}: malformed {scheme}:// URI (need bucket and object)")
         error.code = "malformed_uri"
-    elif scheme:
+    elif scheme in ("http", "https") and not _HTTP_URI.match(uri):
+        error = PermanentError(f"{uri}: malformed {scheme}:// URI (need a host)")
+        error.code = "malformed_uri"
+    elif scheme and scheme not in ("http", "https"):
         try:
             FileSystems.get_filesystem(uri)
         except ValueError:
@@ -173,13 +184,85 @@ def _store(uri: str) -> _BeamStore | _S3Store:
     return stores[key]
 
 
-def read_bytes(uri: str, retry: RetryPolicy = DEFAULT_RETRY) -> bytes:
-    """All bytes of the object at uri; errors classified at stage fetch."""
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to `host`, connecting to the address that was checked (no second DNS lookup that
+    could answer differently)."""
+
+    def __init__(self, host: str, port: int, address: str) -> None:
+        super().__init__(host, port, timeout=_HTTP_TIMEOUT_S)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS as _PinnedHTTPConnection; the certificate is checked against `host`."""
+
+    def __init__(self, host: str, port: int, address: str) -> None:
+        super().__init__(host, port, timeout=_HTTP_TIMEOUT_S)
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def _http_get(uri: str, allow_private: bool, limit: int | None) -> bytes:
+    """The body of a GET of uri from a public address (or any, with allow_private), at most
+    `limit` bytes (None: all).
+
+    Redirects are not followed (their target was never checked): fetch/redirect. Other
+    statuses raise HTTPError, which `classify` sorts (404, 403, 5xx, ...).
+    """
+    parts = urlsplit(uri)
+    host, https = parts.hostname or "", parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    address = public_address(uri, host, port, allow_private)
+    connection = (_PinnedHTTPSConnection if https else _PinnedHTTPConnection)(host, port, address)
+    try:
+        path = parts.path or "/"
+        connection.request("GET", f"{path}?{parts.query}" if parts.query else path)
+        response = connection.getresponse()
+        body = response.read(limit)
+    finally:
+        connection.close()
+    if 300 <= response.status < 400:
+        error = PermanentError(f"{uri}: redirected ({response.status}); give the final URL")
+        error.stage, error.code = "fetch", "redirect"
+        raise error
+    if response.status != 200:
+        raise HTTPError(uri, response.status, response.reason, response.headers, None)
+    return body
+
+
+def read_bytes(
+    uri: str,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    *,
+    allow_private: bool = False,
+    max_bytes: int = 0,
+) -> bytes:
+    """All bytes of the object at uri; errors classified at stage fetch. An object over
+    max_bytes (0: no limit) fails as fetch/too_large after reading max_bytes + 1 bytes.
+
+    http(s) URIs are read only from public addresses unless allow_private (see sources.py);
+    which URIs may be read at all is for the caller to check (`sources.check_source`).
+    """
     check_uri(uri, "fetch")
+    limit = max_bytes + 1 if max_bytes else None
 
     def read() -> bytes:
-        with _store(uri).open(uri) as f:
-            return bytes(f.read())
+        if uri.startswith(("http://", "https://")):
+            data = _http_get(uri, allow_private, limit)
+        else:
+            with _store(uri).open(uri) as f:
+                data = bytes(f.read() if limit is None else f.read(limit))
+        if max_bytes and len(data) > max_bytes:
+            error = PermanentError(f"{uri}: larger than the {max_bytes}-byte limit")
+            error.stage, error.code = "fetch", "too_large"
+            raise error
+        return data
 
     return retry.call(read, "fetch", uri)
 

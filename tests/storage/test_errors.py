@@ -193,7 +193,7 @@ def test_a_manifest_of_bad_rows_yields_one_classified_row_each(
     )
     assert rows == [
         ("denied", "failed", "fetch", "forbidden"),
-        ("ftp", "failed", "fetch", "unsupported_scheme"),
+        ("ftp", "failed", "manifest", "source_not_allowed"),  # not even tried
         ("good", "ok", None, None),
         ("malformed", "failed", "fetch", "malformed_uri"),
         ("missing", "failed", "fetch", "not_found"),

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from matteflow.transforms import colour
-from matteflow.transforms.colour import to_srgb_rgb
+from matteflow.transforms.colour import SRGB_ICC, to_srgb_rgb
 from tests.images import adobe_rgb_profile, cmyk, encode, pattern, sixteen_bit_grey
 
 
@@ -107,3 +108,9 @@ def test_sixteen_bit_grey_scales_to_eight_bits() -> None:
     out, _, _ = to_srgb_rgb(sixteen_bit_grey())
     expected = (grey * 255 + 32767) // 65535  # round(v * 255 / 65535); never a tie
     assert np.array_equal(np.asarray(out), np.repeat(expected[..., None], 3, axis=2))
+
+
+def test_embedded_srgb_profile_has_a_fixed_date_so_outputs_are_reproducible() -> None:
+    # LittleCMS stamps a new profile with the current time; outputs must not depend on it.
+    assert SRGB_ICC[24:36] == struct.pack(">6H", 2026, 1, 1, 0, 0, 0)
+    assert ImageCms.ImageCmsProfile(BytesIO(SRGB_ICC)).profile.profile_description

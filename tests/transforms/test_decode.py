@@ -159,13 +159,19 @@ def test_file_cut_between_segments_is_truncated(fmt: str, cut: int) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"<html><body>Not found</body></html>", b"", b"\x00" * 64],
-    ids=["html", "empty", "zeros"],
+    [b"<html><body>Not found</body></html>", b"\x00" * 64],
+    ids=["html", "zeros"],
 )
 def test_non_image_bytes_are_unsupported_format(data: bytes) -> None:
     with pytest.raises(DecodeError) as info:
         decode(_task("mem://x.jpg"), data, SETTINGS)
     assert (info.value.stage, info.value.code) == ("decode", "unsupported_format")
+
+
+def test_empty_file_is_its_own_code() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(_task("mem://x.jpg"), b"", SETTINGS)
+    assert (info.value.stage, info.value.code) == ("decode", "empty")
 
 
 def test_image_at_the_pixel_limit_decodes() -> None:

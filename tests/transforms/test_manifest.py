@@ -294,14 +294,40 @@ def test_allowed_row_settings_travel_with_the_task_and_bad_ones_fail(tmp_path: P
     assert "outputs" in failed[0].message and "framing.mode" in failed[1].message
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "/abs", "gs://b/x", "a\x00b", "a\\b", ""])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../x",
+        "a/../../x",
+        "..",
+        "/abs",
+        "gs://b/x",
+        "file:///etc/passwd",
+        "C:x",
+        "c:/windows/x",
+        "a\x00b",
+        "a\nb",
+        "a\x7fb",
+        "a\u2028b",
+        "a\\b",
+        "..\\x",
+        "",
+        "a//b",
+        "a/",
+        "./a",
+        "a/./b",
+        "x" * 201,
+    ],
+)
 def test_check_key_refuses_unsafe_keys(key: str) -> None:
     with pytest.raises(BadRow) as info:
         check_key(key)
     assert (info.value.stage, info.value.code) == ("manifest", "unsafe_key")
 
 
-@pytest.mark.parametrize("key", ["a", "shop/x-1", "deep/er/key.v2"])
+@pytest.mark.parametrize(
+    "key", ["a", "shop/x-1", "deep/er/key.v2", "sku:123", "..a", "été/ü", "x" * 200]
+)
 def test_check_key_accepts_relative_keys(key: str) -> None:
     check_key(key)
 

@@ -56,6 +56,14 @@ def test_bad_uris_fail_permanently_without_a_request(
     assert not isinstance(info.value, TransientError)
 
 
+def test_read_bytes_refuses_objects_over_max_bytes(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"1234")
+    assert read_bytes(str(tmp_path / "a.bin"), max_bytes=4) == b"1234"
+    with pytest.raises(PermanentError) as info:
+        read_bytes(str(tmp_path / "a.bin"), max_bytes=3)
+    assert (info.value.stage, info.value.code) == ("fetch", "too_large")
+
+
 def test_write_atomic_leaves_only_the_final_file(tmp_path: Path) -> None:
     target = tmp_path / "new" / "deeper" / "x.png"  # folders that do not exist yet
     write_atomic(str(target), b"first")
