@@ -22,7 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
-from matteflow.transforms.failures import InferenceError
+from matteflow.transforms.failures import inference_failure, is_oom, redact
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
 from matteflow.transforms.refine import uncertainty
 from matteflow.transforms.types import DecodedImage, Failed, Matte
@@ -166,16 +166,14 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         try:
             return self._infer(batch, model)
         except Exception as err:
-            out_of_memory = isinstance(err, torch.OutOfMemoryError | MemoryError)
-            if out_of_memory and model.device.type == "cuda":
+            if is_oom(err) and model.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(batch) == 1:
-                error = InferenceError(
-                    f"{batch[0].task.source_uri}: {type(err).__name__}: {err}",
-                    code="oom" if out_of_memory else None,
-                )
+                error = inference_failure(err, batch[0].task.source_uri)
                 return [Failed.from_error(batch[0].task, error)]
-            _LOG.warning("batch of %d failed (%s); retrying in halves", len(batch), err)
+            _LOG.warning(
+                "batch of %d failed (%s); retrying in halves", len(batch), redact(str(err))
+            )
             beam.metrics.Metrics.counter(_NAMESPACE, "batch_splits").inc()
             half = len(batch) // 2
             return [
