@@ -107,21 +107,17 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         self._flip_tta = flip_tta
 
     def load_model(self) -> LoadedModel:
-        """Load the registry model once per worker process (verified weights)."""
+        """Load the registry model once per worker process (verified weights). RunInference
+        itself records each load's time (load_model_latency_milli_secs, in this namespace)."""
         if self._threads > 0:
             torch.set_num_threads(self._threads)
-        start = time.perf_counter()
-        model = load(
+        return load(
             self._model,
             self._device,
             self._dtype,
             channels_last=self._channels_last,
             require_commercial_license=self._require_commercial,
         )
-        beam.metrics.Metrics.distribution(_NAMESPACE, "load_model_ms").update(
-            int((time.perf_counter() - start) * 1e3)
-        )
-        return model
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
         start = time.perf_counter()
