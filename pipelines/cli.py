@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -22,15 +23,157 @@ _err = Console(stderr=True)
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-@app.command("run", context_settings=_PASS_THROUGH, add_help_option=False)
-def run_command(ctx: typer.Context) -> None:
-    """Remove backgrounds: --manifest URI --output URI [--model NAME] [--profile FILE] [...].
+_RUN_HELP = """Remove backgrounds: a cutout, mask and metrics row per manifest row.
 
-    Every other flag is passed to Beam as a pipeline option.
-    """
-    from matteflow.pipelines.remove_background import main as run_main
+\b
+Examples:
+  matteflow run --manifest photos.csv --output out/
+  matteflow run --manifest photo.jpg --output out/   # one image
+  matteflow run --manifest photos/ --output out/     # a folder
+  matteflow run --manifest photos/*.jpg --output out/
+  matteflow run --manifest photos.csv --output out/ --dry-run
+  matteflow run --manifest photos.csv --output out/ \\
+      --set outputs.cutout_format=webp
+  matteflow run --manifest 'gs://b/in/**.jpg' --output gs://b/out \\
+      --streaming
+  matteflow run --manifest gs://b/m.csv --output gs://b/out \\
+      --profile configs/dataflow-gpu.toml
 
-    raise typer.Exit(run_main(list(ctx.args)))
+\b
+Modes:
+  batch (default)   every row once, then run.json and the summary
+  --streaming       images as they land under the --manifest glob
+                    (or --subscription) until cancelled; no run.json
+  --dry-run         check manifest, profile, sources, model, output;
+                    count rows; time the model here; process nothing
+  --no_wait_until_finish
+                    start a batch job on a remote runner, return
+
+\b
+Exit codes:
+  0    finished (failed rows within --max-failure-rate)
+  1    the pipeline failed
+  2    usage, configuration or preflight error: nothing ran
+  3    more rows failed than --max-failure-rate allows
+  130  interrupted (Ctrl-C), 143 terminated (SIGTERM): rerun
+
+Flags may be written --flag-name or --flag_name. Other flags are Beam
+pipeline options (--direct_num_workers, --project, --region, ...),
+checked against Beam's own options.
+"""
+_REQUIRED = "Required (here or in the profile)"
+
+
+@app.command("run", context_settings=_PASS_THROUGH, help=_RUN_HELP)
+def run_command(
+    ctx: typer.Context,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            help="CSV/JSONL/Parquet manifest, a glob, one image or a folder (local, gs://, s3://)",
+            rich_help_panel=_REQUIRED,
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="output prefix (local folder, gs://, s3://)", rich_help_panel=_REQUIRED),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="registry model name (matteflow models list)")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="TOML profile (default: local)")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="TABLE.KEY=VALUE",
+            help="override one profile setting, e.g. outputs.cutout_format=webp (repeatable)",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="redo rows whose outputs are already current")
+    ] = False,
+    max_failure_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--max-failure-rate",
+            "--max_failure_rate",
+            help="exit 3 when more than this share of rows failed (default 1.0)",
+        ),
+    ] = None,
+    runner: Annotated[
+        str | None, typer.Option(help="Beam runner (default: in-process DirectRunner)")
+    ] = None,
+    streaming: Annotated[
+        bool, typer.Option("--streaming", help="watch --manifest's glob; see Modes")
+    ] = False,
+    subscription: Annotated[
+        str | None,
+        typer.Option(help="with --streaming: a Pub/Sub subscription of object notifications"),
+    ] = None,
+    allow_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-source",
+            "--allow_source",
+            metavar="PATTERN",
+            help="a source URI pattern rows may read, e.g. 'gs://photos/*' (repeatable)",
+        ),
+    ] = None,
+    allow_private_sources: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-sources",
+            "--allow_private_sources",
+            help="let http(s) sources resolve to private addresses",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", "--dry_run", help="check and estimate; see Modes")
+    ] = False,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every",
+            "--progress_every",
+            help="seconds between progress lines when output is not a terminal",
+        ),
+    ] = 10.0,
+) -> None:
+    from matteflow.pipelines.interrupts import exit_on_interrupt
+    from matteflow.pipelines.launcher import UsageError, check_args, check_runner, image_manifest
+
+    ours = [opt for param in ctx.command.params for opt in param.opts]
+    try:
+        checked = check_args(ctx.args, ours)
+        if checked.extra_inputs and not manifest:
+            raise UsageError(f"unexpected argument {checked.extra_inputs[0]!r}")
+        argv = [*checked.beam_args]
+        if manifest:
+            argv += ["--manifest", image_manifest([manifest, *checked.extra_inputs], output or "")]
+        argv += ["--runner", check_runner(runner)] if runner else []
+    except UsageError as err:
+        _err.print(f"matteflow run: error: {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    for flag, value in (("--output", output), ("--model", model), ("--profile", profile)):
+        argv += [flag, value] if value else []
+    argv += [x for s in settings or [] for x in ("--set", s)]
+    argv += [x for s in allow_source or [] for x in ("--allow_source", s)]
+    argv += ["--force"] if force else []
+    argv += [f"--max_failure_rate={max_failure_rate}"] if max_failure_rate is not None else []
+    argv += ["--streaming"] if streaming else []
+    argv += ["--subscription", subscription] if subscription else []
+    argv += ["--allow_private_sources"] if allow_private_sources else []
+    with exit_on_interrupt():
+        if dry_run:
+            from matteflow.pipelines.dryrun import main as dry_main
+
+            raise typer.Exit(dry_main(argv))
+        from matteflow.pipelines.progress import set_progress_interval
+        from matteflow.pipelines.remove_background import main as run_main
+
+        set_progress_interval(progress_every)
+        raise typer.Exit(run_main(argv))
 
 
 @app.command("eval", context_settings=_PASS_THROUGH, add_help_option=False)
@@ -139,7 +282,29 @@ class _DropImportNoise(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+def _version(show: bool) -> None:
+    if show:
+        _out.print(f"matteflow {version('matteflow')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Background removal at catalog scale: run, eval, models, serve."""
+
+
+def _flex_template_flags(args: list[str]) -> list[str]:
+    """--force=true|false (as a Flex Template passes booleans) as the plain --force flag."""
+    force = {"--force=true": ["--force"], "--force=false": []}
+    return [x for a in args for x in force.get(a.lower(), [a])]
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.getLogger().addFilter(_DropImportNoise())
-    app(prog_name="matteflow", args=sys.argv[1:])
+    app(prog_name="matteflow", args=_flex_template_flags(sys.argv[1:]))

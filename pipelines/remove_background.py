@@ -61,8 +61,12 @@ __all__ = [
     "PreflightError",
     "TooManyFailures",
     "build",
+    "configure",
+    "is_remote",
     "main",
+    "model_handler",
     "preflight",
+    "resume_for",
     "run",
     "worker_torch_threads",
 ]
@@ -96,8 +100,8 @@ def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
     return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
 
 
-def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
-    """The RunInference model handler the config asks for."""
+def model_handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
+    """The RunInference model handler the config asks for (also the Python API's model)."""
     m = cfg.model
     return MatteModelHandler(
         m.name,
@@ -112,7 +116,9 @@ def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
     )
 
 
-def _resume(cfg: RunConfig) -> Resume:
+def resume_for(cfg: RunConfig) -> Resume:
+    """The resume state of cfg's output prefix, fingerprinted by the settings that change
+    outputs."""
     settings = settings_digest(
         get_spec(cfg.model.name),
         cfg.model.dtype,
@@ -130,7 +136,7 @@ def _resume(cfg: RunConfig) -> Resume:
 def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
     """Add the job's steps to p: tasks from the manifest or, streaming, from `arrivals` (new
     objects as they land; their metrics rows are written per window)."""
-    resume = _resume(cfg)
+    resume = resume_for(cfg)
     if arrivals is None:
         manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
     else:
@@ -138,7 +144,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(
         cfg.decode, resume, allow_private=cfg.sources.allow_private
     )
-    segmented = decoded.ok | "Segment" >> Segment(_handler(cfg, p.options), cfg.matte)
+    segmented = decoded.ok | "Segment" >> Segment(model_handler(cfg, p.options), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
     scored = refined.ok | "Score" >> Score()
     written = scored.ok | "WriteOutputs" >> WriteOutputs(
@@ -256,7 +262,7 @@ def _is_local(options: PipelineOptions) -> bool:
 _LOCAL_RUNNERS = {"directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
 
 
-def _is_remote(options: PipelineOptions) -> bool:
+def is_remote(options: PipelineOptions) -> bool:
     """True when the model runs on workers elsewhere (Dataflow, Flink, Spark...), not here:
     a runner other than Beam's local ones, unless its SDK workers loop back to this process."""
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
@@ -311,13 +317,9 @@ def _finish(
     return summary
 
 
-def run(argv: list[str] | None = None) -> PipelineResult:
-    """Parse options (a profile's [beam] args, then argv), preflight, run the job to completion
-    and write run.json; with --streaming or --no_wait_until_finish, start it instead (_start).
-
-    Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
-    run.json) when the share of failed rows is over --max_failure_rate.
-    """
+def configure(argv: list[str] | None = None) -> tuple[RunConfig, PipelineOptions]:
+    """The run's config (profile, then the flags) and its pipeline options (a profile's [beam]
+    args, then argv; worker threads for a local run). Raises ConfigError."""
     argv = list(sys.argv[1:] if argv is None else argv)
     mf = PipelineOptions(argv).view_as(MatteflowOptions)
     cfg = load_config(
@@ -335,11 +337,29 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     local = _is_local(PipelineOptions(argv))
     options = PipelineOptions([*argv, *local_worker_flags(argv)] if local else argv)
     FileSystems.set_options(options)  # preflight reads buckets with the run's endpoint/credentials
+    return cfg, options
+
+
+def run(argv: list[str] | None = None) -> PipelineResult:
+    """Parse options (a profile's [beam] args, then argv), preflight, run the job to completion
+    and write run.json; with --streaming or --no_wait_until_finish, start it instead (_start).
+
+    Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
+    run.json) when the share of failed rows is over --max_failure_rate.
+    """
+    cfg, options = configure(argv)
+    local = _is_local(options)
     streaming = options.view_as(StandardOptions).streaming
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    preflight(cfg, not _is_remote(options), streaming=streaming)
+    preflight(cfg, not is_remote(options), streaming=streaming)
     if streaming:
-        return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, mf.subscription))
+        return _start(
+            cfg,
+            options,
+            ReadArrivals(
+                cfg.manifest, cfg.streaming, options.view_as(MatteflowOptions).subscription
+            ),
+        )
     _clear_previous_run(cfg.output)
     if options.view_as(StandardOptions).no_wait_until_finish and not local:
         return _start(cfg, options)

@@ -36,6 +36,7 @@ __all__ = [
     "decontaminate",
     "guided_filter",
     "matting",
+    "refine_matte",
     "trimap",
     "uncertainty",
 ]
@@ -181,39 +182,46 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out
 
 
+def refine_matte(matte: Matte, settings: RefineSettings) -> Matte:
+    """The matte with its alpha refined per `settings`, its foreground colour and needs_review
+    set; raises RefineError (shape_mismatch) when the alpha does not fit the image."""
+    s = settings
+    start = time.perf_counter()
+    image = matte.image
+    colour = image.rgb16 if image.rgb16 is not None else image.rgb
+    alpha = matte.alpha
+    if alpha.shape != colour.shape[:2]:
+        raise RefineError(
+            f"{image.task.source_uri}: alpha {alpha.shape[1]}x{alpha.shape[0]} does not"
+            f" match the {image.width}x{image.height} image",
+            code="shape_mismatch",
+        )
+    if s.refine == "guided":
+        alpha = guided_filter(colour, alpha, s.guided_radius, s.guided_eps)
+    elif s.refine == "matting":
+        alpha = matting(colour, alpha)
+    foreground = decontaminate(colour, alpha) if s.decontaminate else None
+    return dataclasses.replace(
+        matte,
+        alpha=alpha,
+        foreground=foreground,
+        needs_review=matte.uncertainty >= s.review_threshold,
+        timings_ms={**matte.timings_ms, "refine_ms": (time.perf_counter() - start) * 1e3},
+    )
+
+
 class _RefineFn(beam.DoFn):
     def __init__(self, settings: RefineSettings) -> None:
         self._settings = settings
 
     def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
-        s = self._settings
-        start = time.perf_counter()
         try:
-            image = matte.image
-            colour = image.rgb16 if image.rgb16 is not None else image.rgb
-            alpha = matte.alpha
-            if alpha.shape != colour.shape[:2]:
-                raise RefineError(
-                    f"{image.task.source_uri}: alpha {alpha.shape[1]}x{alpha.shape[0]} does not"
-                    f" match the {image.width}x{image.height} image",
-                    code="shape_mismatch",
-                )
-            if s.refine == "guided":
-                alpha = guided_filter(colour, alpha, s.guided_radius, s.guided_eps)
-            elif s.refine == "matting":
-                alpha = matting(colour, alpha)
-            foreground = decontaminate(colour, alpha) if s.decontaminate else None
+            refined = refine_matte(matte, self._settings)
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "refine", matte.image.task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(matte.image.task, failure))
             return
-        yield dataclasses.replace(
-            matte,
-            alpha=alpha,
-            foreground=foreground,
-            needs_review=matte.uncertainty >= s.review_threshold,
-            timings_ms={**matte.timings_ms, "refine_ms": (time.perf_counter() - start) * 1e3},
-        )
+        yield refined
 
 
 class Refine(beam.PTransform):
