@@ -161,9 +161,9 @@ class Remover:
     def matte(self, src: Source, *, key: str = "image") -> Matte:
         """The refined matte of one image (full resolution, sRGB colour); raises the job's
         classified MatteflowError (its `stage` and `code` are a metrics row's)."""
-        uri, stage = "<source>", "decode"
+        uri, data = self._read(src)  # a source of the wrong type raises TypeError
+        stage = "decode"
         try:
-            uri, data = self._read(src)
             task = ImageTask(key, uri, key)
             image = decode(task, data, self.config.decode)
             image.source_sha256 = hashlib.sha256(data).hexdigest()

@@ -1,12 +1,15 @@
-"""Local runs: worker threads by default, a runner that skips the Prism download, and a
-progress bar fed by metrics rows."""
+"""Local runs: worker threads by default, a runner that skips the Prism download, and progress
+(a bar, or plain lines when stdout is not a terminal) fed by metrics rows as they are made."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_provision_api_pb2
@@ -23,7 +26,13 @@ from rich.progress import (
 
 from matteflow.transforms.metrics import set_progress_listener
 
-__all__ = ["LOCAL_WORKERS", "local_runner", "local_worker_flags", "progress_bar"]
+__all__ = [
+    "LOCAL_WORKERS",
+    "local_runner",
+    "local_worker_flags",
+    "progress_bar",
+    "set_progress_interval",
+]
 
 # Worker threads of a local run: one per core, at most 4 (each holds a batch's activations).
 LOCAL_WORKERS = min(4, os.cpu_count() or 1)
@@ -50,11 +59,84 @@ def local_runner(options: PipelineOptions) -> fn_runner.FnApiRunner:
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
 
 
+_interval_s = 10.0  # between plain progress lines (stdout not a terminal)
+
+
+def set_progress_interval(seconds: float) -> None:
+    """Seconds between the plain progress lines printed when stdout is not a terminal."""
+    global _interval_s
+    _interval_s = max(0.1, seconds)
+
+
+def _eta(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class _Tally:
+    """Rows finished so far (from several worker threads)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, row: dict[str, Any]) -> None:
+        with self.lock:
+            self.done += 1
+            self.failed += row["status"] == "failed"
+
+    def line(self) -> str:
+        """`done/total rows (pct), rate, ETA, failed` as one plain line."""
+        with self.lock:
+            done, failed = self.done, self.failed
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed else 0.0
+        eta = _eta((self.total - done) / rate) if rate and self.total >= done else "-"
+        share = f" ({done / self.total:.0%})" if self.total else ""
+        return (
+            f"matteflow: {done}/{self.total} rows{share}, {rate:.2f} img/s, ETA {eta},"
+            f" {failed} failed"
+        )
+
+
+@contextlib.contextmanager
+def _plain_lines(tally: _Tally) -> Iterator[None]:
+    """Print tally.line() every _interval_s seconds while the block runs."""
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(_interval_s):
+            print(tally.line(), flush=True)
+
+    thread = threading.Thread(target=report, name="matteflow-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, enabled: bool) -> Iterator[None]:
-    """Show images done / total, images per second and ETA while the block runs in-process."""
+    """While the block runs in-process, show rows done / total as each row finishes, images
+    per second, ETA and failures: a bar on a terminal, else a plain line every few seconds
+    (set_progress_interval)."""
     if not enabled:
         yield
+        return
+    tally = _Tally(total)
+    if not sys.stdout.isatty():
+        set_progress_listener(tally.add)
+        try:
+            with _plain_lines(tally):
+                yield
+        finally:
+            set_progress_listener(None)
         return
     columns = (
         TextColumn("[bold]matteflow"),
@@ -67,17 +149,14 @@ def progress_bar(total: int, enabled: bool) -> Iterator[None]:
     )
     with Progress(*columns) as bar:
         task = bar.add_task("images", total=total, rate="-", failed=0)
-        failed = 0
-        lock = threading.Lock()  # rows arrive from several worker threads
 
-        def advance(status: str) -> None:
-            nonlocal failed
-            with lock:
-                failed += status == "failed"
-                bar.advance(task)
+        def advance(row: dict[str, Any]) -> None:
+            tally.add(row)
+            with tally.lock:
+                bar.update(task, completed=tally.done, failed=tally.failed)
                 state = bar.tasks[task]
                 rate = state.completed / state.elapsed if state.elapsed else 0.0
-                bar.update(task, rate=f"{rate:.2f}", failed=failed)
+                bar.update(task, rate=f"{rate:.2f}")
 
         set_progress_listener(advance)
         try:

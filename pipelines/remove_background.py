@@ -39,6 +39,7 @@ from matteflow.models.weights import WeightsError, native_weights
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
+from matteflow.pipelines.run_summary import failure_codes, summary_lines
 from matteflow.transforms.arrivals import ReadArrivals
 from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
@@ -150,19 +151,18 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
     written = scored.ok | "WriteOutputs" >> WriteOutputs(
         cfg.output, cfg.outputs, cfg.framing, resume
     )
-    failures = (
-        (
-            manifest.failures,
-            decoded.failures,
-            segmented.failures,
-            refined.failures,
-            scored.failures,
-            written.failures,
-        )
-        | "CollectFailures" >> beam.Flatten()
-        | "FailureRows" >> beam.Map(failed_row)
-    )
-    rows = (written.ok, decoded.skipped, failures) | "AllRows" >> beam.Flatten()
+    # Each branch makes its rows before the Flatten: a local runner runs what follows a
+    # Flatten as a stage of its own, after the rest, so rows made there show up all at the end.
+    failed = {
+        "Manifest": manifest.failures,
+        "Decode": decoded.failures,
+        "Segment": segmented.failures,
+        "Refine": refined.failures,
+        "Score": scored.failures,
+        "Write": written.failures,
+    }
+    failures = [pc | f"FailureRows{step}" >> beam.Map(failed_row) for step, pc in failed.items()]
+    rows = (written.ok, decoded.skipped, *failures) | "AllRows" >> beam.Flatten()
     _ = rows | "WriteMetrics" >> WriteMetrics(cfg.output)
     return Outputs(manifest.ok, segmented.ok, rows)
 
@@ -300,6 +300,7 @@ def _finish(
         "inferred_images": _counter(result, "matteflow.segment", "images"),
         # RunInference's own record of each model load: one per worker process that segmented.
         "model_loads": _counter(result, "matteflow.segment", "load_model_latency_milli_secs"),
+        "failures_by_code": failure_codes(table),
         "needs_review": review,
         "model": {
             "name": cfg.model.name,
@@ -373,11 +374,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         result.wait_until_finish()
     summary = _finish(cfg, result, started, started_at)
     counts = summary["counts"]
-    print(
-        f"matteflow: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed"
-        f" of {summary['manifest_rows']} in {summary['wall_s']:.1f}s; outputs in {cfg.output}"
-        + ("" if summary["reconciled"] else " (WARNING: metrics rows do not match the manifest)")
-    )
+    print("\n".join(summary_lines(summary)))
     if summary["failure_rate"] > cfg.max_failure_rate:
         raise TooManyFailures(
             f"{counts['failed']} of {sum(counts.values())} rows failed"

@@ -147,14 +147,14 @@ def ok_row(
         **matte.scores,
         **outputs,
     )
-    return row
+    return _finished(row)
 
 
 def skipped_row(task: ImageTask, outputs: dict[str, str], source_sha256: str) -> dict[str, Any]:
     """The metrics row of a row whose outputs were current: nothing was redone."""
     row = base_row(task, "skipped")
     row.update(source_sha256=source_sha256, **outputs)
-    return row
+    return _finished(row)
 
 
 def failed_row(failed: Failed) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def failed_row(failed: Failed) -> dict[str, Any]:
     row.update(
         error_stage=failed.stage, error_code=failed.code, error_message=redact(failed.message)
     )
-    return row
+    return _finished(row)
 
 
 def load_ground_truth(data: bytes, uri: str) -> np.ndarray:
@@ -211,14 +211,22 @@ class Score(beam.PTransform):
 
 
 _listener_lock = threading.Lock()
-_listener: Callable[[str], None] | None = None
+_listener: Callable[[dict[str, Any]], None] | None = None
 
 
-def set_progress_listener(listener: Callable[[str], None] | None) -> None:
-    """Call listener(status) for each metrics row written in this process (local runs)."""
+def set_progress_listener(listener: Callable[[dict[str, Any]], None] | None) -> None:
+    """Call listener(row) for each metrics row made in this process (local runs), as the row's
+    last step ends."""
     global _listener
     with _listener_lock:
         _listener = listener
+
+
+def _finished(row: dict[str, Any]) -> dict[str, Any]:
+    listener = _listener
+    if listener is not None:
+        listener(row)
+    return row
 
 
 class _CountFn(beam.DoFn):
@@ -244,9 +252,6 @@ class _CountFn(beam.DoFn):
         for name, distribution in self._stages.items():
             if row.get(name) is not None:
                 distribution.update(round(row[name]))
-        listener = _listener
-        if listener is not None:
-            listener(row["status"])
         yield row
 
 

@@ -1,0 +1,54 @@
+"""The lines a finished batch run prints: counts, failures by code, the review list and the
+model's licence class, from its run.json summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from matteflow.models.registry import get_spec
+
+__all__ = ["failure_codes", "summary_lines"]
+
+_TOP_CODES = 5
+
+
+def failure_codes(table: pa.Table) -> dict[str, int]:
+    """Failed rows by `stage/code`, most frequent first (ties by name)."""
+    stages = table.column("error_stage").to_pylist()
+    codes = table.column("error_code").to_pylist()
+    counted = Counter(f"{s}/{c}" for s, c in zip(stages, codes, strict=True) if c)
+    return dict(sorted(counted.items(), key=lambda item: (-item[1], item[0])))
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What a run.json summary tells a person at the end of a run."""
+    counts, output = summary["counts"], summary["output"].rstrip("/")
+    lines = [
+        f"matteflow: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed"
+        f" of {summary['manifest_rows']} in {summary['wall_s']:.1f}s; outputs in {output}"
+        + ("" if summary["reconciled"] else " (WARNING: metrics rows do not match the manifest)")
+    ]
+    codes = summary.get("failures_by_code") or {}
+    if codes:
+        top = list(codes.items())[:_TOP_CODES]
+        more = len(codes) - len(top)
+        lines.append(
+            "  failures: "
+            + ", ".join(f"{code} {n}" for code, n in top)
+            + (f" (and {more} more codes)" if more > 0 else "")
+            + f"; every row in {output}/metrics/"
+        )
+    if summary.get("needs_review"):
+        lines.append(
+            f"  review: {summary['needs_review']} rows need a look, listed in"
+            f" {output}/review/manifest.csv"
+        )
+    spec = get_spec(summary["model"]["name"])
+    lines.append(
+        f"  model: {spec.name}, commercial use: {spec.commercial_use}"
+        f" (weights licence: {spec.weights_license})"
+    )
+    return lines
