@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
@@ -150,7 +151,9 @@ def run_command(
             raise UsageError(f"unexpected argument {checked.extra_inputs[0]!r}")
         argv = [*checked.beam_args]
         if manifest:
-            argv += ["--manifest", image_manifest([manifest, *checked.extra_inputs], output or "")]
+            # A dry run writes nothing: a listing of images goes to a temporary folder.
+            listing = tempfile.mkdtemp(prefix="matteflow-dry-run-") if dry_run else output
+            argv += ["--manifest", image_manifest([manifest, *checked.extra_inputs], listing or "")]
         argv += ["--runner", check_runner(runner)] if runner else []
     except UsageError as err:
         _err.print(f"matteflow run: error: {err}", highlight=False, soft_wrap=True)

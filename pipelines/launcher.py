@@ -110,8 +110,9 @@ def check_args(args: Sequence[str], ours: Iterable[str] = ()) -> Checked:
             inputs.append(arg)
             continue
         flag, eq, value = arg.partition("=")
-        if flag not in known and flag.replace("-", "_") in known and flag.startswith("--"):
-            flag = "--" + flag[2:].replace("-", "_")
+        underscored = "--" + flag[2:].replace("-", "_")
+        if flag not in known and flag.startswith("--") and underscored in known:
+            flag = underscored
         action = known.get(flag)
         if action is None:
             raise UsageError(f"unknown flag {flag}{_suggest(flag, names)}")
@@ -158,10 +159,7 @@ def image_manifest(inputs: Sequence[str], output: str) -> str:
     for item in inputs:
         if item.lower().endswith(IMAGE_SUFFIXES) and FileSystems.exists(item):
             uris.append(item if "://" in item else posixpath.abspath(item))
-        elif (
-            FileSystems.exists(item)
-            or FileSystems.match([f"{item.rstrip('/')}/*"])[0].metadata_list
-        ):
+        elif _is_folder(item):
             uris += [u if "://" in u else posixpath.abspath(u) for u in _images_under(item)]
         else:
             raise UsageError(
