@@ -150,6 +150,7 @@ def test_an_interrupted_run_exits_cleanly_and_a_rerun_completes_it(
     stdout, stderr = job.communicate(timeout=30)  # no hang
     assert job.returncode == code, stderr
     assert "Traceback" not in stderr
+    assert f"/{rows} rows (" in stdout  # plain progress lines: stdout is not a terminal
     assert "run the same command again" in stderr
     assert not (out / "run.json").exists()
     done = sorted(out.glob("cutouts/*.png"))
