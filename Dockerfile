@@ -10,7 +10,7 @@
 # For CPU workers (Flink, Spark): --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 # Same Beam and Python as pyproject.toml: the SDK harness in the image runs the job's code.
-FROM apache/beam_python3.11_sdk:2.77.0
+FROM apache/beam_python3.11_sdk:2.77.0 AS base
 
 # A Flex Template launcher in the same image (the launcher runs FLEX_TEMPLATE_PYTHON_PY_FILE).
 COPY --from=gcr.io/dataflow-templates-base/python311-template-launcher-base:latest \
@@ -25,6 +25,7 @@ RUN pip install --no-cache-dir "torch==2.13.0" --index-url "${TORCH_INDEX}"
 # ==2.13.0) and Beam's GCP extra, which DataflowRunner needs in a Flex launcher.
 WORKDIR /opt/matteflow
 COPY pyproject.toml README.md ./
+COPY matteflow matteflow
 COPY pipelines pipelines
 COPY transforms transforms
 COPY models models
@@ -44,5 +45,17 @@ RUN printf 'import sys\nfrom matteflow.pipelines.remove_background import main\n
     > /opt/matteflow/launch.py
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/matteflow/launch.py
 
-# Beam's SDK harness stays the entrypoint for workers; the Flex launcher is started by Dataflow.
+# The HTTP service (`matteflow serve`, README "Run it as a service"): the same image, serving.
+#   docker build --target serve -t matteflow-serve --build-context weights=../shared/models .
+#   docker run -p 8000:8000 -e MATTEFLOW_API_TOKEN=... -e MATTEFLOW_WEBHOOK_SECRET=... \
+#       matteflow-serve
+# It binds 0.0.0.0 inside the container, so it refuses to start without MATTEFLOW_API_TOKEN.
+FROM base AS serve
+EXPOSE 8000
+HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz')"
+ENTRYPOINT ["matteflow", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+# The worker image (the default target, built last): Beam's SDK harness stays the entrypoint
+# for workers; the Flex launcher is started by Dataflow.
+FROM base AS worker
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -182,27 +182,50 @@ class Remover:
         except Exception as err:  # the unforeseen get classified, as in the job's DoFns
             raise classify(err, stage, uri) from err
 
-    def render(self, src: Source, kind: str = "cutout", **row_settings: str) -> bytes:
+    def render(
+        self,
+        src: Source,
+        kind: str = "cutout",
+        *,
+        composite_format: str | None = None,
+        **row_settings: str,
+    ) -> bytes:
         """One output file of the image, encoded as the job writes it: `kind` is one of cutout,
         mask, composite, color, psd; `row_settings` are a manifest row's (cutout_format,
-        background, framing, canvas)."""
-        return self._render(src, kind, row_settings, self.config.outputs.keep_16_bit)
+        background, framing, canvas); `composite_format` jpeg | png (default: the profile's)."""
+        outputs = self.config.outputs
+        return self._render(
+            src,
+            kind,
+            row_settings,
+            outputs.keep_16_bit,
+            composite_format or outputs.composite_format,
+        )
 
     def remove(self, src: Source, **row_settings: str) -> Image.Image:
         """The RGBA cutout (8 bits a channel) of one image; `row_settings` as for `render`."""
-        png = self._render(src, "cutout", {**row_settings, "cutout_format": "png"}, False)
+        settings = {**row_settings, "cutout_format": "png"}
+        png = self._render(src, "cutout", settings, False, self.config.outputs.composite_format)
         image = Image.open(io.BytesIO(png))
         image.load()
         return image
 
     def _render(
-        self, src: Source, kind: str, row_settings: Mapping[str, str], keep_16_bit: bool
+        self,
+        src: Source,
+        kind: str,
+        row_settings: Mapping[str, str],
+        keep_16_bit: bool,
+        composite_format: str,
     ) -> bytes:
         if kind not in KINDS:
             raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
         outputs, framing = with_overrides(self.config.outputs, self.config.framing, row_settings)
         only = dataclasses.replace(
-            outputs, keep_16_bit=keep_16_bit, **{k: k == kind for k in KINDS}
+            outputs,
+            keep_16_bit=keep_16_bit,
+            composite_format=composite_format,
+            **{k: k == kind for k in KINDS},
         )
         return render(self.matte(src), only, framing, "").files[f"{kind}_uri"][1]
 

@@ -189,6 +189,66 @@ def eval_command(ctx: typer.Context) -> None:
     raise typer.Exit(eval_main(list(ctx.args)))
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="address to bind; off localhost needs a token")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    profile: Annotated[str | None, typer.Option(help="TOML profile (default: local)")] = None,
+    model: Annotated[str | None, typer.Option(help="registry model (default: profile's)")] = None,
+    max_request_mb: Annotated[
+        float, typer.Option("--max-request-mb", "--max_request_mb", help="request size limit")
+    ] = 64.0,
+    require_token: Annotated[
+        bool,
+        typer.Option(
+            "--require-token", "--require_token", help="require the token on localhost too"
+        ),
+    ] = False,
+    allow_private_callbacks: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-callbacks",
+            "--allow_private_callbacks",
+            help="let callback URLs resolve to loopback or private addresses",
+        ),
+    ] = False,
+) -> None:
+    """Serve the HTTP API: POST /v1/cutouts, POST /v1/jobs, GET /v1/jobs/{id}, /healthz,
+    /readyz; OpenAPI page at /docs.
+
+    \b
+    Environment:
+      MATTEFLOW_API_TOKEN       clients send 'Authorization: Bearer <token>'; required
+                                when --host is not localhost
+      MATTEFLOW_WEBHOOK_SECRET  signs job callbacks (X-Matteflow-Signature)
+
+    \b
+    Exit codes: 0 stopped; 2 cannot start (no token off localhost, port in use)
+    """
+    import uvicorn
+
+    from matteflow.pipelines.serve import ServerSettings, create_server
+    from matteflow.pipelines.web import AuthError, api_token
+
+    try:
+        token = api_token(host, require_token)
+    except AuthError as err:
+        _err.print(f"matteflow serve: error: {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    settings = ServerSettings(
+        model=model,
+        profile=profile,
+        token=token,
+        max_request_bytes=int(max_request_mb * (1 << 20)),
+        allow_private_callbacks=allow_private_callbacks,
+    )
+    server = uvicorn.Server(uvicorn.Config(create_server(settings), host=host, port=port))
+    server.run()
+    raise typer.Exit(0 if server.started else 2)
+
+
 def _fail(err: Exception) -> typer.Exit:
     # soft_wrap: no line breaks inserted, so paths and commands in the message stay copyable.
     _err.print(f"[red]error:[/red] {err}", markup=True, highlight=False, soft_wrap=True)
