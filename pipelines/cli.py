@@ -179,14 +179,70 @@ def run_command(
         raise typer.Exit(run_main(argv))
 
 
-@app.command("eval", context_settings=_PASS_THROUGH, add_help_option=False)
-def eval_command(ctx: typer.Context) -> None:
-    """Score the job (or another tool's outputs) on labelled images and write the HTML report:
-    --data MANIFEST_OR_DIR --output URI [--name N] [--refine R] [--predictions DIR] [...].
-    """
-    from matteflow.pipelines.evaluate import main as eval_main
+_EVAL_HELP = """Score the job (or another tool's outputs) on labelled images and write the HTML
+report (`{output}/report/index.html`).
 
-    raise typer.Exit(eval_main(list(ctx.args)))
+\b
+Examples:
+  matteflow eval --data ../shared/data/eval-dev --output out/eval
+  matteflow eval --data labels.csv --output out/eval --refine guided --name guided
+  matteflow eval --data labels.csv --output out/eval --predictions other-tool/ --name other
+
+\b
+Exit codes: as `matteflow run` (0 done, 1 pipeline failed, 2 usage or cannot start,
+3 too many failed rows, 130/143 interrupted).
+
+Flags may be written --flag-name or --flag_name; other flags are Beam pipeline options,
+checked against Beam's own options.
+"""
+
+
+@app.command("eval", context_settings=_PASS_THROUGH, help=_EVAL_HELP)
+def eval_command(
+    ctx: typer.Context,
+    data: Annotated[
+        str,
+        typer.Option(help="labelled manifest (CSV/JSONL) or folder", rich_help_panel="Required"),
+    ],
+    output: Annotated[
+        str, typer.Option(help="evaluation output prefix", rich_help_panel="Required")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="run name (default: model-refine, or the folder name)")
+    ] = None,
+    predictions: Annotated[
+        str | None, typer.Option(help="score another tool's outputs in this folder")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="registry model name")] = None,
+    refine: Annotated[str | None, typer.Option(help="none | guided | matting")] = None,
+    profile: Annotated[str | None, typer.Option(help="TOML profile")] = None,
+    sheet_rows: Annotated[
+        int, typer.Option("--sheet-rows", "--sheet_rows", help="images in the contact sheet")
+    ] = 40,
+) -> None:
+    from matteflow.pipelines.evaluate import main as eval_main
+    from matteflow.pipelines.interrupts import exit_on_interrupt
+    from matteflow.pipelines.launcher import UsageError, check_args
+
+    ours = [opt for param in ctx.command.params for opt in param.opts]
+    try:
+        checked = check_args(ctx.args, ours)
+        if checked.extra_inputs:
+            raise UsageError(f"unexpected argument {checked.extra_inputs[0]!r}")
+    except UsageError as err:
+        _err.print(f"matteflow eval: error: {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    argv = ["--data", data, "--output", output, f"--sheet_rows={sheet_rows}"]
+    for flag, value in (
+        ("--name", name),
+        ("--predictions", predictions),
+        ("--model", model),
+        ("--refine", refine),
+        ("--profile", profile),
+    ):
+        argv += [flag, value] if value else []
+    with exit_on_interrupt():
+        raise typer.Exit(eval_main([*argv, *checked.beam_args]))
 
 
 @app.command("serve")
