@@ -2,10 +2,10 @@
 
 A local Beam run cannot be stopped from inside (its worker threads do not end on
 KeyboardInterrupt: tracebacks, hangs, aborts), so the process exits at the signal, 130 for
-SIGINT and 143 for SIGTERM, taking its own worker processes with it. Nothing partial is left at
-a final name: every output is written under a temporary name and renamed into place
-(transforms/storage.py), and run.json is written last, so a rerun finds the finished rows
-current and completes the rest.
+SIGINT and 143 for SIGTERM, after sending SIGTERM to its own worker processes. Nothing
+partial is left at a final name: every output is written under a temporary name and renamed
+into place (transforms/storage.py), and run.json is written last, so a rerun finds the
+finished rows current and completes the rest.
 """
 
 from __future__ import annotations
@@ -33,9 +33,26 @@ def _stop(signum: int, frame: FrameType | None) -> None:
         " run the same command again to finish the rest.\n"
     )
     sys.stderr.flush()
-    if os.getpgrp() == os.getpid():  # our own process group: end the worker processes too
-        os.killpg(os.getpid(), signal.SIGTERM)
+    for child in _children():  # worker processes (--direct_running_mode=multi_processing)
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGTERM)
     os._exit(128 + signum)
+
+
+def _children() -> list[int]:
+    """Ids of this process's child processes (Linux /proc; none found elsewhere)."""
+    me, found = os.getpid(), []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:  # ended meanwhile
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == me:  # after "pid (comm) state": ppid
+            found.append(int(entry.name))
+    return found
 
 
 @contextlib.contextmanager
