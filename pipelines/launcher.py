@@ -7,7 +7,6 @@ A mistake raises UsageError (the CLI exits 2) naming the flag and the nearest kn
 
 from __future__ import annotations
 
-import argparse
 import csv
 import difflib
 import io
@@ -15,16 +14,11 @@ import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (
-    PipelineOptions,
-    StandardOptions,
-    _BeamArgumentParser,  # Beam's own parser: options use its value-provider arguments
-)
+from apache_beam.options.pipeline_options import StandardOptions
 
-from matteflow.pipelines.options import MatteflowOptions
+from matteflow.pipelines.options import beam_flags
 from matteflow.transforms.manifest import is_glob
 from matteflow.transforms.storage import write_atomic
 
@@ -32,7 +26,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Checked",
     "UsageError",
-    "beam_flags",
     "check_args",
     "check_runner",
     "image_manifest",
@@ -48,20 +41,6 @@ _MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
 class UsageError(ValueError):
     """The command line is wrong (exit 2); the message names the fix."""
-
-
-@lru_cache(maxsize=1)
-def beam_flags() -> dict[str, argparse.Action]:
-    """Every flag a Beam pipeline option (or MatteflowOptions) defines -> its argparse action;
-    built as Beam builds its own parser, from all imported PipelineOptions subclasses."""
-    assert MatteflowOptions  # imported: its flags are among the subclasses' below
-    parser = _BeamArgumentParser(add_help=False, allow_abbrev=False)
-    seen: set[str] = set()
-    for cls in PipelineOptions.__subclasses__():
-        if str(cls) not in seen:
-            seen.add(str(cls))
-            cls._add_argparse_args(parser)
-    return dict(parser._option_string_actions)
 
 
 def check_runner(name: str) -> str:

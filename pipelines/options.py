@@ -4,11 +4,29 @@ the command line or in a profile's `[beam]` table."""
 from __future__ import annotations
 
 import argparse
+import difflib
 from dataclasses import dataclass
+from functools import lru_cache
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    _BeamArgumentParser,  # Beam's own parser: options use its value-provider arguments
+)
 
-__all__ = ["BeamSettings", "MatteflowOptions"]
+__all__ = ["BeamSettings", "MatteflowOptions", "beam_flags"]
+
+
+@lru_cache(maxsize=1)
+def beam_flags() -> dict[str, argparse.Action]:
+    """Every flag a Beam pipeline option (or MatteflowOptions) defines -> its argparse action;
+    built as Beam builds its own parser, from all imported PipelineOptions subclasses."""
+    parser = _BeamArgumentParser(add_help=False, allow_abbrev=False)
+    seen: set[str] = set()
+    for cls in PipelineOptions.__subclasses__():
+        if str(cls) not in seen:
+            seen.add(str(cls))
+            cls._add_argparse_args(parser)
+    return dict(parser._option_string_actions)
 
 
 @dataclass(frozen=True)
@@ -19,9 +37,15 @@ class BeamSettings:
     args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        known = beam_flags()
         for arg in self.args:
             if not arg.startswith("--"):
                 raise ValueError(f"args: {arg!r} is not a flag; write '--name=value'")
+            flag = arg.partition("=")[0]
+            if flag not in known:
+                close = difflib.get_close_matches(flag, list(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ValueError(f"args: {flag} is not a Beam pipeline option{hint}")
 
 
 def _flag(text: str) -> bool:

@@ -17,7 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from matteflow.pipelines.cli import app
+from matteflow.pipelines.config import ConfigError, load_config
 from matteflow.pipelines.launcher import UsageError, check_args, check_runner, image_manifest
+from tests.conftest import REPO
 from tests.images import encode, pattern
 
 TINY = ["--model", "tiny-isnet", "--set", "refine.decontaminate=false"]
@@ -164,3 +166,10 @@ def test_an_interrupted_run_exits_cleanly_and_a_rerun_completes_it(
     counts = json.loads((out / "run.json").read_text())["counts"]
     assert counts["ok"] + counts["skipped"] == rows
     assert counts["skipped"] >= len(done) - 4  # rows in flight at the signal are redone
+
+
+def test_a_profiles_beam_options_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match=r"--runer is not a Beam pipeline option; did you mean"):
+        load_config(settings=['beam.args=["--runer=DataflowRunner"]'])
+    for profile in ("dataflow-gpu", "flink", "spark"):
+        assert load_config(str(REPO / "configs" / f"{profile}.toml")).beam.args
