@@ -1,4 +1,5 @@
-"""The `matteflow` command: `run`, `eval`, and `models list | fetch | verify | convert`."""
+"""The `matteflow` command: `run`, `eval`, `serve` and `models list | fetch | verify | convert`
+(`python -m matteflow` is the same)."""
 
 from __future__ import annotations
 

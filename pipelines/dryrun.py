@@ -8,6 +8,7 @@ machine to estimate the run's time. Writes nothing but the preflight's probe (de
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -38,6 +39,7 @@ class DryRun:
     rows: int
     checked: int  # rows whose sources were checked
     problems: tuple[str, ...]  # rows of those that would fail, with the reason
+    notes: tuple[str, ...]  # how the estimate was made, where it differs from the run
     seconds_per_image: float | None  # on this machine, one image at a time; None: none timed
     load_s: float
     model: str
@@ -61,6 +63,7 @@ class DryRun:
                 f" about {_duration(total)} for {self.rows} rows"
                 f" ({total / 3600:.2f} CPU-hours of this machine)"
             )
+        out += [f"  {note}" for note in self.notes]
         out.append("dry run: nothing was processed")
         return out
 
@@ -97,6 +100,12 @@ def first_records(uri: str, limit: int) -> Iterator[dict[str, Any]]:
             yield dict(row)
 
 
+def _device_here(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_available()
+
+
 def dry_run(cfg: RunConfig) -> DryRun:
     """Check cfg's manifest rows and time the model here (call after preflight)."""
     from matteflow.pipelines.api import Remover  # loads torch: only a dry run needs it
@@ -104,6 +113,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
     rows = count_rows(cfg.manifest)
     base = "" if is_glob(cfg.manifest) else cfg.manifest.rpartition("/")[0]
     problems: list[str] = []
+    notes: list[str] = []
     sources: list[str] = []
     records = list(first_records(cfg.manifest, _CHECKED_ROWS))
     for record in records:
@@ -115,8 +125,13 @@ def dry_run(cfg: RunConfig) -> DryRun:
             sources.append(task.source_uri)
         except MatteflowError as err:
             problems.append(f"{uri or record}: {err.code}: {err}")
+    timed = cfg
+    if cfg.model.device != "cpu" and not _device_here(cfg.model.device):
+        # A GPU profile checked from a laptop: time the model on this CPU, and say so.
+        timed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device="cpu"))
+        notes.append(f"no {cfg.model.device} here: the estimate is for this machine's CPU")
     start = time.perf_counter()
-    remover = Remover.from_config(cfg)
+    remover = Remover.from_config(timed)
     load_s = time.perf_counter() - start
     times: list[float] = []
     for uri in sources[:_TIMED_IMAGES]:
@@ -132,6 +147,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
         rows=rows,
         checked=len(records),
         problems=tuple(problems),
+        notes=tuple(notes),
         seconds_per_image=sum(counted) / len(counted) if counted else None,
         load_s=load_s,
         model=cfg.model.name,
