@@ -37,6 +37,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from matteflow.models.registry import RegistryError, check, get_spec
 from matteflow.models.weights import WeightsError, native_weights
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
+from matteflow.pipelines.interrupts import cancel_on_interrupt
 from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
 from matteflow.pipelines.run_summary import failure_codes, summary_lines
@@ -371,6 +372,8 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         p = beam.Pipeline(runner=runner, options=options)
         build(p, cfg)
         result = p.run()
+        if not local:  # a job elsewhere: Ctrl-C cancels it (pipelines/interrupts.py)
+            cancel_on_interrupt(result)
         result.wait_until_finish()
     summary = _finish(cfg, result, started, started_at)
     counts = summary["counts"]
@@ -392,6 +395,7 @@ def _start(
     p = beam.Pipeline(options=options)  # runner from the options: locally, Beam's DirectRunner
     build(p, cfg, arrivals)
     result = p.run()
+    cancel_on_interrupt(result)
     kind = "streaming" if arrivals is not None else "batch"
     print(f"matteflow: started {kind} job {cfg.manifest} -> {cfg.output} (no run.json)")
     if not options.view_as(StandardOptions).no_wait_until_finish:

@@ -28,6 +28,11 @@ _LOG = logging.getLogger(__name__)
 # big (413), or we are (500).
 _STATUS = {"fetch": 413, "decode": 422, "manifest": 400}
 _EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+# The cutout request's body as the OpenAPI page shows it: the image file's bytes.
+_IMAGE_BODY = {
+    kind: {"schema": {"type": "string", "format": "binary"}}
+    for kind in ("application/octet-stream", "image/*")
+}
 
 
 class ServerSettings(BaseModel):
@@ -115,6 +120,7 @@ def create_server(settings: ServerSettings) -> FastAPI:
     @app.post(
         "/v1/cutouts",
         responses={200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}}},
+        openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}},
     )
     async def cutouts(
         request: Request,

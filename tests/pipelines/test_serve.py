@@ -97,6 +97,8 @@ def test_health_and_the_openapi_page(server: str) -> None:
     assert _get(f"{server}/readyz").json() == {"status": "ready", "model": "tiny-isnet"}
     paths = _get(f"{server}/openapi.json").json()["paths"]
     assert {"/v1/cutouts", "/v1/jobs", "/v1/jobs/{job_id}"} <= set(paths)
+    assert "image/*" in paths["/v1/cutouts"]["post"]["requestBody"]["content"]
+    assert _get(f"{server}/docs").status_code == 200
 
 
 def test_a_cutout_is_the_apis_cutout(server: str, tmp_path: Path) -> None:
