@@ -27,20 +27,18 @@ from PIL import Image
 
 from matteflow.models.registry import check
 from matteflow.pipelines.config import RunConfig, load_config
-from matteflow.pipelines.remove_background import model_handler, resume_for
-from matteflow.transforms.decode import FetchAndDecode, decode
+from matteflow.pipelines.remove_background import model_handler, process
+from matteflow.transforms.decode import decode
 from matteflow.transforms.failures import InferenceError, MatteflowError, classify
-from matteflow.transforms.inference import Segment
-from matteflow.transforms.manifest import to_task
+from matteflow.transforms.manifest import ManifestRows, to_task
 from matteflow.transforms.matte import apply_existing_alpha
-from matteflow.transforms.metrics import Score, failed_row, ok_row
-from matteflow.transforms.refine import Refine, refine_matte
-from matteflow.transforms.resume import Resume
+from matteflow.transforms.metrics import ok_row
+from matteflow.transforms.refine import refine_matte
 from matteflow.transforms.settings import KINDS, with_overrides
 from matteflow.transforms.sources import check_source
 from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask, Matte
-from matteflow.transforms.write import WriteOutputs, render
+from matteflow.transforms.write import render
 
 __all__ = ["RemoveBackground", "Remover", "Source", "api_config", "remove"]
 
@@ -282,6 +280,18 @@ class _RenderFn(beam.DoFn):
         yield {**ok_row(matte, {}, len(data), matte.timings_ms, (width, height)), "cutout": data}
 
 
+class _Render(beam.PTransform):
+    """Matte -> an ok record carrying the encoded cutout; failures -> "failures"."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__()
+        self._cfg = cfg
+
+    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        fn = _RenderFn(self._cfg)
+        return mattes | "Render" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+
+
 class RemoveBackground(beam.PTransform):
     """PCollection of URIs (str) or manifest rows (dicts: `uri`, optional `id`, `output_key`,
     `ground_truth_uri` and the row settings) -> PCollection of result records: one metrics row
@@ -309,33 +319,6 @@ class RemoveBackground(beam.PTransform):
     def expand(self, items: beam.PCollection) -> beam.PCollection:
         cfg = self._cfg
         tasks = items | "ToTasks" >> beam.ParDo(_ToTaskFn(cfg)).with_outputs("failures", main="ok")
-        # Without an output prefix there is nothing to resume from: every row is processed.
-        resume = resume_for(cfg) if cfg.output else Resume("", "", force=True)
-        decoded = tasks.ok | "FetchAndDecode" >> FetchAndDecode(
-            cfg.decode, resume, allow_private=cfg.sources.allow_private
-        )
-        handler = model_handler(cfg, items.pipeline.options)
-        segmented = decoded.ok | "Segment" >> Segment(handler, cfg.matte)
-        refined = segmented.ok | "Refine" >> Refine(cfg.refine)
-        scored = refined.ok | "Score" >> Score()
-        if cfg.output:
-            written = scored.ok | "WriteOutputs" >> WriteOutputs(
-                cfg.output, cfg.outputs, cfg.framing, resume
-            )
-        else:
-            written = scored.ok | "Render" >> beam.ParDo(_RenderFn(cfg)).with_outputs(
-                "failures", main="ok"
-            )
-        failures = (
-            (
-                tasks.failures,
-                decoded.failures,
-                segmented.failures,
-                refined.failures,
-                scored.failures,
-                written.failures,
-            )
-            | "CollectFailures" >> beam.Flatten()
-            | "FailureRows" >> beam.Map(failed_row)
-        )
-        return (written.ok, decoded.skipped, failures) | "Results" >> beam.Flatten()
+        write = None if cfg.output else _Render(cfg)  # None: the job's WriteOutputs
+        manifest = ManifestRows(tasks.ok, tasks.failures)
+        return process(manifest, cfg, items.pipeline.options, write).rows

@@ -46,6 +46,7 @@ from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
 from matteflow.transforms.manifest import (
     ManifestError,
+    ManifestRows,
     ReadManifest,
     check_manifest,
     count_rows,
@@ -68,6 +69,7 @@ __all__ = [
     "main",
     "model_handler",
     "preflight",
+    "process",
     "resume_for",
     "run",
     "worker_torch_threads",
@@ -135,23 +137,25 @@ def resume_for(cfg: RunConfig) -> Resume:
     return Resume(cfg.output, settings, force=cfg.force)
 
 
-def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
-    """Add the job's steps to p: tasks from the manifest or, streaming, from `arrivals` (new
-    objects as they land; their metrics rows are written per window)."""
-    resume = resume_for(cfg)
-    if arrivals is None:
-        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
-    else:
-        manifest = p | "ReadArrivals" >> arrivals
+def process(
+    manifest: ManifestRows,
+    cfg: RunConfig,
+    options: PipelineOptions,
+    write: beam.PTransform | None = None,
+) -> Outputs:
+    """The job's steps from tasks to metrics rows (one per task or manifest failure): decode,
+    segment, refine, score and `write` (default: WriteOutputs under cfg.output, with resume);
+    every failure on the way becomes a failed row. Also the Python API's RemoveBackground."""
+    # Without an output prefix there is nothing to resume from: every row is processed.
+    resume = resume_for(cfg) if cfg.output else Resume("", "", force=True)
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(
         cfg.decode, resume, allow_private=cfg.sources.allow_private
     )
-    segmented = decoded.ok | "Segment" >> Segment(model_handler(cfg, p.options), cfg.matte)
+    segmented = decoded.ok | "Segment" >> Segment(model_handler(cfg, options), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
     scored = refined.ok | "Score" >> Score()
-    written = scored.ok | "WriteOutputs" >> WriteOutputs(
-        cfg.output, cfg.outputs, cfg.framing, resume
-    )
+    write = write or WriteOutputs(cfg.output, cfg.outputs, cfg.framing, resume)
+    written = scored.ok | "WriteOutputs" >> write
     # Each branch makes its rows before the Flatten: a local runner runs what follows a
     # Flatten as a stage of its own, after the rest, so rows made there show up all at the end.
     failed = {
@@ -164,8 +168,19 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
     }
     failures = [pc | f"FailureRows{step}" >> beam.Map(failed_row) for step, pc in failed.items()]
     rows = (written.ok, decoded.skipped, *failures) | "AllRows" >> beam.Flatten()
-    _ = rows | "WriteMetrics" >> WriteMetrics(cfg.output)
     return Outputs(manifest.ok, segmented.ok, rows)
+
+
+def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
+    """Add the job's steps to p: tasks from the manifest or, streaming, from `arrivals` (new
+    objects as they land; their metrics rows are written per window)."""
+    if arrivals is None:
+        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
+    else:
+        manifest = p | "ReadArrivals" >> arrivals
+    outputs = process(manifest, cfg, p.options)
+    _ = outputs.rows | "WriteMetrics" >> WriteMetrics(cfg.output)
+    return outputs
 
 
 def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) -> None:
