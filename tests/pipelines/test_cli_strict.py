@@ -98,9 +98,12 @@ def test_manifest_as_images_a_folder_or_an_expanded_glob(images: Path, tmp_path:
         image_manifest([str(images / "notes.txt")], out)
 
 
-def test_a_folder_runs(images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("given", ["folder", "expanded glob"])
+def test_a_folder_or_an_expanded_glob_runs(images: Path, tmp_path: Path, given: str) -> None:
     out = tmp_path / "out"
-    code, output = _run("--manifest", str(images), "--output", str(out), *TINY)
+    files = [str(images / n) for n in ("a.png", "b.png", "more/c.png")]
+    inputs = [str(images)] if given == "folder" else files  # as the shell passes photos/**.png
+    code, output = _run("--manifest", *inputs, "--output", str(out), *TINY)
     assert code == 0, output
     summary = json.loads((out / "run.json").read_text())
     assert summary["counts"] == {"ok": 3, "skipped": 0, "failed": 0}
