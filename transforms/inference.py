@@ -23,9 +23,8 @@ from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
 from matteflow.transforms.failures import inference_failure, is_oom, redact
-from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
-from matteflow.transforms.refine import uncertainty
-from matteflow.transforms.types import DecodedImage, Failed, Matte
+from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
+from matteflow.transforms.types import Clock, DecodedImage, Failed, Matte, elapsed_ms
 
 __all__ = ["MatteModelHandler", "Segment", "postprocess", "preprocess"]
 
@@ -87,6 +86,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         torch_threads: int = 0,
         require_commercial_license: bool = False,
         flip_tta: bool = False,
+        clock: Clock = time.perf_counter,
     ) -> None:
         spec = get_spec(model)
         self._size = inference_size or spec.input_size
@@ -105,6 +105,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         self._threads = torch_threads
         self._require_commercial = require_commercial_license
         self._flip_tta = flip_tta
+        self._clock = clock
 
     def load_model(self) -> LoadedModel:
         """Load the registry model once per worker process (verified weights). RunInference
@@ -120,7 +121,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         )
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
-        start = time.perf_counter()
+        start = self._clock()
         x = torch.stack([preprocess(im.rgb, model.spec, model.device, self._size) for im in batch])
         if self._flip_tta:  # the mirrored images in the same batch, averaged back
             both = model(torch.cat([x, x.flip(-1)]))
@@ -129,7 +130,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             alpha = model(x)
         doubts = [uncertainty(a[0].float().cpu().numpy()) for a in alpha]
         alphas = [postprocess(a, im.height, im.width) for im, a in zip(batch, alpha, strict=True)]
-        batch_ms = (time.perf_counter() - start) * 1e3
+        batch_ms = elapsed_ms(start, self._clock())
         mattes = [
             Matte(
                 image=image,
@@ -139,7 +140,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
                 device=str(model.device),
                 dtype=model.dtype_name,
                 batch_size=len(batch),
-                timings_ms={**image.timings_ms, "infer_ms": batch_ms / len(batch)},
+                timings=image.timings.add(infer_ms=batch_ms / len(batch)),
                 uncertainty=doubt,
             )
             for image, a, doubt in zip(batch, alphas, doubts, strict=True)

@@ -3,16 +3,17 @@
 The runner reads the manifest in parallel (text and Parquet splits, or object matches); the
 launcher only checks its header. Column `uri` is required; `id`, `ground_truth_uri` and
 `output_key` are optional; other columns are carried to the metrics row as metadata. Relative
-URIs resolve against the manifest's folder. Ids default to the path relative to the rows'
-common folder, without extension. A row that cannot become a task (no uri, unsafe output key, a
-source the run may not read, an id or output key shared with another row, unparsable) leaves as
-a `Failed` record.
+URIs (images, ground truth, a row's background image) resolve against the manifest's folder.
+Ids default to the path relative to the rows' common folder, without extension. A row that
+cannot become a task (no uri, unsafe output key, a source the run may not read, an id or output
+key shared with another row, unparsable) leaves as a `Failed` record.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import posixpath
 import re
@@ -44,6 +45,7 @@ __all__ = [
     "check_manifest",
     "count_rows",
     "is_glob",
+    "read_records",
     "resolve_uri",
     "to_task",
 ]
@@ -135,6 +137,25 @@ def count_rows(uri: str) -> int:
     return lines - 1 if kind == "csv" and lines else lines
 
 
+def read_records(uri: str) -> list[dict[str, Any]]:
+    """Every record of a CSV, JSONL or Parquet manifest, read here in the launcher (for small
+    manifests, e.g. labelled sets; a run's manifest is read by the runner, in parallel).
+    Blank lines are not records; raises ManifestError for a line that is not a JSON object."""
+    kind = _kind(uri)
+    if kind == "glob":
+        return [{"uri": m.path} for m in FileSystems.match([uri])[0].metadata_list]
+    with FileSystems.open(uri) as f:
+        if kind == "parquet":
+            return list(pq.read_table(f).to_pylist())
+        text = f.read().decode("utf-8-sig")
+    if kind == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not all(isinstance(r, dict) for r in records):
+        raise ManifestError(f"{uri}: every line must be a JSON object")
+    return records
+
+
 def check_key(key: str) -> None:
     """Raise BadRow (manifest/unsafe_key) unless key is a safe relative path for outputs: no
     scheme, drive or leading "/", no "", "." or ".." segment, no backslash, no control or
@@ -200,6 +221,9 @@ def to_task(
         raise BadRow(str(err), code="bad_setting") from None
     ground_truth = resolve_uri(base, _text(record.get("ground_truth_uri")))
     background = dict(settings).get("background", "")
+    if background and not background_colour(background):  # an image: relative like the rest
+        background = resolve_uri(base, background)
+        settings = tuple((n, background if n == "background" else v) for n, v in settings)
     for uri in (source, ground_truth, "" if background_colour(background) else background):
         if uri:
             check_source(uri, sources)

@@ -8,9 +8,10 @@ uncertainty score.
   of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
 - `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
   estimator, in tiles), so a cutout over any background shows no halo of the old one.
-- `uncertainty` in [0, 1]: the share of the subject's area (alpha > 0.5 plus the ambiguous band
-  0.1 < alpha < 0.9) that is ambiguous, on the model's own output; 1.0 when nothing is found.
-  `needs_review` is uncertainty >= `review_threshold`.
+- `uncertainty` (matte.py; measured in Segment) in [0, 1]: the share of the subject's area
+  (alpha > 0.5 plus the ambiguous band 0.1 < alpha < 0.9) that is ambiguous, on the
+  model's own output; 1.0 when nothing is found. `needs_review`: uncertainty >= the
+  `review_threshold`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from scipy import ndimage
 
 from matteflow.transforms.failures import RefineError, classify
 from matteflow.transforms.resize import resize_plane
-from matteflow.transforms.types import Failed, Matte
+from matteflow.transforms.types import Clock, Failed, Matte, elapsed_ms
 
 __all__ = [
     "REFINE_MODES",
@@ -37,7 +38,6 @@ __all__ = [
     "guided_filter",
     "matting",
     "trimap",
-    "uncertainty",
 ]
 
 REFINE_MODES = ("none", "guided", "matting")
@@ -67,13 +67,6 @@ class RefineSettings:
             raise ValueError(f"review_threshold: expected 0..1, got {self.review_threshold}")
         if not self.guided_eps > 0:  # also refuses NaN
             raise ValueError(f"guided_eps: expected a positive number, got {self.guided_eps}")
-
-
-def uncertainty(alpha: np.ndarray) -> float:
-    """Share of the subject's area in the ambiguous band 0.1 < alpha < 0.9 (1.0 if empty)."""
-    ambiguous = np.count_nonzero((alpha > 0.1) & (alpha < 0.9))
-    subject = np.count_nonzero(alpha >= 0.9) + ambiguous
-    return 1.0 if subject == 0 else ambiguous / subject
 
 
 def _box(x: np.ndarray, radius: int) -> np.ndarray:
@@ -182,12 +175,13 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 class _RefineFn(beam.DoFn):
-    def __init__(self, settings: RefineSettings) -> None:
+    def __init__(self, settings: RefineSettings, clock: Clock = time.perf_counter) -> None:
         self._settings = settings
+        self._clock = clock
 
     def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
         s = self._settings
-        start = time.perf_counter()
+        start = self._clock()
         try:
             image = matte.image
             colour = image.rgb16 if image.rgb16 is not None else image.rgb
@@ -212,7 +206,7 @@ class _RefineFn(beam.DoFn):
             alpha=alpha,
             foreground=foreground,
             needs_review=matte.uncertainty >= s.review_threshold,
-            timings_ms={**matte.timings_ms, "refine_ms": (time.perf_counter() - start) * 1e3},
+            timings=matte.timings.add(refine_ms=elapsed_ms(start, self._clock())),
         )
 
 
@@ -220,10 +214,11 @@ class Refine(beam.PTransform):
     """Matte -> Matte with the refined alpha, foreground colour and needs_review; failures ->
     tag "failures"."""
 
-    def __init__(self, settings: RefineSettings) -> None:
+    def __init__(self, settings: RefineSettings, clock: Clock = time.perf_counter) -> None:
         super().__init__()
         self._settings = settings
+        self._clock = clock
 
     def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _RefineFn(self._settings)
+        fn = _RefineFn(self._settings, self._clock)
         return mattes | "Refine" >> beam.ParDo(fn).with_outputs("failures", main="ok")
