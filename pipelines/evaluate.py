@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         name = run_name(args.name or default_name)
         manifest = f"{output}/runs/{name}/eval-manifest.csv"
         _write_manifest(samples, manifest)
-        code = exit_code(  # errors reported and exit codes as `matteflow run`
+        code: int = exit_code(  # errors reported and exit codes as `matteflow run`
             lambda: launch(_run_config(args, rest, manifest, f"{output}/runs/{name}"), rest)
         )
         if code != 0:

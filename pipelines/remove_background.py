@@ -38,13 +38,14 @@ from matteflow.transforms.manifest import (
     count_rows,
     is_glob,
 )
-from matteflow.transforms.metrics import WriteMetrics, metrics_row
+from matteflow.transforms.metrics import MetricsRow, WriteMetrics, metrics_row
 from matteflow.transforms.reader import Reader
 from matteflow.transforms.refine import Refine
 from matteflow.transforms.resume import Resume, settings_digest
 from matteflow.transforms.score import Score
 from matteflow.transforms.settings import background_colour
 from matteflow.transforms.storage import exists, write_atomic
+from matteflow.transforms.types import ImageTask, Matte
 from matteflow.transforms.write import WriteOutputs
 
 __all__ = [
@@ -73,17 +74,18 @@ class TooManyFailures(RuntimeError):
 class Outputs(NamedTuple):
     """The job's named PCollections (for tests)."""
 
-    tasks: beam.PCollection
-    mattes: beam.PCollection
-    rows: beam.PCollection
+    tasks: beam.pvalue.PCollection[ImageTask]
+    mattes: beam.pvalue.PCollection[Matte]
+    rows: beam.pvalue.PCollection[MetricsRow]
 
 
 def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
     """Torch threads for each worker: the profile's, else, when the local runner starts several
     workers (--direct_num_workers, threads or processes), this machine's cores shared among
     them so that they do not oversubscribe it; 0 leaves torch's default (all cores)."""
-    if cfg.model.torch_threads:
-        return cfg.model.torch_threads
+    threads: int = cfg.model.torch_threads
+    if threads:
+        return threads
     workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
     return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
 

@@ -254,7 +254,9 @@ class _DecodeFn(beam.DoFn):
         self._reader = reader or _reader(settings)
         self._clock = clock
 
-    def process(self, task: ImageTask) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput]:
+    def process(
+        self, task: ImageTask
+    ) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput[str, Skipped | Failed]]:
         start = self._clock()
         try:
             data = self._reader.read(task.source_uri)
@@ -281,7 +283,9 @@ def _reader(settings: DecodeSettings) -> Reader:
     return Reader(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels)
 
 
-class FetchAndDecode(beam.PTransform):
+class FetchAndDecode(
+    beam.PTransform[beam.pvalue.PCollection[ImageTask], beam.pvalue.DoOutputsTuple]
+):
     """ImageTask -> DecodedImage (sRGB, EXIF applied); rows whose outputs are current ->
     tag "skipped" (Skipped records); failures -> tag "failures". Sources are read by `reader`
     (the run's source policy and size limits; default: the default policy, `settings`' limits).
@@ -300,6 +304,8 @@ class FetchAndDecode(beam.PTransform):
         self._reader = reader or _reader(settings)
         self._clock = clock
 
-    def expand(self, tasks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, tasks: beam.pvalue.PCollection[ImageTask]) -> beam.pvalue.DoOutputsTuple:
         fn = _DecodeFn(self._settings, self._resume, self._reader, self._clock)
-        return tasks | "Decode" >> beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")
+        decode = beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")
+        outputs: beam.pvalue.DoOutputsTuple = tasks | "Decode" >> decode
+        return outputs

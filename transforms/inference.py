@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 import torch
 import torch.nn.functional as F
+from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
@@ -46,7 +47,7 @@ def preprocess(
     size = size or spec.input_size
     factors = tuple(max(1, side // (2 * size)) for side in (rgb.shape[1], rgb.shape[0]))
     if factors != (1, 1):
-        rgb = np.array(Image.fromarray(rgb).reduce(factors))  # type: ignore[arg-type]
+        rgb = np.array(Image.fromarray(rgb).reduce(factors))
     x = torch.from_numpy(np.ascontiguousarray(rgb))
     if device.type == "cuda":
         x = x.pin_memory()
@@ -66,7 +67,7 @@ def postprocess(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 def _element_pixels(input_size: int, image: DecodedImage) -> int:
     """Batch weight of an element: the larger of its model tensor and its full-res alpha."""
-    return max(input_size * input_size, image.height * image.width)
+    return max(input_size * input_size, int(image.height) * int(image.width))
 
 
 class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel]):
@@ -145,9 +146,9 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             )
             for image, a, doubt in zip(batch, alphas, doubts, strict=True)
         ]
-        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
-        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
-        beam.metrics.Metrics.counter(_NAMESPACE, "images").inc(len(batch))
+        Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
+        Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
+        Metrics.counter(_NAMESPACE, "images").inc(len(batch))
         return mattes
 
     def run_inference(
@@ -171,7 +172,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             _LOG.warning(
                 "batch of %d failed (%s); retrying in halves", len(batch), redact(str(err))
             )
-            beam.metrics.Metrics.counter(_NAMESPACE, "batch_splits").inc()
+            Metrics.counter(_NAMESPACE, "batch_splits").inc()
             half = len(batch) // 2
             return [
                 *self.run_inference(batch[:half], model),
@@ -189,7 +190,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
 
 def _split(
     result: Matte | Failed, settings: MatteSettings
-) -> Iterable[Matte | beam.pvalue.TaggedOutput]:
+) -> Iterable[Matte | beam.pvalue.TaggedOutput[str, Failed]]:
     if isinstance(result, Failed):
         yield beam.pvalue.TaggedOutput("failures", result)
         return
@@ -198,7 +199,7 @@ def _split(
     yield dataclasses.replace(result, alpha=alpha)  # Beam elements are not changed in place
 
 
-class Segment(beam.PTransform):
+class Segment(beam.PTransform[beam.pvalue.PCollection[DecodedImage], beam.pvalue.DoOutputsTuple]):
     """DecodedImage -> Matte (alpha at full resolution, combined with the source's own
     transparency per `settings`); failures -> tag "failures"."""
 
@@ -207,9 +208,10 @@ class Segment(beam.PTransform):
         self._handler = handler
         self._settings = settings
 
-    def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
+    def expand(self, images: beam.pvalue.PCollection[DecodedImage]) -> beam.pvalue.DoOutputsTuple:
+        outputs: beam.pvalue.DoOutputsTuple = (
             images
             | "RunInference" >> RunInference(self._handler)
             | "Split" >> beam.FlatMap(_split, self._settings).with_outputs("failures", main="ok")
         )
+        return outputs

@@ -25,6 +25,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics
 
 from matteflow.transforms.failures import BadRow, MatteflowError
 from matteflow.transforms.framing import FramingSettings
@@ -54,7 +55,7 @@ _KNOWN = ("uri", "id", "ground_truth_uri", "output_key")
 _DRIVE = re.compile(r"^[A-Za-z]:")  # C:, d:x (a Windows drive)
 # A file name is at most 255 bytes on common filesystems; room for ".png" and a temp suffix.
 _MAX_SEGMENT_BYTES = 200
-_rows = beam.metrics.Metrics.counter("matteflow.manifest", "rows")
+_rows = Metrics.counter("matteflow.manifest", "rows")
 
 
 class ManifestError(ValueError):
@@ -64,8 +65,8 @@ class ManifestError(ValueError):
 class ManifestRows(NamedTuple):
     """ReadManifest's outputs: tasks to process, and rows that failed as manifest rows."""
 
-    ok: beam.PCollection
-    failures: beam.PCollection
+    ok: beam.pvalue.PCollection[ImageTask]
+    failures: beam.pvalue.PCollection[Failed]
 
 
 def is_glob(uri: str) -> bool:
@@ -255,7 +256,9 @@ class _ParseFn(beam.DoFn):
     def __init__(self, kind: str, header: list[str]) -> None:
         self._kind, self._header = kind, header
 
-    def process(self, item: Any) -> Iterator[dict[str, Any] | beam.pvalue.TaggedOutput]:
+    def process(
+        self, item: Any
+    ) -> Iterator[dict[str, Any] | beam.pvalue.TaggedOutput[str, Failed]]:
         if isinstance(item, str):
             item = item.lstrip("\ufeff")
             if not item.strip():  # blank lines are not rows (count_rows skips them too)
@@ -280,7 +283,7 @@ class _ParseFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", _unparsable(str(item), err))
 
 
-class _CommonFolder(beam.CombineFn):  # type: ignore[misc]
+class _CommonFolder(beam.CombineFn):
     """The longest folder prefix ("" or ending in "/") shared by all non-empty uris."""
 
     def create_accumulator(self) -> str | None:
@@ -307,7 +310,7 @@ class _TaskFn(beam.DoFn):
 
     def process(
         self, record: dict[str, Any], folder: str
-    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
+    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput[str, Failed]]:
         try:
             yield to_task(record, self._base, folder, self._sources)
         except MatteflowError as err:
@@ -325,7 +328,7 @@ class _UniqueFn(beam.DoFn):
 
     def process(
         self, group: tuple[str, Iterable[ImageTask]]
-    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
+    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput[str, Failed]]:
         value, tasks = group
         tasks = list(tasks)
         if len(tasks) == 1:
@@ -339,7 +342,7 @@ class _UniqueFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, error))
 
 
-class ReadManifest(beam.PTransform):
+class ReadManifest(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
     """PBegin -> ManifestRows(ok: ImageTask per usable row, failures: Failed per bad row);
     rows naming sources outside `sources` fail as manifest/source_not_allowed."""
 
@@ -349,13 +352,17 @@ class ReadManifest(beam.PTransform):
         self._kind = _kind(uri)
         self._sources = sources
 
-    def _source(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def _source(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.PCollection[Any]:
         if self._kind == "glob":
-            return pbegin | "Match" >> fileio.MatchFiles(self._uri)
-        if self._kind == "parquet":
-            return pbegin | "Parquet" >> beam.io.ReadFromParquet(self._uri)
-        skip = 1 if self._kind == "csv" else 0
-        return pbegin | "Lines" >> beam.io.ReadFromText(self._uri, skip_header_lines=skip)
+            read: beam.PTransform[Any, Any] = fileio.MatchFiles(self._uri)
+        elif self._kind == "parquet":
+            read = beam.io.ReadFromParquet(self._uri)
+        else:
+            skip = 1 if self._kind == "csv" else 0
+            read = beam.io.ReadFromText(self._uri, skip_header_lines=skip)
+        label = {"glob": "Match", "parquet": "Parquet"}.get(self._kind, "Lines")
+        records: beam.pvalue.PCollection[Any] = pbegin | label >> read
+        return records
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ManifestRows:
         header = _columns(self._uri, "csv") if self._kind == "csv" else []
@@ -366,7 +373,8 @@ class ReadManifest(beam.PTransform):
         folder = (
             parsed.ok
             | "Uris" >> beam.Map(lambda r: resolve_uri(base, _text(r.get("uri"))))
-            | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())
+            # CombineFn's untyped __init__ makes _CommonFolder() an untyped call
+            | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())  # type: ignore[no-untyped-call]
         )
         tasks = parsed.ok | "Tasks" >> beam.ParDo(
             _TaskFn(base, self._sources), folder=beam.pvalue.AsSingleton(folder)

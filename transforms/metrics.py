@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics
 
 from matteflow.transforms.failures import redact
 from matteflow.transforms.layout import OutputLayout
@@ -211,20 +212,19 @@ class _CountFn(beam.DoFn):
 
     def __init__(self) -> None:
         self._rows = {
-            s: beam.metrics.Metrics.counter("matteflow.metrics", f"rows_{s}")
+            s: Metrics.counter("matteflow.metrics", f"rows_{s}")
             for s in ("ok", "skipped", "failed")
         }
         names = [f.name for f in dataclasses.fields(Timings)]
         self._stages = {
-            name: beam.metrics.Metrics.distribution("matteflow.stages", name)
-            for name in (*names, "total_ms")
+            name: Metrics.distribution("matteflow.stages", name) for name in (*names, "total_ms")
         }
 
     def process(self, row: MetricsRow) -> Iterator[dict[str, Any]]:
         self._rows[row.status].inc()
         if row.status == "failed":
             code = f"failed/{row.error_stage}/{row.error_code}"
-            beam.metrics.Metrics.counter("matteflow.metrics", code).inc()
+            Metrics.counter("matteflow.metrics", code).inc()
         record = row.record()
         for name, distribution in self._stages.items():
             if record.get(name) is not None:
@@ -235,18 +235,18 @@ class _CountFn(beam.DoFn):
         yield record
 
 
-class WriteMetrics(beam.PTransform):
+class WriteMetrics(beam.PTransform[beam.pvalue.PCollection[MetricsRow], beam.pvalue.PDone]):
     """MetricsRows -> `{output}/metrics/part-*.parquet` with SCHEMA."""
 
     def __init__(self, layout: OutputLayout) -> None:
         super().__init__()
         self._prefix = layout.metrics_prefix
 
-    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
+    def expand(self, rows: beam.pvalue.PCollection[MetricsRow]) -> beam.pvalue.PDone:
         # Unbounded (streaming) rows come in fixed windows: each window's files are named by
         # its UTC start and end, e.g. part-2026-11-27T09-00-00-2026-11-27T09-01-00-00000-of-00001.
         shards = None if rows.is_bounded else "-V-SSSSS-of-NNNNN"
-        return (
+        done: beam.pvalue.PDone = (
             rows
             | "Count" >> beam.ParDo(_CountFn())
             | "Parquet"
@@ -254,6 +254,7 @@ class WriteMetrics(beam.PTransform):
                 self._prefix, SCHEMA, file_name_suffix=".parquet", shard_name_template=shards
             )
         )
+        return done
 
 
 def read_metrics(output: str) -> pa.Table:

@@ -100,8 +100,10 @@ def _cross_step(mask: np.ndarray, grow: bool) -> np.ndarray:
     up, down = padded[:-2, 1:-1], padded[2:, 1:-1]
     left, right = padded[1:-1, :-2], padded[1:-1, 2:]
     if grow:
-        return centre | up | down | left | right
-    return centre & up & down & left & right
+        grown: np.ndarray = centre | up | down | left | right
+        return grown
+    shrunk: np.ndarray = centre & up & down & left & right
+    return shrunk
 
 
 def edge_band(gt: np.ndarray) -> np.ndarray:

@@ -74,7 +74,10 @@ class Reader:
         policy, fetch/too_large over max_bytes, fetch/private_address for an http(s) host on a
         private address (unless the policy allows it); other errors classified at fetch."""
         check_source(uri, self.policy)
-        return read_bytes(uri, allow_private=self.policy.allow_private, max_bytes=self.max_bytes)
+        data: bytes = read_bytes(
+            uri, allow_private=self.policy.allow_private, max_bytes=self.max_bytes
+        )
+        return data
 
     def alpha(self, uri: str) -> np.ndarray:
         """The alpha matte at uri (ground truth, a prediction) as `load_alpha` gives it."""

@@ -70,11 +70,13 @@ class RefineSettings:
 
 
 def _box(x: np.ndarray, radius: int) -> np.ndarray:
-    return ndimage.uniform_filter(x, size=2 * radius + 1, mode="reflect")
+    boxed: np.ndarray = ndimage.uniform_filter(x, size=2 * radius + 1, mode="reflect")
+    return boxed
 
 
 def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    return resize_plane(x, height, width, Image.Resampling.BILINEAR)
+    resized: np.ndarray = resize_plane(x, height, width, Image.Resampling.BILINEAR)
+    return resized
 
 
 def guided_filter(
@@ -104,7 +106,8 @@ def guided_filter(
     out = _resize(_box(b, radius), height, width).copy()
     for c in range(3):
         out += _resize(_box(a[..., c], radius), height, width) * guide[..., c]
-    return np.clip(out, 0.0, 1.0)
+    clipped: np.ndarray = np.clip(out, 0.0, 1.0)
+    return clipped
 
 
 def trimap(alpha: np.ndarray, low: float = 0.05, high: float = 0.95) -> np.ndarray:
@@ -179,7 +182,7 @@ class _RefineFn(beam.DoFn):
         self._settings = settings
         self._clock = clock
 
-    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
+    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput[str, Failed]]:
         s = self._settings
         start = self._clock()
         try:
@@ -210,7 +213,7 @@ class _RefineFn(beam.DoFn):
         )
 
 
-class Refine(beam.PTransform):
+class Refine(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutputsTuple]):
     """Matte -> Matte with the refined alpha, foreground colour and needs_review; failures ->
     tag "failures"."""
 
@@ -219,6 +222,9 @@ class Refine(beam.PTransform):
         self._settings = settings
         self._clock = clock
 
-    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _RefineFn(self._settings, self._clock)
-        return mattes | "Refine" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Refine" >> beam.ParDo(fn).with_outputs(
+            "failures", main="ok"
+        )
+        return outputs

@@ -78,7 +78,8 @@ class Resume:
 
     def state_uri(self, key: str) -> str:
         """Where the state record of output key `key` lives."""
-        return OutputLayout(self.output).state(key)
+        uri: str = OutputLayout(self.output).state(key)
+        return uri
 
     def current(
         self, key: str, source_sha256: str, row_settings: RowSettings = ()

@@ -23,7 +23,7 @@ class _ScoreFn(beam.DoFn):
         self._reader = reader
         self._clock = clock
 
-    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
+    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput[str, Failed]]:
         task = matte.image.task
         if not task.ground_truth_uri:
             yield matte
@@ -42,7 +42,7 @@ class _ScoreFn(beam.DoFn):
         yield dataclasses.replace(matte, scores=values, timings=timings)
 
 
-class Score(beam.PTransform):
+class Score(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutputsTuple]):
     """Matte -> Matte with Scores for rows with ground truth (read by `reader`); failures ->
     tag "failures"."""
 
@@ -51,6 +51,9 @@ class Score(beam.PTransform):
         self._reader = reader or Reader()
         self._clock = clock
 
-    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _ScoreFn(self._reader, self._clock)
-        return mattes | "Score" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Score" >> beam.ParDo(fn).with_outputs(
+            "failures", main="ok"
+        )
+        return outputs

@@ -61,7 +61,7 @@ class Timings:
     @property
     def total_ms(self) -> float:
         """The sum of the stages that ran."""
-        return sum(v for v in dataclasses.astuple(self) if v is not None)
+        return float(sum(v for v in dataclasses.astuple(self) if v is not None))
 
 
 @dataclass(frozen=True)

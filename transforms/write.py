@@ -66,7 +66,8 @@ __all__ = [
 def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """H x W float alpha in [0, 1] -> uint8 or uint16 (rounded)."""
     top = float(np.iinfo(dtype).max)
-    return np.rint(np.clip(alpha, 0.0, 1.0) * top).astype(dtype)
+    quantised: np.ndarray = np.rint(np.clip(alpha, 0.0, 1.0) * top).astype(dtype)
+    return quantised
 
 
 def composite(rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -74,7 +75,8 @@ def composite(rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.
     composite a cutout; same dtype as `rgb`."""
     a = alpha[..., None].astype(np.float32)
     out = rgb.astype(np.float32) * a + np.asarray(background, np.float32) * (1.0 - a)
-    return np.rint(out).astype(rgb.dtype)
+    over: np.ndarray = np.rint(out).astype(rgb.dtype)
+    return over
 
 
 @lru_cache(maxsize=4)
@@ -118,7 +120,7 @@ class _Canvas:
 
     def encode(self, pixels: np.ndarray, fmt: str, metadata: Metadata | None = None) -> bytes:
         """pixels in `fmt` with the run's encoder settings (and the row's metadata)."""
-        return encode(
+        data: bytes = encode(
             pixels,
             fmt,
             self.meta if metadata is None else metadata,
@@ -126,6 +128,7 @@ class _Canvas:
             lossless=self.outputs.lossless,
             compress_level=self.outputs.png_compress_level,
         )
+        return data
 
 
 def _cutout(c: _Canvas) -> bytes:
@@ -151,12 +154,13 @@ def _psd(c: _Canvas) -> bytes:
     # the original layer as shot; the cutout layer with its clean colour
     clean = c.matte.foreground is not None
     framed_original = frame(c.original, c.matte.alpha, c.framing)[0] if clean else c.rgb
-    return encode_psd(
+    data: bytes = encode_psd(
         to_uint8(framed_original),
         quantise_alpha(c.alpha, np.uint8),
         SRGB_ICC,
         cutout=to_uint8(c.rgb),
     )
+    return data
 
 
 class OutputKind(NamedTuple):
@@ -257,7 +261,7 @@ class _WriteFn(beam.DoFn):
         self._reader = reader or Reader()
         self._clock = clock
 
-    def process(self, matte: Matte) -> Iterator[Written | beam.pvalue.TaggedOutput]:
+    def process(self, matte: Matte) -> Iterator[Written | beam.pvalue.TaggedOutput[str, Failed]]:
         task = matte.image.task
         try:
             check_key(task.output_key)  # keys are checked when read; never write outside
@@ -287,7 +291,7 @@ class _WriteFn(beam.DoFn):
         )
 
 
-class WriteOutputs(beam.PTransform):
+class WriteOutputs(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutputsTuple]):
     """Matte -> the selected output files and the row's resume state -> Written; failures ->
     "failures". Background images are read by `reader`."""
 
@@ -306,6 +310,9 @@ class WriteOutputs(beam.PTransform):
         self._resume = resume
         self._reader = reader
 
-    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _WriteFn(self._output, self._outputs, self._framing, self._resume, self._reader)
-        return mattes | "Write" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Write" >> beam.ParDo(fn).with_outputs(
+            "failures", main="ok"
+        )
+        return outputs
