@@ -36,6 +36,7 @@ from matteflow.transforms.settings import (
     with_overrides,
 )
 from matteflow.transforms.sources import DEFAULT_POLICY, SourcePolicy, check_source
+from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = [
@@ -145,10 +146,10 @@ def read_records(uri: str) -> list[dict[str, Any]]:
     kind = _kind(uri)
     if kind == "glob":
         return [{"uri": m.path} for m in FileSystems.match([uri])[0].metadata_list]
-    with FileSystems.open(uri) as f:
-        if kind == "parquet":
-            return list(pq.read_table(f).to_pylist())
-        text = f.read().decode("utf-8-sig")
+    data = read_bytes(uri)  # errors classified (fetch/not_found, ...), transient ones retried
+    if kind == "parquet":
+        return list(pq.read_table(io.BytesIO(data)).to_pylist())
+    text = data.decode("utf-8-sig")
     if kind == "csv":
         return list(csv.DictReader(io.StringIO(text)))
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
