@@ -1,4 +1,4 @@
-"""FetchAndDecode: ImageTask -> DecodedImage (bytes via Beam FileSystems, Pillow, EXIF, sRGB).
+"""FetchAndDecode: ImageTask -> DecodedImage (bytes via the run's Reader, Pillow, EXIF, sRGB).
 
 Formats: whatever Pillow reads (JPEG, PNG, WebP, TIFF, BMP, GIF, AVIF, ...) plus HEIC/HEIF
 through pillow-heif; animated files give their first frame. 16-bit RGB PNG and TIFF, which
@@ -6,7 +6,7 @@ Pillow truncates, are read with imagecodecs and tifffile and keep 16 bits throug
 conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`.
 
 A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
-`skipped` metrics row. Failures leave on the "failures" tag as `Failed` records; no element
+`Skipped` record (a `skipped` metrics row). Failures leave on the "failures" tag as `Failed` records; no element
 kills the bundle.
 """
 
