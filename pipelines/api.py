@@ -8,6 +8,7 @@ encoder, so a cutout here has the pixels of the job's `cutouts/{key}.png`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
 import hashlib
@@ -27,20 +28,22 @@ from PIL import Image
 
 from matteflow.models.registry import check
 from matteflow.pipelines.config import RunConfig, load_config
-from matteflow.pipelines.remove_background import model_handler, process
+from matteflow.pipelines.remove_background import model_handler, process, reader
 from matteflow.transforms.decode import decode
 from matteflow.transforms.failures import InferenceError, MatteflowError, classify
+from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.manifest import ManifestRows, to_task
 from matteflow.transforms.matte import apply_existing_alpha
-from matteflow.transforms.metrics import ok_row
+from matteflow.transforms.metrics import MetricsRow
 from matteflow.transforms.refine import refine_matte
-from matteflow.transforms.settings import KINDS, with_overrides
-from matteflow.transforms.sources import check_source
-from matteflow.transforms.storage import read_bytes
-from matteflow.transforms.types import Failed, ImageTask, Matte
+from matteflow.transforms.settings import KINDS, OutputSettings, with_overrides
+from matteflow.transforms.storage import content_type
+from matteflow.transforms.types import Failed, ImageTask, Matte, Written
 from matteflow.transforms.write import render
 
-__all__ = ["RemoveBackground", "Remover", "Source", "api_config", "remove"]
+__all__ = ["RemoveBackground", "Remover", "Source", "api_config", "cutout_bytes", "remove"]
+
+_NOWHERE = OutputLayout("memory:")  # render's file names when nothing is written
 
 # A path or URI (local, gs://, s3://, http(s)://), encoded image bytes, a PIL image, or an
 # H x W, H x W x 3 or H x W x 4 uint8/uint16 array (sRGB).
@@ -112,6 +115,12 @@ def _encoded(src: Source) -> tuple[str, bytes]:
     raise TypeError(f"{type(src).__name__}: expected a path, URI, bytes, PIL image or array")
 
 
+def _only(outputs: OutputSettings, kind: str) -> OutputSettings:
+    """The settings with one output kind selected."""
+    flags: dict[str, Any] = {k: k == kind for k in KINDS}
+    return dataclasses.replace(outputs, **flags)
+
+
 class Remover:
     """One model, loaded once, for many images (thread-safe: one image at a time runs the model).
 
@@ -138,22 +147,19 @@ class Remover:
         # One worker: torch keeps all of this machine's cores for the one model.
         self._handler = model_handler(self.config, PipelineOptions(["--direct_num_workers=1"]))
         self._model = self._handler.load_model()
+        self._reader = reader(cfg)
         self._lock = threading.Lock()
 
     @property
     def model(self) -> str:
         """The registry name of the loaded model."""
-        return self.config.model.name
+        name: str = self.config.model.name
+        return name
 
     def _read(self, src: Source) -> tuple[str, bytes]:
         if isinstance(src, str | os.PathLike):
             uri = os.fspath(src)
-            check_source(uri, self.config.sources)
-            return uri, read_bytes(
-                uri,
-                allow_private=self.config.sources.allow_private,
-                max_bytes=self.config.decode.max_bytes,
-            )
+            return uri, self._reader.read(uri)  # the run's source policy and size limit
         return _encoded(src)
 
     def matte(self, src: Source, *, key: str = "image") -> Matte:
@@ -220,12 +226,20 @@ class Remover:
             raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
         outputs, framing = with_overrides(self.config.outputs, self.config.framing, row_settings)
         only = dataclasses.replace(
-            outputs,
-            keep_16_bit=keep_16_bit,
-            composite_format=composite_format,
-            **{k: k == kind for k in KINDS},
+            _only(outputs, kind), keep_16_bit=keep_16_bit, composite_format=composite_format
         )
-        return render(self.matte(src), only, framing, "").files[f"{kind}_uri"][1]
+        files = render(self.matte(src), only, framing, _NOWHERE, self._reader).files
+        data: bytes = files[f"{kind}_uri"][1]
+        return data
+
+
+def cutout_bytes(row: MetricsRow) -> bytes:
+    """The encoded cutout a RemoveBackground without output carries in the row's cutout_uri
+    (a data: URI)."""
+    uri = dict(row.uris).get("cutout_uri") or ""
+    if not uri.startswith("data:"):
+        raise ValueError(f"{row.id}: cutout_uri {uri!r} is not a data: URI")
+    return base64.b64decode(uri.partition(",")[2])
 
 
 def remove(
@@ -259,10 +273,12 @@ class _ToTaskFn(beam.DoFn):
 
 
 class _RenderFn(beam.DoFn):
-    """Matte -> an ok result record carrying the encoded cutout (`cutout`), nothing written."""
+    """Matte -> Written with nothing written: its `cutout_uri` is a data: URI holding the
+    encoded cutout."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self._cfg = cfg
+        self._reader = reader(cfg)
 
     def process(self, matte: Matte) -> Iterator[Any]:
         task = matte.image.task
@@ -270,36 +286,43 @@ class _RenderFn(beam.DoFn):
             outputs, framing = with_overrides(
                 self._cfg.outputs, self._cfg.framing, dict(task.settings)
             )
-            only = dataclasses.replace(outputs, **{k: k == "cutout" for k in KINDS})
-            files, width, height = render(matte, only, framing, "")
+            only = _only(outputs, "cutout")
+            files, width, height = render(matte, only, framing, _NOWHERE, self._reader)
         except Exception as err:
             failure = classify(err, "write", task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
         data = files["cutout_uri"][1]
-        yield {**ok_row(matte, {}, len(data), matte.timings_ms, (width, height)), "cutout": data}
+        uri = f"data:{content_type(f'x.{only.extension}')};base64,{base64.b64encode(data).decode()}"
+        yield Written(matte, {"cutout_uri": uri}, len(data), width, height)
 
 
-class _Render(beam.PTransform):
-    """Matte -> an ok record carrying the encoded cutout; failures -> "failures"."""
+class _Render(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutputsTuple]):
+    """Matte -> Written carrying the encoded cutout; failures -> "failures"."""
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
         self._cfg = cfg
 
-    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _RenderFn(self._cfg)
-        return mattes | "Render" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Render" >> beam.ParDo(fn).with_outputs(
+            "failures", main="ok"
+        )
+        return outputs
 
 
-class RemoveBackground(beam.PTransform):
+class RemoveBackground(
+    beam.PTransform[beam.pvalue.PCollection[Any], beam.pvalue.PCollection[MetricsRow]]
+):
     """PCollection of URIs (str) or manifest rows (dicts: `uri`, optional `id`, `output_key`,
-    `ground_truth_uri` and the row settings) -> PCollection of result records: one metrics row
-    (a dict with the README's metrics columns) per input, status ok | skipped | failed.
+    `ground_truth_uri` and the row settings) -> PCollection of MetricsRow, one per input (the
+    job's metrics row, README "Metrics schema"), status ok | skipped | failed.
 
     With `output` (a local folder, gs:// or s3:// prefix) the outputs are written as the job
     writes them, with resume: rows whose outputs are current come back `skipped`. Without it,
-    nothing is written and each ok record also carries `cutout`, the encoded cutout bytes.
+    nothing is written and each ok row's `cutout_uri` is a data: URI holding the encoded cutout
+    (`cutout_bytes(row)` gives the bytes).
     `model`, `profile` and `settings` as for `remove`. Ids are not checked for uniqueness
     across the collection: give each row its own `id` or `output_key`.
     """
@@ -316,9 +339,12 @@ class RemoveBackground(beam.PTransform):
         cfg = api_config(model, profile, **settings)
         self._cfg = dataclasses.replace(cfg, output=output or "")
 
-    def expand(self, items: beam.PCollection) -> beam.PCollection:
+    def expand(self, items: beam.pvalue.PCollection[Any]) -> beam.pvalue.PCollection[MetricsRow]:
         cfg = self._cfg
         tasks = items | "ToTasks" >> beam.ParDo(_ToTaskFn(cfg)).with_outputs("failures", main="ok")
         write = None if cfg.output else _Render(cfg)  # None: the job's WriteOutputs
         manifest = ManifestRows(tasks.ok, tasks.failures)
-        return process(manifest, cfg, items.pipeline.options, write).rows
+        rows: beam.pvalue.PCollection[MetricsRow] = process(
+            manifest, cfg, items.pipeline.options, write
+        ).rows
+        return rows

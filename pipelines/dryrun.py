@@ -20,10 +20,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from matteflow.models.registry import get_spec
-from matteflow.pipelines.config import RunConfig
+from matteflow.models.registry import RegistryError, get_spec
+from matteflow.models.weights import WeightsError
+from matteflow.pipelines.config import ConfigError, RunConfig
+from matteflow.pipelines.options import RunnerKind
 from matteflow.pipelines.progress import LOCAL_WORKERS
+from matteflow.pipelines.remove_background import PreflightError, parse_config, preflight
 from matteflow.transforms.failures import MatteflowError
 from matteflow.transforms.manifest import count_rows, is_glob, resolve_uri, to_task
 from matteflow.transforms.storage import exists
@@ -169,22 +173,12 @@ def dry_run(cfg: RunConfig) -> DryRun:
 def main(argv: list[str]) -> int:
     """CLI entry of --dry-run: 0 when the run could start, 2 when it could not (the reason on
     stderr); rows that would fail are listed but do not change the exit code."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    from matteflow.models.registry import RegistryError
-    from matteflow.models.weights import WeightsError
-    from matteflow.pipelines.config import ConfigError
-    from matteflow.pipelines.remove_background import (
-        PreflightError,
-        configure,
-        is_remote,
-        preflight,
-    )
-
     try:
-        cfg, options = configure(argv)
+        cfg, _ = parse_config(argv)
+        options = PipelineOptions([*cfg.beam.args, *argv])  # as `launch` makes them
+        FileSystems.set_options(options)
         streaming = options.view_as(StandardOptions).streaming
-        preflight(cfg, not is_remote(options), streaming=streaming)
+        preflight(cfg, RunnerKind.of(options).model_here, streaming=streaming)
         report = dry_run(cfg)
     except (ConfigError, PreflightError, RegistryError, WeightsError) as err:
         print(f"matteflow: cannot start: {err}", file=sys.stderr)

@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_provision_api_pb2
@@ -24,7 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from matteflow.transforms.metrics import set_progress_listener
+from matteflow.transforms.metrics import MetricsRow, set_progress_listener
 
 __all__ = [
     "LOCAL_WORKERS",
@@ -84,10 +83,10 @@ class _Tally:
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: MetricsRow) -> None:
         with self.lock:
             self.done += 1
-            self.failed += row["status"] == "failed"
+            self.failed += row.status == "failed"
 
     def line(self) -> str:
         """`done/total rows (pct), rate, ETA, failed` as one plain line."""
@@ -150,7 +149,7 @@ def progress_bar(total: int, enabled: bool) -> Iterator[None]:
     with Progress(*columns) as bar:
         task = bar.add_task("images", total=total, rate="-", failed=0)
 
-        def advance(row: dict[str, Any]) -> None:
+        def advance(row: MetricsRow) -> None:
             tally.add(row)
             with tally.lock:
                 bar.update(task, completed=tally.done, failed=tally.failed)

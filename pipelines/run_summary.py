@@ -3,24 +3,13 @@ model's licence class, from its run.json summary."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
-
-import pyarrow as pa
 
 from matteflow.models.registry import get_spec
 
-__all__ = ["failure_codes", "summary_lines"]
+__all__ = ["summary_lines"]
 
 _TOP_CODES = 5
-
-
-def failure_codes(table: pa.Table) -> dict[str, int]:
-    """Failed rows by `stage/code`, most frequent first (ties by name)."""
-    stages = table.column("error_stage").to_pylist()
-    codes = table.column("error_code").to_pylist()
-    counted = Counter(f"{s}/{c}" for s, c in zip(stages, codes, strict=True) if c)
-    return dict(sorted(counted.items(), key=lambda item: (-item[1], item[0])))
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

@@ -90,7 +90,7 @@ def create_server(settings: ServerSettings) -> FastAPI:
     """The service's app: the model starts loading and the job worker starts."""
     secret = os.environ.get(SECRET_ENV) or None
     jobs = JobQueue(secret, model=settings.model, profile=settings.profile)
-    app = create_app(
+    app: FastAPI = create_app(
         "matteflow",
         __doc__ or "",
         token=settings.token,
@@ -197,6 +197,7 @@ def create_server(settings: ServerSettings) -> FastAPI:
         job = jobs.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id} on this server")
-        return job.to_json()
+        shown: dict[str, Any] = job.to_json()
+        return shown
 
     return app

@@ -17,8 +17,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 import matteflow
+from matteflow.pipelines.api import cutout_bytes
 from matteflow.pipelines.remove_background import main as run_main
 from matteflow.transforms.failures import MatteflowError
+from matteflow.transforms.metrics import MetricsRow
 from tests.images import adobe_rgb_profile, encode, oriented, pattern
 
 TINY = "tiny-isnet"
@@ -108,11 +110,11 @@ def test_a_bad_image_raises_the_jobs_failure_code() -> None:
 def test_the_transform_in_a_users_pipeline(job: Path, tmp_path: Path) -> None:
     expected = _cutout(job, "plain")
 
-    def outcome(record: dict) -> tuple:  # type: ignore[type-arg]
-        if record["status"] == "ok":
-            same = np.array_equal(_read(io.BytesIO(record["cutout"])), expected)
-            return record["id"], "ok", same
-        return record["id"], record["status"], record["error_code"]
+    def outcome(row: MetricsRow) -> tuple:  # type: ignore[type-arg]
+        if row.status == "ok":
+            same = np.array_equal(_read(io.BytesIO(cutout_bytes(row))), expected)
+            return row.id, "ok", same
+        return row.id, row.status, row.error_code
 
     items = [str(job / "plain.png"), {"uri": str(job / "gone.png"), "id": "gone"}]
     with BeamPipeline(runner="FnApiRunner") as p:
@@ -134,7 +136,7 @@ def test_the_transform_writes_outputs_and_resumes(job: Path, tmp_path_factory, r
             p
             | "Rows" >> beam.Create(rows)
             | "Cutouts" >> matteflow.RemoveBackground(str(out), model=TINY)
-            | "Status" >> beam.Map(lambda r: (r["id"], r["status"]))
+            | "Status" >> beam.Map(lambda r: (r.id, r.status))
         )
         assert_that(statuses, equal_to([("p1", "ok" if run == "first" else "skipped")]))
     written = _read(out / "cutouts" / "shop" / "p1.png")

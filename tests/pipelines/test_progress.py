@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
@@ -15,7 +14,7 @@ from matteflow.pipelines.config import load_config
 from matteflow.pipelines.progress import progress_bar, set_progress_interval
 from matteflow.pipelines.remove_background import build
 from matteflow.pipelines.run_summary import summary_lines
-from matteflow.transforms.metrics import failed_row, set_progress_listener
+from matteflow.transforms.metrics import MetricsRow, metrics_row, set_progress_listener
 from matteflow.transforms.types import Failed, ImageTask
 from tests.images import encode, pattern
 
@@ -39,8 +38,8 @@ def test_rows_are_reported_as_they_are_written(tmp_path: Path) -> None:
     )
     seen: list[tuple[str, int]] = []  # (status, cutouts on disk) at each report
 
-    def listener(row: dict[str, Any]) -> None:
-        seen.append((row["status"], len(list(out.glob("cutouts/*.png")))))
+    def listener(row: MetricsRow) -> None:
+        seen.append((row.status, len(list(out.glob("cutouts/*.png")))))
 
     set_progress_listener(listener)
     try:
@@ -62,7 +61,7 @@ def test_plain_progress_lines_when_stdout_is_not_a_terminal(
     task = ImageTask("x", "x.png", "x")
     try:
         with progress_bar(4, enabled=True):
-            failed_row(Failed(task, "decode", "truncated", "x.png: cut short"))
+            metrics_row(Failed(task, "decode", "truncated", "x.png: cut short"))
             time.sleep(0.3)
     finally:
         set_progress_interval(10)
