@@ -3,7 +3,8 @@
 Formats: whatever Pillow reads (JPEG, PNG, WebP, TIFF, BMP, GIF, AVIF, ...) plus HEIC/HEIF
 through pillow-heif; animated files give their first frame. 16-bit RGB PNG and TIFF, which
 Pillow truncates, are read with imagecodecs and tifffile and keep 16 bits through colour
-conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`.
+conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`. Camera
+RAW files are rendered by LibRaw to 16-bit sRGB (raw.py).
 
 A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
 `skipped` metrics row. Failures leave on the "failures" tag as `Failed` records; no element
@@ -31,6 +32,7 @@ from matteflow.transforms.colour import INTENTS, SIXTEEN_BIT_GREY, to_srgb_rgb, 
 from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
 from matteflow.transforms.metrics import skipped_row
+from matteflow.transforms.raw import RAW_WHITE_BALANCES, is_raw, render_raw
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask
@@ -66,10 +68,19 @@ class DecodeSettings:
     max_bytes: int = 1 << 30
     # ICC rendering intent: perceptual | relative | saturation | absolute
     intent: str = "perceptual"
+    raw_white_balance: str = "camera"  # camera RAW: camera | auto | daylight (see raw.py)
+    raw_exposure: float = 0.0  # camera RAW: stops brighter than LibRaw's rendering, -2..+3
 
     def __post_init__(self) -> None:
         if self.intent not in INTENTS:
             raise ValueError(f"intent: expected one of {', '.join(INTENTS)}, got {self.intent!r}")
+        if self.raw_white_balance not in RAW_WHITE_BALANCES:
+            raise ValueError(
+                f"raw_white_balance: expected one of {', '.join(RAW_WHITE_BALANCES)},"
+                f" got {self.raw_white_balance!r}"
+            )
+        if not -2.0 <= self.raw_exposure <= 3.0:  # LibRaw's exp_shift range, 0.25x..8x
+            raise ValueError(f"raw_exposure: expected -2..3 stops, got {self.raw_exposure}")
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -215,6 +226,8 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
 
     Raises DecodeError: empty, unsupported_format, truncated, corrupt, too_many_pixels.
     """
+    if data and is_raw(task.source_uri, data):
+        return _decode_raw(task, data, settings)
     img, exif, orientation, notes = _open(task.source_uri, data, settings.max_pixels)
     frames = int(getattr(img, "n_frames", 1))
     icc = img.info.get("icc_profile") or None
@@ -247,6 +260,26 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
         icc_description=description,
         exif=exif,
         warnings=notes + colour_notes,
+    )
+
+
+def _decode_raw(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedImage:
+    """A camera RAW rendered by LibRaw (raw.py): 16-bit sRGB, upright; the model gets 8 bits."""
+    raw = render_raw(
+        task.source_uri,
+        data,
+        white_balance=settings.raw_white_balance,
+        exposure=settings.raw_exposure,
+        max_pixels=settings.max_pixels,
+    )
+    rgb16 = orient(raw.rgb16, raw.orientation)
+    return DecodedImage(
+        task=task,
+        rgb=to_uint8(rgb16),
+        rgb16=rgb16,
+        source_format="RAW",
+        bit_depth=16,
+        orientation=raw.orientation,
     )
 
 
