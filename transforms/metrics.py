@@ -82,6 +82,7 @@ SCHEMA = pa.schema(
         ("composite_uri", pa.string()),
         ("color_uri", pa.string()),
         ("psd_uri", pa.string()),
+        ("xcf_uri", pa.string()),
         ("output_width", pa.int32()),
         ("output_height", pa.int32()),
         ("output_bytes", pa.int64()),

@@ -23,7 +23,7 @@ __all__ = [
     "with_overrides",
 ]
 
-KINDS = ("cutout", "mask", "composite", "color", "psd")  # the files a row can get
+KINDS = ("cutout", "mask", "composite", "color", "psd", "xcf")  # the files a row can get
 _CUTOUT_FORMATS = ("png", "webp", "tiff", "avif")
 _COMPOSITE_FORMATS = ("jpeg", "png")
 _HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
@@ -54,6 +54,7 @@ class OutputSettings:
     composite: bool = False  # the subject over `background`, in composite_format
     color: bool = False  # the opaque colour image; with `mask`, a colour + matte pair
     psd: bool = False  # layered PSD: the original, and the cutout with its mask
+    xcf: bool = False  # layered GIMP XCF: the same layers as the PSD
     cutout_format: str = "png"  # png | webp | tiff | avif (also used by `color`)
     keep_16_bit: bool = True  # 16-bit sources give 16-bit PNG/TIFF outputs
     lossless: bool = True  # WebP

@@ -7,6 +7,7 @@ Per row (the run's OutputSettings and FramingSettings, changed by the row's allo
     {output}/composites/{key}.{jpg|png}          the subject over a colour or an image
     {output}/colors/{key}.{ext}                  opaque colour (+ the mask: a colour/matte pair)
     {output}/psd/{key}.psd                       layered: original, and cutout with its mask
+    {output}/xcf/{key}.xcf                       the same layers for GIMP (xcf.py)
 
 Colour is the decontaminated foreground when Refine made one (the PSD's "Original" layer keeps
 the source's). Every file is framed alike, carries the sRGB profile, the source's EXIF (see
@@ -46,6 +47,7 @@ from matteflow.transforms.resume import Resume
 from matteflow.transforms.settings import OutputSettings, background_colour, with_overrides
 from matteflow.transforms.storage import read_bytes, write_atomic
 from matteflow.transforms.types import Failed, ImageTask, Matte
+from matteflow.transforms.xcf import encode_xcf
 
 __all__ = ["Rendered", "WriteOutputs", "composite", "quantise_alpha", "render"]
 
@@ -151,15 +153,15 @@ def render(
         files["composite_uri"] = (uri, encoded(composite(rgb, alpha, background), fmt))
     if outputs.color:
         files["color_uri"] = (f"{prefix}/colors/{key}.{ext}", encoded(rgb, outputs.cutout_format))
-    if outputs.psd:  # the original layer as shot; the cutout layer with its clean colour
+    if outputs.psd or outputs.xcf:  # the original layer as shot; the cutout's clean colour
         framed_original = frame(original, matte.alpha, framing)[0] if clean else rgb
-        data = encode_psd(
-            to_uint8(framed_original),
-            quantise_alpha(alpha, np.uint8),
-            SRGB_ICC,
-            cutout=to_uint8(rgb),
-        )
-        files["psd_uri"] = (f"{prefix}/psd/{key}.psd", data)
+        layers = (to_uint8(framed_original), quantise_alpha(alpha, np.uint8), SRGB_ICC)
+        if outputs.psd:
+            data = encode_psd(*layers, cutout=to_uint8(rgb))
+            files["psd_uri"] = (f"{prefix}/psd/{key}.psd", data)
+        if outputs.xcf:
+            data = encode_xcf(*layers, cutout=to_uint8(rgb))
+            files["xcf_uri"] = (f"{prefix}/xcf/{key}.xcf", data)
     return Rendered(files, rgb.shape[1], rgb.shape[0])
 
 
