@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gimpformats.gimpXcfDocument import GimpDocument
 from gimpformats.GimpLayer import GimpLayer
+from gimpformats.gimpXcfDocument import GimpDocument
 
 from matteflow.transforms.colour import SRGB_ICC
 from matteflow.transforms.xcf import encode_xcf
