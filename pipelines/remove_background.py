@@ -121,6 +121,7 @@ def _resume(cfg: RunConfig) -> Resume:
         cfg.matte,
         cfg.refine,
         cfg.decode.intent,
+        (cfg.decode.raw_white_balance, cfg.decode.raw_exposure),  # camera RAW rendering
         cfg.model.flip_tta,
         cfg.model.inference_size,
     )

@@ -4,7 +4,7 @@ Per row (the run's OutputSettings and FramingSettings, changed by the row's allo
 
     {output}/cutouts/{key}.{png|webp|tif|avif}   RGBA cutout
     {output}/masks/{key}.png                     grey alpha
-    {output}/composites/{key}.{jpg|png}          the subject over a colour or an image
+    {output}/composites/{key}.{jpg|png}          the subject (and its shadow) over a background
     {output}/colors/{key}.{ext}                  opaque colour (+ the mask: a colour/matte pair)
     {output}/psd/{key}.psd                       layered: original, and cutout with its mask
     {output}/xcf/{key}.xcf                       the same layers for GIMP (xcf.py)
@@ -45,6 +45,7 @@ from matteflow.transforms.metrics import ok_row
 from matteflow.transforms.psd import encode_psd
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.settings import OutputSettings, background_colour, with_overrides
+from matteflow.transforms.shadow import cast_shadow, shade
 from matteflow.transforms.storage import read_bytes, write_atomic
 from matteflow.transforms.types import Failed, ImageTask, Matte
 from matteflow.transforms.xcf import encode_xcf
@@ -146,8 +147,19 @@ def render(
             f"{prefix}/masks/{key}.png",
             encoded(alpha_px, "png", Metadata(xmp=xmp)),
         )
+    shadow, shadow_layer = None, None  # composites, PSD and XCF only (shadow.py)
+    if outputs.shadow != "none" and (outputs.composite or outputs.psd or outputs.xcf):
+        shadow = cast_shadow(
+            alpha,
+            outputs.shadow,
+            opacity=outputs.shadow_opacity,
+            blur=outputs.shadow_blur,
+            offset=(outputs.shadow_offset_x, outputs.shadow_offset_y),
+        )
+        shadow_layer = quantise_alpha(shadow, np.uint8)
     if outputs.composite:
         background = _background(outputs.background, rgb.shape[0], rgb.shape[1], rgb.dtype)
+        background = background if shadow is None else shade(background, shadow)
         fmt = outputs.composite_format
         uri = f"{prefix}/composites/{key}.{FORMATS[fmt]}"
         files["composite_uri"] = (uri, encoded(composite(rgb, alpha, background), fmt))
@@ -157,10 +169,10 @@ def render(
         framed_original = frame(original, matte.alpha, framing)[0] if clean else rgb
         layers = (to_uint8(framed_original), quantise_alpha(alpha, np.uint8), SRGB_ICC)
         if outputs.psd:
-            data = encode_psd(*layers, cutout=to_uint8(rgb))
+            data = encode_psd(*layers, cutout=to_uint8(rgb), shadow=shadow_layer)
             files["psd_uri"] = (f"{prefix}/psd/{key}.psd", data)
         if outputs.xcf:
-            data = encode_xcf(*layers, cutout=to_uint8(rgb))
+            data = encode_xcf(*layers, cutout=to_uint8(rgb), shadow=shadow_layer)
             files["xcf_uri"] = (f"{prefix}/xcf/{key}.xcf", data)
     return Rendered(files, rgb.shape[1], rgb.shape[0])
 
