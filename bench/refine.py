@@ -46,9 +46,11 @@ from matteflow.transforms.refine import (
 Item = dict[str, object]
 
 
-def _model_alphas(rows: list[dict[str, str]], data: Path, cache: Path, model: str) -> None:
-    """Cache {id}.npz: the model's alpha at full size, of the image and of its mirror, and the
-    uncertainty of each at the model's resolution."""
+def _model_alphas(
+    rows: list[dict[str, str]], data: Path, cache: Path, model: str, flip: bool = True
+) -> None:
+    """Cache {id}.npz: the model's alpha at full size, of the image and (with `flip`) of its
+    mirror, and the uncertainty of each at the model's resolution."""
     cache.mkdir(parents=True, exist_ok=True)
     todo = [r for r in rows if not (cache / f"{r['id']}.npz").exists()]
     if not todo:
@@ -59,16 +61,14 @@ def _model_alphas(rows: list[dict[str, str]], data: Path, cache: Path, model: st
         rgb = np.array(Image.open(data / row["image"]).convert("RGB"))
         with torch.inference_mode():
             x = preprocess(rgb, loaded.spec, loaded.device)[None]
-            both = loaded(torch.cat([x, x.flip(-1)]))
-        plain, mirrored = both[0], both[1].flip(-1)
-        average = (plain + mirrored) / 2
-        np.savez_compressed(
-            cache / f"{row['id']}.npz",
-            alpha=postprocess(plain, *rgb.shape[:2]),
-            flip=postprocess(average, *rgb.shape[:2]),
-            u=uncertainty(plain[0].numpy()),
-            u_flip=uncertainty(average[0].numpy()),
-        )
+            both = loaded(torch.cat([x, x.flip(-1)]) if flip else x)
+        plain = both[0]
+        arrays = {"alpha": postprocess(plain, *rgb.shape[:2]), "u": uncertainty(plain[0].numpy())}
+        if flip:
+            average = (plain + both[1].flip(-1)) / 2
+            arrays["flip"] = postprocess(average, *rgb.shape[:2])
+            arrays["u_flip"] = uncertainty(average[0].numpy())
+        np.savez_compressed(cache / f"{row['id']}.npz", **arrays)
         print(f"model alpha {i + 1}/{len(todo)}: {row['id']}", flush=True)
 
 
@@ -112,11 +112,22 @@ def main() -> None:
     args = parser.parse_args()
     with (args.data / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
-    _model_alphas(rows, args.data, args.cache / args.model, args.model)
     settings = RefineSettings()
+    variants = _variants(settings)
+    if args.only:
+        words = [w.strip().lower() for w in args.only.split(",")]
+        variants = {
+            name: fn
+            for i, (name, fn) in enumerate(variants.items())
+            if i == 0 or any(w in name.lower() for w in words)
+        }
+    # Without flip TTA among the variants, the model runs once per image, not twice.
+    flip = not args.only or any("flip" in name for name in variants)
+    cache = args.cache / (args.model if flip else f"{args.model}-no-flip")
+    _model_alphas(rows, args.data, cache, args.model, flip)
     items = []
     for row in rows:
-        cached = np.load(args.cache / args.model / f"{row['id']}.npz")
+        cached = np.load(cache / f"{row['id']}.npz")
         rgb = np.asarray(Image.open(args.data / row["image"]).convert("RGB"))
         gt = np.asarray(Image.open(args.data / row["alpha"]).convert("L"), np.float32) / 255
         items.append({"row": row, "rgb": rgb, "gt": gt, **{k: cached[k] for k in cached}})
@@ -127,14 +138,6 @@ def main() -> None:
     print(f"{len(items)} images, {megapixels:.1f} MP")
     header = f"{'iou':>7} {'mae':>7} {'edge_mae':>9} {'vs raw':>7} {'worst cat dIoU':>22}"
     print(f"{'variant':34} {header} {'s/MP':>6}")
-    variants = _variants(settings)
-    if args.only:
-        words = [w.strip().lower() for w in args.only.split(",")]
-        variants = {
-            name: fn
-            for i, (name, fn) in enumerate(variants.items())
-            if i == 0 or any(w in name.lower() for w in words)
-        }
     for name, refine in variants.items():
         seconds, per_image = 0.0, []
         for it in items:
