@@ -54,7 +54,8 @@ def encode_psd(
     # fill the masked-out background back in, both on screen and in the stored composite.
     psd.create_pixel_layer(image, name="Original").visible = False
     if shadow is not None:
-        _check(np.zeros_like(rgb), shadow)
+        if shadow.dtype != np.uint8 or shadow.shape != alpha.shape:
+            raise ValueError(f"shadow: expected {alpha.shape} uint8, got {shadow.shape}")
         black = np.zeros((height, width, 3), np.uint8)
         psd.create_pixel_layer(Image.fromarray(np.dstack([black, shadow])), name="Shadow")
     cut = image if cutout is None else Image.fromarray(cutout)
