@@ -6,9 +6,10 @@ every image size. Two kinds:
 
 - `drop`: the subject's silhouette moved by the offset and blurred, as cast by a light in
   front of and above the subject onto a wall behind it;
-- `contact`: the silhouette squashed to CONTACT_SQUASH of its height and centred on the
-  subject's base line, moved by the offset and blurred: the soft shadow a product standing
-  on a surface casts where it touches it.
+- `contact`: the subject's foot (its silhouette's lowest CONTACT_BAND of its height, as wide
+  as that is in each column) laid as a band of that height centred on the base line, moved
+  by the offset and blurred: the soft shadow a product standing on a surface casts where it
+  touches it (only the foot's width, never the wider parts above it).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CONTACT_SQUASH", "SHADOW_KINDS", "cast_shadow", "check_shadow", "shade"]
+__all__ = ["CONTACT_BAND", "SHADOW_KINDS", "cast_shadow", "check_shadow", "shade"]
 
 SHADOW_KINDS = ("none", "contact", "drop")
-CONTACT_SQUASH = 0.1  # a contact shadow's height, as a share of the subject's
+CONTACT_BAND = 0.05  # a contact shadow's height (and its foot's), as a share of the subject's
 
 
 def check_shadow(kind: str, opacity: float, blur: float) -> None:
@@ -54,13 +55,12 @@ def cast_shadow(
     height = base - top + 1
     dx, dy = offset[0] * height, offset[1] * height
     if kind == "contact":
-        squashed = CONTACT_SQUASH * height
-        # Output row y samples source row base + (y - base - squashed / 2) / squash: the base
-        # line stays in place, the silhouette above it shrinks towards it, then all of it
-        # moves down by half its new height so that it straddles the base.
-        scale = np.array([1.0 / CONTACT_SQUASH, 1.0])
-        shift = np.array([base - (base + squashed / 2 + dy) / CONTACT_SQUASH, -dx])
-        shadow = ndimage.affine_transform(matte, scale, shift, order=1, cval=0.0)
+        band = max(1, round(CONTACT_BAND * height))
+        foot = matte[base - band + 1 : base + 1].max(axis=0)  # coverage of each column
+        shadow = np.zeros_like(matte)
+        first = base - band // 2  # the band straddles the base line
+        shadow[max(first, 0) : max(first + band, 0)] = foot
+        shadow = ndimage.shift(shadow, (dy, dx), order=1, cval=0.0)
     else:
         shadow = ndimage.shift(matte, (dy, dx), order=1, cval=0.0)
     if blur > 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matteflow.transforms.shadow import CONTACT_SQUASH, cast_shadow, check_shadow, shade
+from matteflow.transforms.shadow import CONTACT_BAND, cast_shadow, check_shadow, shade
 
 H, W = 120, 100
 TOP, BASE, LEFT, RIGHT = 20, 79, 30, 69  # the subject: a 60 x 40 box (rows 20..79)
@@ -53,27 +53,22 @@ def test_blurred_drop_shadow_keeps_its_mass_and_centre_inside_the_canvas() -> No
 
 def test_contact_shadow_is_a_thin_band_straddling_the_base_under_the_subject() -> None:
     shadow = cast_shadow(_box(), "contact", opacity=0.6, blur=0.0)
-    band = CONTACT_SQUASH * (BASE - TOP + 1)  # 6 px
-    first, last = _rows(shadow)
-    assert last - first + 1 == pytest.approx(band, abs=1)
-    assert first < BASE < last  # half behind the subject's foot, half in front of it
-    assert _centroid(shadow)[0] == pytest.approx(BASE + 0.5, abs=0.6)
-    columns = np.flatnonzero((shadow > 1e-3).any(axis=0))
-    assert (columns[0], columns[-1]) == (LEFT, RIGHT)  # as wide as the subject
-    assert shadow.max() == pytest.approx(0.6)
+    band = CONTACT_BAND * (BASE - TOP + 1)  # 3 px
+    expected = np.zeros((H, W), np.float32)
+    expected[BASE - 1 : BASE + 2, LEFT : RIGHT + 1] = 0.6  # rows 78..80: half behind the foot
+    assert expected[:, LEFT].sum() == pytest.approx(0.6 * band)
+    np.testing.assert_allclose(shadow, expected, atol=1e-6)
 
 
-def test_contact_shadow_follows_the_silhouette_near_the_base() -> None:
-    # A triangle standing on its point: the base is one column wide, so is the shadow's
-    # bottom row, while its top rows (squashed from the wide top) are wider.
+def test_contact_shadow_is_as_wide_as_the_foot_not_the_wider_top() -> None:
+    # A lamp: a wide shade (columns 20..79) on a narrow stem and foot (columns 45..54).
     alpha = np.zeros((H, W), np.float32)
-    for row in range(TOP, BASE + 1):
-        half = (BASE - row) // 3
-        alpha[row, 50 - half : 51 + half] = 1.0
-    shadow = cast_shadow(alpha, "contact", opacity=1.0, blur=0.0)
-    first, last = _rows(shadow, 0.5)
-    widths = [(shadow[row] > 0.5).sum() for row in (first, last)]
-    assert widths[0] > widths[1]
+    alpha[TOP:50, 20:80] = 1.0
+    alpha[50 : BASE + 1, 45:55] = 1.0
+    shadow = cast_shadow(alpha, "contact", opacity=1.0, blur=0.0, offset=(0.0, 0.05))
+    columns = np.flatnonzero(shadow.any(axis=0))
+    assert (columns[0], columns[-1]) == (45, 54)
+    assert _rows(shadow) == (BASE + 2, BASE + 4)  # moved 0.05 subject heights (3 px) down
 
 
 def test_blurred_contact_shadow_is_softer_but_stays_under_the_subject() -> None:
