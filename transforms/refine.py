@@ -246,7 +246,8 @@ def feather(alpha: np.ndarray, px: float) -> np.ndarray:
     if px <= 0:
         return alpha
     soft = ndimage.gaussian_filter(alpha.astype(np.float32), px / 2, mode="nearest")
-    return np.clip(soft, 0.0, 1.0)
+    clipped: np.ndarray = np.clip(soft, 0.0, 1.0)
+    return clipped
 
 
 def clean_up(alpha: np.ndarray, settings: RefineSettings) -> np.ndarray:

@@ -65,7 +65,8 @@ def cast_shadow(
         shadow = ndimage.shift(matte, (dy, dx), order=1, cval=0.0)
     if blur > 0:
         shadow = ndimage.gaussian_filter(shadow, blur * height, mode="constant", cval=0.0)
-    return np.clip(shadow * opacity, 0.0, opacity).astype(np.float32)
+    out: np.ndarray = np.clip(shadow * opacity, 0.0, opacity).astype(np.float32)
+    return out
 
 
 def shade(background: np.ndarray, shadow: np.ndarray) -> np.ndarray:
