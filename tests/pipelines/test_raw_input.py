@@ -1,6 +1,7 @@
 """Acceptance: a camera RAW through the real job (tiny-isnet, in-process runner) gives an upright
 cutout at the RAW's size, 16 bits kept, whose subject interior matches LibRaw's own sRGB
-rendering of the file (mean CIEDE2000 < 2); a broken RAW is a failed row, not a crash."""
+rendering of the file (mean CIEDE2000 < 2); a broken RAW is a failed row, not a crash. The same
+run writes the XCF and a composite with a contact shadow, as the README's commands do."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     # Decontamination recolours soft pixels on purpose (the tiny model's alpha is soft
     # everywhere); this run checks colour alone.
     argv = ["--manifest", str(manifest), "--output", str(out), "--model", "tiny-isnet"]
-    assert main([*argv, "--set", "refine.decontaminate=false"]) == 0
+    layered = ["outputs.xcf=true", "outputs.composite=true", "outputs.shadow=contact"]
+    sets = [arg for setting in layered for arg in ("--set", setting)]
+    assert main([*argv, "--set", "refine.decontaminate=false", *sets]) == 0
     return out, data
 
 
@@ -69,3 +72,12 @@ def test_broken_raw_is_a_failed_row(run: tuple[Path, bytes]) -> None:
         "decode",
         "corrupt",
     )
+
+
+def test_the_run_writes_the_xcf_and_the_shadowed_composite(run: tuple[Path, bytes]) -> None:
+    out = run[0]
+    rows = {r["id"]: r for r in read_metrics(str(out)).to_pylist()}
+    assert rows["shot"]["xcf_uri"] == str(out / "xcf" / "shot.xcf")
+    assert rows["shot"]["composite_uri"] == str(out / "composites" / "shot.jpg")
+    assert (out / "xcf" / "shot.xcf").read_bytes().startswith(b"gimp xcf v008\0")
+    assert rows["broken"]["xcf_uri"] is None
