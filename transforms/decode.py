@@ -152,8 +152,9 @@ def _riff_cut_short(data: bytes) -> bool:
     return data[:4] == b"RIFF" and len(data) < 8 + int.from_bytes(data[4:8], "little")
 
 
-def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
-    """(the EXIF block outputs keep, the orientation to apply, warnings).
+def _exif(img: Image.Image | Image.Exif) -> tuple[bytes, int, tuple[str, ...]]:
+    """(the EXIF block outputs keep, the orientation to apply, warnings) of an image, or of an
+    EXIF block already parsed.
 
     The block keeps the descriptive first-directory tags and the Exif and GPS directories, not
     a TIFF's own structure (strips, samples, its ICC profile). The orientation tag is removed
@@ -161,7 +162,7 @@ def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
     `orient` does, for every reader alike.
     """
     try:
-        source = img.getexif()
+        source = img if isinstance(img, Image.Exif) else img.getexif()
         orientation = int(source.get(_ORIENTATION_TAG, 1) or 1)
         source.pop(_ORIENTATION_TAG, None)
         kept = Image.Exif()
@@ -273,6 +274,7 @@ def _decode_raw(task: ImageTask, data: bytes, settings: DecodeSettings) -> Decod
         max_pixels=settings.max_pixels,
     )
     rgb16 = orient(raw.rgb16, raw.orientation)
+    exif, _, notes = _raw_exif(data)
     return DecodedImage(
         task=task,
         rgb=to_uint8(rgb16),
@@ -280,7 +282,22 @@ def _decode_raw(task: ImageTask, data: bytes, settings: DecodeSettings) -> Decod
         source_format="RAW",
         bit_depth=16,
         orientation=raw.orientation,
+        exif=exif,
+        warnings=notes,
     )
+
+
+def _raw_exif(data: bytes) -> tuple[bytes, int, tuple[str, ...]]:
+    """`_exif` of a TIFF-shaped RAW (DNG, NEF, CR2, ARW, ...), whose first directory is laid
+    out as EXIF is; nothing for the others (CR3, RAF, ...)."""
+    if data[:4] not in (b"II*\0", b"MM\0*"):
+        return b"", 1, ()
+    source = Image.Exif()
+    try:
+        source.load(data)
+    except Exception:  # Pillow raises many kinds on a malformed directory
+        return b"", 1, ("decode/corrupt_exif",)
+    return _exif(source)
 
 
 class _DecodeFn(beam.DoFn):

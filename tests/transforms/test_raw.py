@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 import rawpy
+from PIL import ExifTags, Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 
 from matteflow.transforms.decode import DecodeSettings, decode
@@ -133,3 +134,11 @@ def test_raw_over_the_pixel_limit_is_refused() -> None:
 def test_raw_settings_are_checked(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         DecodeSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_raw_keeps_its_descriptive_exif_with_orientation_reset() -> None:
+    image = decode(_task(), dng(SCENE, 6), SETTINGS)
+    exif = Image.Exif()
+    exif.load(image.exif)
+    assert (exif[ExifTags.Base.Make], exif[ExifTags.Base.Model]) == ("matteflow", "test camera")
+    assert exif[ExifTags.Base.Orientation] == 1  # applied to the pixels already
