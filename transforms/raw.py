@@ -54,6 +54,9 @@ _FLIP_TO_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
 _DNG_VERSION = 50706
 # Leading bytes of RAW containers that are not TIFF-shaped: CR3 (ISO box), RAF, ORF, RW2.
 _SIGNATURES = (b"FUJIFILMCCD-RAW", b"IIRO", b"IIRS", b"MMOR", b"IIU\0")
+# Leading bytes of formats Pillow reads that no RAW starts with: a JPEG, PNG, GIF or WebP named
+# .dng or .nef goes to Pillow, not to LibRaw.
+_NOT_RAW = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF")
 _SRGB_TONE = (2.4, 12.92)  # LibRaw's gamma (power, toe slope) for the sRGB curve
 
 
@@ -84,7 +87,10 @@ def _is_dng(data: bytes) -> bool:
 
 
 def is_raw(uri: str, data: bytes) -> bool:
-    """Whether `data` is a camera RAW: by its extension, a DNG's tag or a RAW signature."""
+    """Whether `data` is a camera RAW: by its extension, a DNG's tag or a RAW signature (never
+    when it starts as a JPEG, PNG, GIF or WebP does)."""
+    if data.startswith(_NOT_RAW):
+        return False
     name = uri.rsplit("/", 1)[-1].split("?", 1)[0].lower()
     if any(name.endswith(ext) for ext in RAW_EXTENSIONS):
         return True

@@ -94,16 +94,19 @@ def test_raw_exposure_brightens_by_stops() -> None:
         ("mem://noext", b"\0\0\0\x18ftypcrx \0\0\0\1", True),  # CR3 by its brand
         ("mem://a.tif", b"II*\0\x08\0\0\0\0\0", False),  # a TIFF without DNGVersion
         ("mem://a.jpg", b"\xff\xd8\xff\xe0", False),
+        ("mem://mislabelled.nef", b"\xff\xd8\xff\xe0", False),  # a JPEG by its bytes
+        ("mem://mislabelled.dng", b"\x89PNG\r\n\x1a\n", False),
     ],
 )
 def test_raw_is_recognised_by_extension_or_content(uri: str, data: bytes, expected: bool) -> None:
     assert is_raw(uri, data) is expected
 
 
-def test_pillow_formats_do_not_take_the_raw_path() -> None:
+@pytest.mark.parametrize(("uri", "fmt"), [("mem://x.tif", "TIFF"), ("mem://named.dng", "JPEG")])
+def test_pillow_formats_do_not_take_the_raw_path(uri: str, fmt: str) -> None:
     buf = io.BytesIO()
-    pattern().save(buf, "TIFF")
-    assert decode(_task("mem://x.tif"), buf.getvalue(), SETTINGS).source_format == "TIFF"
+    pattern().save(buf, fmt)
+    assert decode(_task(uri), buf.getvalue(), SETTINGS).source_format == fmt
 
 
 @pytest.mark.parametrize(
