@@ -195,7 +195,7 @@ class Remover:
         **row_settings: str,
     ) -> bytes:
         """One output file of the image, encoded as the job writes it: `kind` is one of cutout,
-        mask, composite, color, psd; `row_settings` are a manifest row's (cutout_format,
+        mask, composite, color, psd, xcf (KINDS); `row_settings` are a manifest row's (cutout_format,
         background, framing, canvas); `composite_format` jpeg | png (default: the profile's)."""
         outputs = self.config.outputs
         return self._render(
