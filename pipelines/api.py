@@ -194,9 +194,10 @@ class Remover:
         composite_format: str | None = None,
         **row_settings: str,
     ) -> bytes:
-        """One output file of the image, encoded as the job writes it: `kind` is one of cutout,
-        mask, composite, color, psd, xcf (KINDS); `row_settings` are a manifest row's (cutout_format,
-        background, framing, canvas); `composite_format` jpeg | png (default: the profile's)."""
+        """One output file of the image, encoded as the job writes it: `kind` is one of KINDS
+        (cutout, mask, composite, color, psd, xcf); `row_settings` are a manifest row's
+        (cutout_format, background, framing, canvas); `composite_format` jpeg | png (default:
+        the profile's)."""
         outputs = self.config.outputs
         return self._render(
             src,
