@@ -47,14 +47,30 @@ class ModelSettings:
     inference_size: int = 0  # square side the model runs at (multiple of 32); 0 = the model's
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
     torch_threads: int = 0  # per worker process; 0 = the CPU's cores / worker processes
-    require_commercial_license: bool = False
+    # Licence classes the run may use (permissive | copyleft | non-commercial | unclear);
+    # empty = any. Preflight refuses any other model and names an allowed one.
+    allow_licences: tuple[str, ...] = ()
+    require_commercial_license: bool = False  # alias of allow_licences = ["permissive"]
     flip_tta: bool = False  # also run each image mirrored and average (2x the model's time)
 
     def __post_init__(self) -> None:
+        from matteflow.models.registry import LICENCE_CLASSES
+
+        unknown = set(self.allow_licences) - set(LICENCE_CLASSES)
+        if unknown:
+            raise ValueError(
+                f"allow_licences: {sorted(unknown)} not among {', '.join(LICENCE_CLASSES)}"
+            )
         if self.inference_size % 32:
             raise ValueError(
                 f"inference_size: expected a multiple of 32, got {self.inference_size}"
             )
+
+    @property
+    def licences(self) -> tuple[str, ...]:
+        """The licence classes allowed (empty: any): allow_licences, narrowed to permissive
+        by require_commercial_license."""
+        return ("permissive",) if self.require_commercial_license else self.allow_licences
 
 
 @dataclass(frozen=True)

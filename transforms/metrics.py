@@ -61,6 +61,7 @@ SCHEMA = pa.schema(
         ("warnings", pa.list_(pa.string())),
         ("model", pa.string()),
         ("model_sha256", pa.string()),
+        ("licence_class", pa.string()),  # of the model: permissive | copyleft | ...
         ("device", pa.string()),
         ("dtype", pa.string()),
         ("batch_size", pa.int32()),
@@ -135,6 +136,7 @@ def ok_row(
         warnings=list(image.warnings),
         model=matte.model,
         model_sha256=matte.model_sha256,
+        licence_class=matte.licence_class,
         device=matte.device,
         dtype=matte.dtype,
         batch_size=matte.batch_size,

@@ -7,7 +7,8 @@ uncertainty score.
 - `matting`: closed-form matting (Levin et al. 2008, pymatting) solved only on the unknown band
   of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
 - `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
-  estimator, in tiles), so a cutout over any background shows no halo of the old one.
+  estimator, in tiles), so a cutout over any background shows no halo of the old one; a model
+  that predicts foreground colour itself (RVM) gives them instead.
 - `uncertainty` in [0, 1]: the share of the subject's area (alpha > 0.5 plus the ambiguous band
   0.1 < alpha < 0.9) that is ambiguous, on the model's own output; 1.0 when nothing is found.
   `needs_review` is uncertainty >= `review_threshold`.
@@ -36,6 +37,7 @@ __all__ = [
     "decontaminate",
     "guided_filter",
     "matting",
+    "predicted_foreground",
     "trimap",
     "uncertainty",
 ]
@@ -159,12 +161,27 @@ def matting(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out
 
 
+def _edge_band(alpha: np.ndarray) -> np.ndarray:
+    """Where 0 < alpha < 1 (by more than half an 8-bit step): the pixels that mix colours."""
+    return (alpha > 1.0 / 512) & (alpha < 1.0 - 1.0 / 512)
+
+
+def predicted_foreground(rgb: np.ndarray, alpha: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Foreground colours (same dtype as `rgb`) taken from the model's own prediction
+    (H x W x 3 float in [0, 1], e.g. RVM's fgr) where 0 < alpha < 1; other pixels keep `rgb`."""
+    band = _edge_band(alpha)
+    top = float(np.iinfo(rgb.dtype).max)
+    out = rgb.copy()
+    out[band] = np.rint(np.clip(predicted[band], 0.0, 1.0) * top).astype(rgb.dtype)
+    return out
+
+
 def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Foreground colours (same dtype as `rgb`) where 0 < alpha < 1, estimated by pymatting's
     multi-level method tile by tile (bounded memory); other pixels keep `rgb`."""
     import pymatting
 
-    band = (alpha > 1.0 / 512) & (alpha < 1.0 - 1.0 / 512)
+    band = _edge_band(alpha)
     if not band.any() or alpha.size < 2:  # one pixel: nothing to estimate it from
         return rgb
     top = float(np.iinfo(rgb.dtype).max)
@@ -202,7 +219,11 @@ class _RefineFn(beam.DoFn):
                 alpha = guided_filter(colour, alpha, s.guided_radius, s.guided_eps)
             elif s.refine == "matting":
                 alpha = matting(colour, alpha)
-            foreground = decontaminate(colour, alpha) if s.decontaminate else None
+            foreground = None
+            if s.decontaminate and matte.model_foreground is not None:
+                foreground = predicted_foreground(colour, alpha, matte.model_foreground)
+            elif s.decontaminate:
+                foreground = decontaminate(colour, alpha)
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "refine", matte.image.task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(matte.image.task, failure))

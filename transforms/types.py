@@ -74,6 +74,9 @@ class Matte:
     uncertainty: float = 0.0  # ambiguous share of the subject in the model's output (refine.py)
     needs_review: bool = False  # uncertainty at or above the run's review threshold
     foreground: np.ndarray | None = None  # decontaminated colour, same shape/dtype as the source
+    licence_class: str = ""  # of the model that made the alpha (models.toml licence_class)
+    # H x W x 3 float32 in [0, 1]: foreground colour the model itself predicted (RVM's fgr)
+    model_foreground: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
