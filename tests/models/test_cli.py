@@ -120,9 +120,8 @@ def test_verify_of_the_generated_model_has_nothing_to_do() -> None:
 def test_verify_of_an_unknown_model_names_the_known_ones() -> None:
     result = runner.invoke(app, ["models", "verify", "isnet-nope"])
     assert result.exit_code == 1
-    assert "unknown model 'isnet-nope'; known models: isnet-general-use, rvm-mobilenetv3, tiny-isnet, u2netp" in (
-        result.stderr
-    )
+    known = "isnet-general-use, rvm-mobilenetv3, tiny-isnet, u2netp"
+    assert f"unknown model 'isnet-nope'; known models: {known}" in result.stderr
 
 
 # --- convert -------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def test_permissive_only_refuses_unclear_and_copyleft_naming_u2netp(name: str) -
 
 
 def test_isnet_refusal_gives_both_licence_facts() -> None:
-    with pytest.raises(LicenseError, match="AGPL-3.0") as info:
+    with pytest.raises(LicenseError, match=r"AGPL-3\.0") as info:
         check("isnet-general-use", "cpu", "auto", allow_licences=("permissive",))
     assert "xuebinqin/DIS" in str(info.value)
 
