@@ -29,7 +29,7 @@ from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
 from matteflow.transforms.refine import uncertainty
 from matteflow.transforms.types import DecodedImage, Failed, Matte
 
-__all__ = ["MatteModelHandler", "Segment", "postprocess", "preprocess", "row_model"]
+__all__ = ["MatteModelHandler", "ModelSet", "Segment", "postprocess", "preprocess", "row_model"]
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "matteflow.segment"
@@ -89,7 +89,7 @@ def _element_pixels(model: str, size: int, image: DecodedImage) -> int:
     return max(side * side, image.height * image.width)
 
 
-class _Models:
+class ModelSet:
     """The models of one worker process, shared by its threads: the run's, loaded at setup,
     and each model a manifest row names, loaded on first use (one load per process each)."""
 
@@ -106,7 +106,7 @@ class _Models:
             return self._loaded[name]
 
 
-class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", _Models]):
+class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
     """RunInference handler for registry models: the run's model (device, dtype), the square
     size it runs at (`inference_size`, 0 = the model's own) and batching limits; a manifest
     row's `model` setting picks another model for that row (at its own input size).
@@ -144,7 +144,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", _Models]):
         self._allow_licences = allow_licences
         self._flip_tta = flip_tta
 
-    def load_model(self) -> _Models:
+    def load_model(self) -> ModelSet:
         """Load the run's model once per worker process (verified weights); row models follow
         on first use. RunInference itself records the first load's time
         (load_model_latency_milli_secs, in this namespace)."""
@@ -158,7 +158,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", _Models]):
             allow_licences=self._allow_licences,
             threads=self._threads,
         )
-        return _Models(loader, self._model)
+        return ModelSet(loader, self._model)
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
         start = time.perf_counter()
@@ -204,7 +204,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", _Models]):
     def run_inference(
         self,
         batch: Sequence[DecodedImage],
-        model: _Models,
+        model: ModelSet,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Matte | Failed]:
         """Mattes for the batch, its rows grouped by model (one forward pass per model). A

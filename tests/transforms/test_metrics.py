@@ -63,6 +63,7 @@ def _matte(task: ImageTask, alpha: np.ndarray | None = None) -> Matte:
         "float32",
         4,
         timings_ms={"fetch_ms": 1.0, "decode_ms": 2.0},
+        licence_class="permissive",
     )
 
 
@@ -111,6 +112,7 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "warnings": ["decode/corrupt_icc"],
         "model": "tiny-isnet",
         "model_sha256": "a" * 64,
+        "licence_class": "permissive",
         "device": "cpu",
         "dtype": "float32",
         "batch_size": 4,
