@@ -157,3 +157,20 @@ def test_convert_of_a_foreign_onnx_fails_clearly(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert f"error: {src}: 1 Conv nodes, the native network has 119" in result.stderr
     assert not out.exists()
+
+
+def test_convert_takes_the_architecture(tmp_path: Path) -> None:
+    from matteflow.models.u2net import U2NetP
+    from tests.models.conftest import MODELS_DIR
+
+    src = MODELS_DIR / "u2netp.onnx"
+    if not src.is_file():
+        pytest.skip(f"{src} absent: the real model file is needed")
+    out = tmp_path / "u2netp.safetensors"
+    result = runner.invoke(app, ["models", "convert", str(src), str(out), "--arch", "u2netp"])
+    assert result.exit_code == 0, result.output
+    U2NetP().load_state_dict(load_file(str(out)), strict=True)
+    wrong = runner.invoke(
+        app, ["models", "convert", str(src), str(tmp_path / "x"), "--arch", "nope"]
+    )
+    assert wrong.exit_code == 1 and "unknown architecture 'nope'" in wrong.stderr
