@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
+from matteflow.models.registry import LICENCE_CLASSES
 from matteflow.pipelines.options import BeamSettings
 from matteflow.transforms.arrivals import StreamingSettings
 from matteflow.transforms.decode import DecodeSettings
@@ -54,8 +55,6 @@ class ModelSettings:
     flip_tta: bool = False  # also run each image mirrored and average (2x the model's time)
 
     def __post_init__(self) -> None:
-        from matteflow.models.registry import LICENCE_CLASSES
-
         unknown = set(self.allow_licences) - set(LICENCE_CLASSES)
         if unknown:
             raise ValueError(
