@@ -32,7 +32,8 @@ from matteflow.models.registry import load
 from matteflow.transforms.inference import postprocess, preprocess
 from matteflow.transforms.quality import edge_mae, iou, mae
 
-_SHARED = Path(os.environ.get("MATTEFLOW_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
+_HERE = Path(__file__).resolve()
+_SHARED = Path(os.environ.get("MATTEFLOW_SHARED_DIR") or _HERE.parents[2] / "shared")
 _MODELS = ["isnet-general-use", "u2netp", "rvm-mobilenetv3"]
 _IMAGENET = (np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]))
 
