@@ -73,13 +73,13 @@ def _summary(per_image: list[dict[str, Any]], key: str) -> dict[str, dict[str, f
     }
 
 
-def zoo(data: Path, limit: int) -> dict[str, Any]:
+def zoo(data: Path, limit: int, models: list[str], dtype: str) -> dict[str, Any]:
     """Per model: per-image rows and a per-category summary."""
     torch.set_num_threads(1)
     items = _items(data, limit)
     result: dict[str, Any] = {}
-    for name in _MODELS:
-        model = load(name, "cpu", "auto", channels_last=True, threads=1)
+    for name in models:
+        model = load(name, "cpu", dtype, channels_last=True, threads=1)
         rows = []
         for row in items:
             rgb, gt = _load_pair(data, row)
@@ -140,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=_SHARED / "data" / "eval-dev")
     parser.add_argument("--limit", type=int, default=0, help="first N images (0 = all)")
     parser.add_argument("--normalisation", action="store_true")
+    parser.add_argument("--models", nargs="+", default=_MODELS)
+    parser.add_argument("--dtype", default="auto", help="as model.dtype (onnxruntime: float32)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     result = (
-        normalisation(args.data, args.limit) if args.normalisation else zoo(args.data, args.limit)
+        normalisation(args.data, args.limit)
+        if args.normalisation
+        else zoo(args.data, args.limit, args.models, args.dtype)
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
