@@ -69,11 +69,9 @@ def preprocess(
 
 
 def postprocess(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """C x S x S -> H x W (C = 1: alpha) or H x W x C (C = 3: colour) float32 numpy in [0, 1]
-    (bilinear, half-pixel centres)."""
+    """1 x S x S alpha -> H x W float32 numpy in [0, 1] (bilinear, half-pixel centres)."""
     full = F.interpolate(alpha[None], size=(height, width), mode="bilinear", align_corners=False)
-    planes = full[0].clamp_(0.0, 1.0)
-    return planes[0].cpu().numpy() if len(planes) == 1 else planes.permute(1, 2, 0).cpu().numpy()
+    return full[0, 0].clamp_(0.0, 1.0).cpu().numpy()
 
 
 def row_model(image: DecodedImage, default: str) -> str:
@@ -175,9 +173,10 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
             alpha, colour = model.predict(x)
         doubts = [uncertainty(a[0].float().cpu().numpy()) for a in alpha]
         alphas = [postprocess(a, im.height, im.width) for im, a in zip(batch, alpha, strict=True)]
+        # The model's colour stays at its own resolution; Refine upsamples the edge band.
         colours = [
-            None if colour is None else postprocess(colour[i], im.height, im.width)
-            for i, im in enumerate(batch)
+            None if colour is None else colour[i].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            for i in range(len(batch))
         ]
         batch_ms = (time.perf_counter() - start) * 1e3
         mattes = [

@@ -167,12 +167,16 @@ def _edge_band(alpha: np.ndarray) -> np.ndarray:
 
 
 def predicted_foreground(rgb: np.ndarray, alpha: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Foreground colours (same dtype as `rgb`) taken from the model's own prediction
-    (H x W x 3 float in [0, 1], e.g. RVM's fgr) where 0 < alpha < 1; other pixels keep `rgb`."""
+    """Foreground colours (same dtype as `rgb`) taken from the model's own prediction (S x S x 3
+    float in [0, 1] at any size, e.g. RVM's fgr; bilinear to the image's size) where
+    0 < alpha < 1; other pixels keep `rgb`."""
     band = _edge_band(alpha)
+    height, width = alpha.shape
     top = float(np.iinfo(rgb.dtype).max)
     out = rgb.copy()
-    out[band] = np.rint(np.clip(predicted[band], 0.0, 1.0) * top).astype(rgb.dtype)
+    for c in range(3):
+        plane = resize_plane(predicted[..., c], height, width, Image.Resampling.BILINEAR)
+        out[..., c][band] = np.rint(np.clip(plane[band], 0.0, 1.0) * top).astype(rgb.dtype)
     return out
 
 

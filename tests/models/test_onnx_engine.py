@@ -95,3 +95,23 @@ def test_cpu_provider_and_a_clear_cuda_refusal() -> None:
 def test_onnxruntime_models_compute_in_float32_only() -> None:
     with pytest.raises(RegistryError, match="float32 only; dtype 'bfloat16' asked"):
         check("rvm-mobilenetv3", "cpu", "bfloat16")
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("real_model_path")
+def test_rvm_colour_reaches_the_cutout_colours_through_the_handler() -> None:
+    from matteflow.transforms.inference import MatteModelHandler
+    from matteflow.transforms.refine import RefineSettings, _RefineFn, predicted_foreground
+    from matteflow.transforms.types import DecodedImage, ImageTask, Matte
+
+    rgb = _image(PORTRAITS[0])
+    image = DecodedImage(ImageTask("p", "mem://p.png", "p"), rgb, "PNG")
+    handler = MatteModelHandler("rvm-mobilenetv3", max_batch_pixels=1, torch_threads=1)
+    [matte] = handler.run_inference([image], handler.load_model())
+    assert isinstance(matte, Matte) and matte.licence_class == "copyleft"
+    assert matte.model_foreground is not None and matte.model_foreground.shape == (1024, 1024, 3)
+    [refined] = _RefineFn(RefineSettings(refine="none")).process(matte)
+    assert isinstance(refined, Matte) and refined.foreground is not None
+    expected = predicted_foreground(rgb, matte.alpha, matte.model_foreground)
+    assert np.array_equal(refined.foreground, expected)
+    assert not np.array_equal(refined.foreground, rgb)  # the edge band took the model's colour

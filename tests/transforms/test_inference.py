@@ -386,11 +386,3 @@ def test_preprocess_lanczos_and_divide_by_max() -> None:
     # Divided by the image's own maximum (200), not 255.
     assert torch.allclose(x[0], torch.full((64, 64), 0.5), atol=1e-6)
     assert torch.allclose(x[2], torch.full((64, 64), 1.0), atol=1e-6)
-
-
-def test_postprocess_of_colour_is_h_by_w_by_3() -> None:
-    colour = torch.rand(3, 8, 8)
-    out = postprocess(colour, 5, 7)
-    assert out.shape == (5, 7, 3) and out.dtype == np.float32
-    flat = postprocess(torch.full((3, 8, 8), 0.25), 5, 7)
-    assert np.allclose(flat, 0.25)

@@ -542,6 +542,15 @@ def test_predicted_foreground_replaces_colour_on_the_soft_band_only() -> None:
     assert np.array_equal(sixteen[band], np.rint(fg[band] * 65535).astype(np.uint16))
 
 
+def test_predicted_foreground_at_the_models_resolution_is_upsampled() -> None:
+    alpha, _, image = _composite(40, 50, 20, 25, 12)
+    flat = np.empty((16, 16, 3), np.float32)
+    flat[...] = (0.2, 0.6, 1.0)  # a flat colour upsamples to itself
+    out = predicted_foreground(_u8(image), alpha, flat)
+    band = (alpha > 1 / 512) & (alpha < 1 - 1 / 512)
+    assert np.array_equal(out[band], np.broadcast_to(np.uint8([51, 153, 255]), out[band].shape))
+
+
 @pytest.mark.parametrize("decon", [True, False])
 def test_dofn_takes_the_models_foreground_over_the_estimate(decon: bool) -> None:
     matte, _ = _scene_matte()
