@@ -4,9 +4,12 @@ fixed-batch graph runs image by image; threads and providers follow one policy."
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -115,3 +118,91 @@ def test_rvm_colour_reaches_the_cutout_colours_through_the_handler() -> None:
     expected = predicted_foreground(rgb, matte.alpha, matte.model_foreground)
     assert np.array_equal(refined.foreground, expected)
     assert not np.array_equal(refined.foreground, rgb)  # the edge band took the model's colour
+
+
+# --- a tiny graph of our own: the engine's contract without the real files ----------------
+
+
+def _tiny_graph(path: Path) -> str:
+    """src N x 3 x H x W and a constant `gain` [1] -> pha = sigmoid(gain * mean over channels),
+    fgr = 1 - src. Returns its sha256."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["src"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["m", "gain"], ["g"]),
+        helper.make_node("Sigmoid", ["g"], ["pha"]),
+        helper.make_node("Sub", ["one", "src"], ["fgr"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("src", TensorProto.FLOAT, ["n", 3, "h", "w"]),
+            helper.make_tensor_value_info("gain", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("fgr", TensorProto.FLOAT, ["n", 3, "h", "w"]),
+            helper.make_tensor_value_info("pha", TensorProto.FLOAT, ["n", 1, "h", "w"]),
+        ],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def tiny_onnx(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    sha = _tiny_graph(folder / "tiny.onnx")
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(folder))
+    spec = dataclasses.replace(
+        get_spec("rvm-mobilenetv3"),
+        name="tiny-onnx",
+        input_size=32,
+        file="tiny.onnx",
+        sha256=sha,
+        sources=(),
+        constants=(("gain", (4.0,)),),
+    )
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    return spec.name
+
+
+def test_the_engine_feeds_constants_and_reads_the_named_outputs(tiny_onnx: str) -> None:
+    model = load(tiny_onnx, "cpu", "auto", threads=1)
+    assert isinstance(model.network, OnnxSession) and not model.network.one_at_a_time
+    x = torch.rand(3, 3, 32, 32)
+    alpha, colour = model.predict(x)
+    expected = torch.sigmoid(4.0 * x.mean(dim=1, keepdim=True))
+    torch.testing.assert_close(alpha, expected, rtol=0, atol=1e-6)
+    assert colour is not None
+    torch.testing.assert_close(colour, 1 - x, rtol=0, atol=1e-6)
+    assert model.weights_sha256 == model.spec.sha256
+
+
+def test_a_graph_without_the_named_output_is_refused(tiny_onnx: str) -> None:
+    spec = dataclasses.replace(get_spec(tiny_onnx), output="alpha_out")
+    with pytest.raises(ValueError, match=r"the graph has no input or output \['alpha_out'\]"):
+        OnnxSession(
+            Path(os.environ["MATTEFLOW_MODEL_PATH"]) / "tiny.onnx", spec, torch.device("cpu")
+        )
+
+
+def test_the_handler_runs_an_onnxruntime_model_like_a_torch_one(tiny_onnx: str) -> None:
+    from matteflow.transforms.inference import MatteModelHandler
+    from matteflow.transforms.types import DecodedImage, ImageTask, Matte
+
+    rgb = np.zeros((11, 17, 3), np.uint8)
+    image = DecodedImage(ImageTask("a", "mem://a.png", "a"), rgb, "PNG")
+    handler = MatteModelHandler(tiny_onnx, max_batch_pixels=10_000, torch_threads=1)
+    [matte] = handler.run_inference([image], handler.load_model())
+    assert isinstance(matte, Matte)
+    assert matte.alpha.shape == (11, 17)
+    np.testing.assert_allclose(matte.alpha, 0.5, atol=1e-6)  # sigmoid(4 * 0)
+    assert matte.model_foreground is not None
+    np.testing.assert_allclose(matte.model_foreground, 1.0, atol=1e-6)  # 1 - black
+    assert (matte.dtype, matte.licence_class) == ("float32", "copyleft")
