@@ -83,7 +83,7 @@ class OnnxSession:
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         names = [self.alpha, *([self.foreground] if self.foreground else [])]
-        return self.session.run(names, {self.input: x, **self.constants})  # type: ignore[no-any-return]
+        return self.session.run(names, {self.input: x, **self.constants})
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = batch.detach().float().cpu().numpy()
