@@ -83,7 +83,14 @@ class OnnxSession:
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         names = [self.alpha, *([self.foreground] if self.foreground else [])]
-        return self.session.run(names, {self.input: x, **self.constants})
+        try:
+            return self.session.run(names, {self.input: x, **self.constants})
+        except Exception as err:
+            # onnxruntime's allocation failures are no RuntimeError or MemoryError; say what they
+            # are, so that the handler splits the batch and classifies a lone image as oom.
+            if "failed to allocate memory" in str(err).lower():
+                raise MemoryError(f"onnxruntime: {err}") from err
+            raise
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = batch.detach().float().cpu().numpy()

@@ -206,3 +206,22 @@ def test_the_handler_runs_an_onnxruntime_model_like_a_torch_one(tiny_onnx: str) 
     assert matte.model_foreground is not None
     np.testing.assert_allclose(matte.model_foreground, 1.0, atol=1e-6)  # 1 - black
     assert (matte.dtype, matte.licence_class) == ("float32", "copyleft")
+
+
+def test_an_onnxruntime_allocation_failure_is_a_memory_error(
+    tiny_onnx: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from matteflow.transforms.failures import is_oom
+
+    model = load(tiny_onnx, "cpu", "auto", threads=1)
+    assert isinstance(model.network, OnnxSession)
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise RuntimeException("Failed to allocate memory for requested buffer of size 1024")
+
+    monkeypatch.setattr(model.network.session, "run", exhausted)
+    with pytest.raises(MemoryError, match="onnxruntime: Failed to allocate memory") as info:
+        model(torch.rand(1, 3, 32, 32))
+    assert is_oom(info.value)
