@@ -158,3 +158,36 @@ def test_models_add_refuses_a_file_that_does_not_match_its_sha256(
     assert result.exit_code == 1
     assert "sha256 is" in result.stderr and f"not {U2NETP_SHA} as given" in result.stderr
     assert not (scratch_registry / "models.toml").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_all_three_models_in_one_job_through_the_cli(real_weights: None, tmp_path: Path) -> None:
+    # The catalog case: people to the human matting model, the rest to general models.
+    for name in ("u2netp.onnx", "rvm-mobilenetv3-fp32.onnx"):
+        if not (SHARED_MODELS / name).is_file():
+            pytest.skip(f"{SHARED_MODELS / name} absent")
+    rows = {"dev-dimk-247": "rvm-mobilenetv3", "dev-prod-021": "u2netp", "dev-dimk-036": ""}
+    with (EVAL_DEV / "manifest.csv").open() as f:
+        labelled = {r["id"]: r for r in csv.DictReader(f) if r["id"] in rows}
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "uri", "ground_truth_uri", "model"])
+        for key, model in rows.items():
+            r = labelled[key]
+            writer.writerow([key, EVAL_DEV / r["image"], EVAL_DEV / r["alpha"], model])
+    out = tmp_path / "out"
+    assert main(["--manifest", str(manifest), "--output", str(out)]) == 0
+    got = {r["id"]: r for r in read_metrics(str(out)).to_pylist()}
+    expected = {
+        "dev-dimk-247": ("rvm-mobilenetv3", "copyleft", "float32"),
+        "dev-prod-021": ("u2netp", "permissive", None),
+        "dev-dimk-036": ("isnet-general-use", "unclear", None),
+    }
+    for key, (model, licence, dtype) in expected.items():
+        row = got[key]
+        assert row["status"] == "ok", row["error_message"]
+        assert (row["model"], row["licence_class"]) == (model, licence)
+        assert dtype is None or row["dtype"] == dtype
+        assert row["iou"] > 0.8, (key, row["iou"])  # each model finds its subject
