@@ -24,13 +24,7 @@ from torch import nn
 
 from matteflow.models.architectures import ArchitectureError, architectures, get_architecture
 from matteflow.models.onnx_engine import OnnxSession, onnx_providers
-from matteflow.models.weights import (
-    WeightsError,
-    fetch_file,
-    find_file,
-    native_weights,
-    sha256_file,
-)
+from matteflow.models.weights import native_weights, sha256_file, source_file
 
 __all__ = [
     "DTYPES",
@@ -424,12 +418,7 @@ def prepare(spec: ModelSpec, allow_fetch: bool = True) -> Path | None:
         return None
     if spec.engine == "torch":
         return native_weights(spec, allow_fetch=allow_fetch)
-    path, notes = find_file(spec)
-    if path is not None:
-        return path
-    if not allow_fetch:
-        raise WeightsError(f"model {spec.name!r}: no verified copy of {spec.file}: {notes}")
-    return fetch_file(spec, notes)
+    return source_file(spec, allow_fetch=allow_fetch)
 
 
 def _random_digest(network: nn.Module) -> str:

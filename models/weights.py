@@ -34,6 +34,7 @@ __all__ = [
     "find_file",
     "native_weights",
     "sha256_file",
+    "source_file",
 ]
 
 _CHUNK = 1 << 20
@@ -226,6 +227,17 @@ def _missing_message(spec: ModelSpec, notes: list[str]) -> str:
     )
 
 
+def source_file(spec: ModelSpec, allow_fetch: bool = True) -> Path:
+    """A verified local copy of spec's file: found (model path, cache) or, when `allow_fetch`,
+    fetched into the cache. Raises WeightsError naming every place tried and the fix."""
+    source, notes = find_file(spec)
+    if source is not None:
+        return source
+    if not allow_fetch:
+        raise WeightsError(_missing_message(spec, notes))
+    return fetch_file(spec, notes)
+
+
 def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
     """Path of spec's weights as verified safetensors in the cache, converting on first use.
 
@@ -240,11 +252,7 @@ def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
         and digest_file.read_text().strip() == (sha256_file(out))
     ):
         return out
-    source, notes = find_file(spec)
-    if source is None:
-        if not allow_fetch:
-            raise WeightsError(_missing_message(spec, notes))
-        source = fetch_file(spec, notes)
+    source = source_file(spec, allow_fetch)
     metadata = {"model": spec.name, "source_sha256": spec.sha256}
     convert_onnx(source, out, metadata, arch=spec.arch, width=spec.width)
     tmp = digest_file.with_name(f".{digest_file.name}.{os.getpid()}")

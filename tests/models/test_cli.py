@@ -174,3 +174,18 @@ def test_convert_takes_the_architecture(tmp_path: Path) -> None:
         app, ["models", "convert", str(src), str(tmp_path / "x"), "--arch", "nope"]
     )
     assert wrong.exit_code == 1 and "unknown architecture 'nope'" in wrong.stderr
+
+
+@pytest.mark.usefixtures("no_fetch")
+def test_verify_of_an_onnxruntime_model_without_a_copy_says_where_it_looked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(empty))
+    result = runner.invoke(app, ["models", "verify", "rvm-mobilenetv3"])
+    assert result.exit_code == 1, result.output
+    err = result.stderr
+    assert err.startswith("error: model 'rvm-mobilenetv3': no verified copy")
+    assert f"{empty / 'rvm-mobilenetv3-fp32.onnx'}: not present" in err
+    assert "PyPI registry" in _one_line(err)
