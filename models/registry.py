@@ -65,6 +65,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "resize": ("bilinear", "lanczos"),
     "divide_by": ("255", "max"),
     "output_norm": ("none", "minmax"),
+    "auto_dtype": ("reduced", "float32"),
     "licence_class": LICENCE_CLASSES,
 }
 
@@ -105,6 +106,7 @@ class ModelSpec:
     divide_by: Literal["255", "max"] = "255"
     output: str = "alpha"
     output_norm: Literal["none", "minmax"] = "none"
+    auto_dtype: Literal["reduced", "float32"] = "reduced"
     foreground: str = ""
     input: str = ""
     constants: tuple[tuple[str, Any], ...] = ()
@@ -441,9 +443,10 @@ def load(
     """Build model `name` with verified weights on `device`, computing in `dtype`.
 
     Torch: weights stay float32; dtype bfloat16/float16 runs the forward pass under autocast,
-    and "auto" picks one (`resolve_dtype`). Onnxruntime: float32, `threads` intra-op threads
-    per session (0: this machine's cores). Raises what `check` raises, and WeightsError when
-    no verified weights can be had.
+    and "auto" picks one (`resolve_dtype`), or float32 for a spec whose `auto_dtype` says so
+    (reduced precision measured to cost it accuracy). Onnxruntime: float32, `threads`
+    intra-op threads per session (0: this machine's cores). Raises what `check` raises, and
+    WeightsError when no verified weights can be had.
     """
     spec = check(name, device, dtype, allow_licences=allow_licences)
     target = torch.device(device)
@@ -452,6 +455,7 @@ def load(
         assert path is not None  # an onnxruntime spec has format "onnx"
         session = OnnxSession(path, spec, target, threads)
         return LoadedModel(spec, session, target, torch.float32, spec.sha256, False)
+    dtype = "float32" if dtype == "auto" and spec.auto_dtype == "float32" else dtype
     dtype = resolve_dtype(dtype, target)
     network = build_network(spec)
     weights = prepare(spec)

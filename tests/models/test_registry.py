@@ -268,3 +268,12 @@ def test_a_launcher_checks_a_remote_device_by_name_only() -> None:
     assert check("tiny-isnet", "cuda:0", "auto", device_here=False).name == "tiny-isnet"
     with pytest.raises(RegistryError, match="device 'gpu': expected cpu, cuda or cuda:N"):
         check("tiny-isnet", "gpu", "auto", device_here=False)
+
+
+def test_auto_means_float32_for_a_model_that_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = dataclasses.replace(get_spec("tiny-isnet"), name="tiny-fp32", auto_dtype="float32")
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    assert load("tiny-fp32", dtype="auto").dtype_name == "float32"
+    assert load("tiny-fp32", dtype="bfloat16").dtype_name == "bfloat16"  # asked for: honoured
+    assert get_spec("u2netp").auto_dtype == "float32"
+    assert get_spec("isnet-general-use").auto_dtype == "reduced"
