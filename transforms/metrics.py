@@ -136,7 +136,7 @@ def ok_row(
         warnings=list(image.warnings),
         model=matte.model,
         model_sha256=matte.model_sha256,
-        licence_class=matte.licence_class,
+        licence_class=matte.licence_class or None,
         device=matte.device,
         dtype=matte.dtype,
         batch_size=matte.batch_size,
