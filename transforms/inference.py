@@ -20,14 +20,14 @@ import apache_beam as beam
 import numpy as np
 import torch
 import torch.nn.functional as F
+from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
 from matteflow.transforms.failures import inference_failure, is_oom, redact
-from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
-from matteflow.transforms.refine import uncertainty
-from matteflow.transforms.types import DecodedImage, Failed, Matte
+from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
+from matteflow.transforms.types import Clock, DecodedImage, Failed, Matte, elapsed_ms
 
 __all__ = ["MatteModelHandler", "ModelSet", "Segment", "postprocess", "preprocess", "row_model"]
 
@@ -53,7 +53,7 @@ def preprocess(
     else:
         factors = tuple(max(1, side // (2 * size)) for side in (rgb.shape[1], rgb.shape[0]))
         if factors != (1, 1):
-            rgb = np.array(Image.fromarray(rgb).reduce(factors))  # type: ignore[arg-type]
+            rgb = np.array(Image.fromarray(rgb).reduce(factors))
     x = torch.from_numpy(np.ascontiguousarray(rgb))
     if device.type == "cuda":
         x = x.pin_memory()
@@ -84,7 +84,7 @@ def _element_pixels(model: str, size: int, image: DecodedImage) -> int:
     a row's own model at its input size) and its full-res alpha."""
     name = row_model(image, model)
     side = size if name == model else get_spec(name).input_size
-    return max(side * side, image.height * image.width)
+    return max(side * side, int(image.height) * int(image.width))
 
 
 class ModelSet:
@@ -123,6 +123,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         torch_threads: int = 0,
         allow_licences: tuple[str, ...] = (),
         flip_tta: bool = False,
+        clock: Clock = time.perf_counter,
     ) -> None:
         spec = get_spec(model)
         self._size = inference_size or spec.input_size
@@ -141,6 +142,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         self._threads = torch_threads
         self._allow_licences = allow_licences
         self._flip_tta = flip_tta
+        self._clock = clock
 
     def load_model(self) -> ModelSet:
         """Load the run's model once per worker process (verified weights); row models follow
@@ -159,7 +161,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         return ModelSet(loader, self._model)
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
-        start = time.perf_counter()
+        start = self._clock()
         size = self._size if model.spec.name == self._model else model.spec.input_size
         x = torch.stack([preprocess(im.rgb, model.spec, model.device, size) for im in batch])
         if self._flip_tta:  # the mirrored images in the same batch, averaged back
@@ -178,7 +180,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
             None if colour is None else colour[i].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
             for i in range(len(batch))
         ]
-        batch_ms = (time.perf_counter() - start) * 1e3
+        batch_ms = elapsed_ms(start, self._clock())
         mattes = [
             Matte(
                 image=image,
@@ -188,16 +190,16 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
                 device=str(model.device),
                 dtype=model.dtype_name,
                 batch_size=len(batch),
-                timings_ms={**image.timings_ms, "infer_ms": batch_ms / len(batch)},
+                timings=image.timings.add(infer_ms=batch_ms / len(batch)),
                 uncertainty=doubt,
                 licence_class=model.spec.licence_class,
                 model_foreground=c,
             )
             for image, a, doubt, c in zip(batch, alphas, doubts, colours, strict=True)
         ]
-        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
-        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
-        beam.metrics.Metrics.counter(_NAMESPACE, "images").inc(len(batch))
+        Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
+        Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
+        Metrics.counter(_NAMESPACE, "images").inc(len(batch))
         return mattes
 
     def run_inference(
@@ -240,7 +242,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
             _LOG.warning(
                 "batch of %d failed (%s); retrying in halves", len(batch), redact(str(err))
             )
-            beam.metrics.Metrics.counter(_NAMESPACE, "batch_splits").inc()
+            Metrics.counter(_NAMESPACE, "batch_splits").inc()
             half = len(batch) // 2
             return [
                 *self._run_split(batch[:half], model),
@@ -258,7 +260,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
 
 def _split(
     result: Matte | Failed, settings: MatteSettings
-) -> Iterable[Matte | beam.pvalue.TaggedOutput]:
+) -> Iterable[Matte | beam.pvalue.TaggedOutput[str, Failed]]:
     if isinstance(result, Failed):
         yield beam.pvalue.TaggedOutput("failures", result)
         return
@@ -267,7 +269,7 @@ def _split(
     yield dataclasses.replace(result, alpha=alpha)  # Beam elements are not changed in place
 
 
-class Segment(beam.PTransform):
+class Segment(beam.PTransform[beam.pvalue.PCollection[DecodedImage], beam.pvalue.DoOutputsTuple]):
     """DecodedImage -> Matte (alpha at full resolution, combined with the source's own
     transparency per `settings`); failures -> tag "failures"."""
 
@@ -276,9 +278,10 @@ class Segment(beam.PTransform):
         self._handler = handler
         self._settings = settings
 
-    def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
+    def expand(self, images: beam.pvalue.PCollection[DecodedImage]) -> beam.pvalue.DoOutputsTuple:
+        outputs: beam.pvalue.DoOutputsTuple = (
             images
             | "RunInference" >> RunInference(self._handler)
             | "Split" >> beam.FlatMap(_split, self._settings).with_outputs("failures", main="ok")
         )
+        return outputs
