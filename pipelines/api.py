@@ -143,7 +143,7 @@ class Remover:
     def _load(self, cfg: RunConfig) -> None:
         self.config = cfg
         m = self.config.model
-        check(m.name, m.device, m.dtype, require_commercial_license=m.require_commercial_license)
+        check(m.name, m.device, m.dtype, allow_licences=m.licences)
         # One worker: torch keeps all of this machine's cores for the one model.
         self._handler = model_handler(self.config, PipelineOptions(["--direct_num_workers=1"]))
         self._model = self._handler.load_model()

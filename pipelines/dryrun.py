@@ -49,7 +49,7 @@ class DryRun:
     seconds_per_image: float | None  # on this machine, one image at a time; None: none timed
     load_s: float
     model: str
-    commercial_use: str  # the registry's licence class: yes | no | unclear
+    licence_class: str  # the registry's: permissive | copyleft | non-commercial | unclear
 
     def lines(self) -> list[str]:
         """A short report for the terminal."""
@@ -57,7 +57,7 @@ class DryRun:
             f"manifest: {self.rows} rows; sources of the first {self.checked} checked,"
             f" {len(self.problems)} would fail",
             *(f"  {p}" for p in self.problems),
-            f"model: {self.model} (commercial use: {self.commercial_use}),"
+            f"model: {self.model} (licence class: {self.licence_class}),"
             f" loaded in {self.load_s:.1f}s",
         ]
         if self.seconds_per_image is None:
@@ -166,7 +166,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
         seconds_per_image=wall / done if done else None,
         load_s=load_s,
         model=cfg.model.name,
-        commercial_use=get_spec(cfg.model.name).commercial_use,
+        licence_class=get_spec(cfg.model.name).licence_class,
     )
 
 

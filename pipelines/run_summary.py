@@ -37,7 +37,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         )
     spec = get_spec(summary["model"]["name"])
     lines.append(
-        f"  model: {spec.name}, commercial use: {spec.commercial_use}"
+        f"  model: {spec.name}, licence class: {spec.licence_class}"
         f" (weights licence: {spec.weights_license})"
     )
     return lines

@@ -107,7 +107,7 @@ def test_a_folder_or_an_expanded_glob_runs(images: Path, tmp_path: Path, given: 
     assert code == 0, output
     summary = json.loads((out / "run.json").read_text())
     assert summary["counts"] == {"ok": 3, "skipped": 0, "failed": 0}
-    assert "model: tiny-isnet, commercial use: yes" in output
+    assert "model: tiny-isnet, licence class: permissive" in output
 
 
 def test_dry_run_counts_checks_and_writes_nothing(images: Path, tmp_path: Path) -> None:

@@ -89,4 +89,4 @@ def test_the_summary_names_failures_by_code_the_review_list_and_the_licence() ->
         " decode/code4 6 (and 2 more codes); every row in gs://b/out/metrics/"
     )
     assert lines[2] == "  review: 2 rows need a look, listed in gs://b/out/review/manifest.csv"
-    assert lines[3].startswith("  model: tiny-isnet, commercial use: yes")
+    assert lines[3].startswith("  model: tiny-isnet, licence class: permissive")
