@@ -82,23 +82,36 @@ def _kind(uri: str) -> str:
     raise ManifestError(f"{uri}: unknown manifest type; use .csv, .jsonl, .parquet or a glob")
 
 
-def _first_line(uri: str) -> str:
+def _first_line(uri: str) -> tuple[str, int]:
+    """The first line that is not blank, and how many lines end with it (blank lines and a
+    byte order mark before a CSV header are not rows; issue 17)."""
     with FileSystems.open(uri) as f:
-        for raw in f:
-            if raw.strip():
-                return str(raw.decode("utf-8-sig"))
-    return ""
+        for number, raw in enumerate(f, start=1):
+            line = str(raw.decode("utf-8-sig")).lstrip("\ufeff")
+            if line.strip():
+                return line, number
+    return "", 0
 
 
 def _columns(uri: str, kind: str) -> list[str]:
     if kind == "csv":
-        return next(csv.reader([_first_line(uri)]), [])
+        return next(csv.reader([_first_line(uri)[0]]), [])
     if kind == "jsonl":
-        line = _first_line(uri)
+        line = _first_line(uri)[0]
         record = json.loads(line) if line else {}
         return list(record) if isinstance(record, dict) else []
     with FileSystems.open(uri) as f:
         return list(pq.read_schema(f).names)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a repeated key is an error, not "the last one wins"."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f"the record repeats key {key!r}")
+        record[key] = value
+    return record
 
 
 def check_manifest(uri: str) -> None:
@@ -120,6 +133,11 @@ def check_manifest(uri: str) -> None:
     if "uri" not in columns:
         shown = ", ".join(map(str, columns)) or "none"
         raise ManifestError(f"{uri}: no `uri` column (columns: {shown})")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ManifestError(
+            f"{uri}: column names repeat: {', '.join(repeated)}; give each column its own name"
+        )
 
 
 def count_rows(uri: str) -> int:
@@ -131,7 +149,7 @@ def count_rows(uri: str) -> int:
         with FileSystems.open(uri) as f:
             return int(pq.read_metadata(f).num_rows)
     with FileSystems.open(uri) as f:
-        lines = sum(1 for raw in f if raw.strip())
+        lines = sum(1 for raw in f if raw.strip(b" \t\r\n\xef\xbb\xbf"))
     return lines - 1 if kind == "csv" and lines else lines
 
 
@@ -244,7 +262,7 @@ class _ParseFn(beam.DoFn):
                     raise ValueError(f"{len(values)} fields, the header has {len(self._header)}")
                 yield dict(zip(self._header, values, strict=True))
             elif self._kind == "jsonl":
-                record = json.loads(item)
+                record = json.loads(item, object_pairs_hook=_unique_keys)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
                 yield record
@@ -330,7 +348,7 @@ class ReadManifest(beam.PTransform):
             return pbegin | "Match" >> fileio.MatchFiles(self._uri)
         if self._kind == "parquet":
             return pbegin | "Parquet" >> beam.io.ReadFromParquet(self._uri)
-        skip = 1 if self._kind == "csv" else 0
+        skip = _first_line(self._uri)[1] if self._kind == "csv" else 0
         return pbegin | "Lines" >> beam.io.ReadFromText(self._uri, skip_header_lines=skip)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ManifestRows:
