@@ -32,7 +32,7 @@ from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
 from matteflow.transforms.metrics import skipped_row
 from matteflow.transforms.resume import Resume
-from matteflow.transforms.storage import read_bytes
+from matteflow.transforms.storage import check_deadline, read_bytes
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask
 
 __all__ = ["DecodeSettings", "FetchAndDecode", "decode", "orient"]
@@ -66,10 +66,15 @@ class DecodeSettings:
     max_bytes: int = 1 << 30
     # ICC rendering intent: perceptual | relative | saturation | absolute
     intent: str = "perceptual"
+    # seconds one row may spend fetching and decoding its source (a byte-a-minute server, a
+    # huge EXIF block); past it the row fails as fetch/timeout or decode/timeout
+    row_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.intent not in INTENTS:
             raise ValueError(f"intent: expected one of {', '.join(INTENTS)}, got {self.intent!r}")
+        if not self.row_timeout_s > 0:
+            raise ValueError(f"row_timeout_s: expected a positive number, got {self.row_timeout_s}")
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -264,11 +269,13 @@ class _DecodeFn(beam.DoFn):
 
     def process(self, task: ImageTask) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput]:
         start = time.perf_counter()
+        deadline = time.monotonic() + self._settings.row_timeout_s
         try:
             data = read_bytes(
                 task.source_uri,
                 allow_private=self._allow_private,
                 max_bytes=self._settings.max_bytes,
+                deadline=deadline,
             )
             fetched = time.perf_counter()
             source_sha256 = hashlib.sha256(data).hexdigest()
@@ -277,6 +284,8 @@ class _DecodeFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("skipped", skipped_row(task, done, source_sha256))
                 return
             image = decode(task, data, self._settings)
+            # Pillow cannot be interrupted: a decode that ran past the deadline fails after it
+            check_deadline(deadline, task.source_uri, "decode")
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "decode", task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
