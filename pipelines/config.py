@@ -46,7 +46,7 @@ class ModelSettings:
     dtype: str = "auto"
     inference_size: int = 0  # square side the model runs at (multiple of 32); 0 = the model's
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
-    torch_threads: int = 0  # per worker process; 0 = the CPU's cores / worker processes
+    torch_threads: int = 0  # of every forward pass on a CPU; 0 = 1 (models/threads.py)
     require_commercial_license: bool = False
     flip_tta: bool = False  # also run each image mirrored and average (2x the model's time)
 

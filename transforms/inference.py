@@ -2,7 +2,9 @@
 
 One model per worker process, shared by its threads (RunInference's shared handle). Batches
 are sized by pixel count; only the model-sized tensor is batched, and each alpha is upsampled
-back to its image's full resolution before it leaves the handler.
+back to its image's full resolution before it leaves the handler. Every batch runs with the
+same torch thread count, set in the thread that runs it (models/threads.py), so an alpha does
+not depend on which worker thread, process or runner computed it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
+from matteflow.models.threads import torch_threads
 from matteflow.transforms.failures import inference_failure, is_oom, redact
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
 from matteflow.transforms.refine import uncertainty
@@ -73,7 +76,8 @@ def _element_pixels(input_size: int, image: DecodedImage) -> int:
 class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel]):
     """RunInference handler for a registry model: (model, device, dtype), the square size the
     model runs at (`inference_size`, 0 = the model's own) and batching limits; `flip_tta` also
-    runs each image mirrored and averages the two alphas."""
+    runs each image mirrored and averages the two alphas. `torch_threads` (> 0, from
+    `models.threads.inference_threads`) is set in whichever thread runs a batch."""
 
     def __init__(
         self,
@@ -84,7 +88,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         max_batch_pixels: int,
         inference_size: int = 0,
         channels_last: bool = False,
-        torch_threads: int = 0,
+        torch_threads: int = 1,
         require_commercial_license: bool = False,
         flip_tta: bool = False,
     ) -> None:
@@ -98,6 +102,8 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             max_batch_size=budget,
             element_size_fn=functools.partial(_element_pixels, self._size),
         )
+        if torch_threads < 1:
+            raise ValueError(f"torch_threads {torch_threads}: expected a positive count")
         self._model = model
         self._device = device
         self._dtype = dtype
@@ -109,8 +115,6 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
     def load_model(self) -> LoadedModel:
         """Load the registry model once per worker process (verified weights). RunInference
         itself records each load's time (load_model_latency_milli_secs, in this namespace)."""
-        if self._threads > 0:
-            torch.set_num_threads(self._threads)
         return load(
             self._model,
             self._device,
@@ -160,7 +164,8 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         if not batch:
             return []
         try:
-            return self._infer(batch, model)
+            with torch_threads(self._threads):  # Beam may run this on any worker thread
+                return self._infer(batch, model)
         except Exception as err:
             if is_oom(err) and model.device.type == "cuda":
                 torch.cuda.empty_cache()

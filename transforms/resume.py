@@ -21,7 +21,7 @@ from matteflow.transforms.storage import exists, read_bytes, write_atomic
 __all__ = ["Resume", "settings_digest"]
 
 RowSettings = tuple[tuple[str, str], ...]
-_FORMAT = 2  # bump when the output bytes change for the same inputs and settings
+_FORMAT = 3  # bump when the output bytes change for the same inputs and settings
 
 
 def _plain(value: Any) -> Any:
