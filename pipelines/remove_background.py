@@ -8,12 +8,9 @@ ReadArrivals (new objects as they land) replaces ReadManifest and metrics are wr
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -24,6 +21,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
+import torch
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
@@ -34,17 +32,20 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from matteflow.models.registry import RegistryError, check, get_spec
+from matteflow.models.registry import RegistryError, check, get_spec, resolve_dtype
+from matteflow.models.threads import inference_threads
 from matteflow.models.weights import WeightsError, native_weights
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
 from matteflow.transforms.arrivals import ReadArrivals
+from matteflow.transforms.csvfile import write_csv
 from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
 from matteflow.transforms.manifest import (
     ManifestError,
     ReadManifest,
+    absolute_uri,
     check_manifest,
     count_rows,
     is_glob,
@@ -61,10 +62,10 @@ __all__ = [
     "PreflightError",
     "TooManyFailures",
     "build",
+    "compute_dtype",
     "main",
     "preflight",
     "run",
-    "worker_torch_threads",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -86,14 +87,14 @@ class Outputs(NamedTuple):
     rows: beam.PCollection
 
 
-def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
-    """Torch threads for each worker: the profile's, else, when the local runner starts several
-    workers (--direct_num_workers, threads or processes), this machine's cores shared among
-    them so that they do not oversubscribe it; 0 leaves torch's default (all cores)."""
-    if cfg.model.torch_threads:
-        return cfg.model.torch_threads
-    workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
-    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+def compute_dtype(cfg: RunConfig, options: PipelineOptions) -> str:
+    """The dtype every forward pass computes in: "auto" resolved here for a run whose model
+    runs on this machine (so the resume fingerprint names what computed the outputs), left
+    to the workers of a remote runner (their CPU or GPU decides)."""
+    device = torch.device(cfg.model.device)
+    if _is_remote(options) or (device.type == "cuda" and not torch.cuda.is_available()):
+        return cfg.model.dtype
+    return resolve_dtype(cfg.model.dtype, device)
 
 
 def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
@@ -102,20 +103,22 @@ def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
     return MatteModelHandler(
         m.name,
         m.device,
-        m.dtype,
+        compute_dtype(cfg, options),
         max_batch_pixels=cfg.batching.max_pixels,
         inference_size=m.inference_size,
         channels_last=m.channels_last,
-        torch_threads=worker_torch_threads(cfg, options),
+        torch_threads=inference_threads(m.torch_threads),
         require_commercial_license=m.require_commercial_license,
         flip_tta=m.flip_tta,
     )
 
 
-def _resume(cfg: RunConfig) -> Resume:
+def _resume(cfg: RunConfig, options: PipelineOptions) -> Resume:
+    # On a CPU the thread count decides a reduced-precision pass's numbers (models/threads.py)
+    threads = inference_threads(cfg.model.torch_threads) if cfg.model.device == "cpu" else 0
     settings = settings_digest(
         get_spec(cfg.model.name),
-        cfg.model.dtype,
+        compute_dtype(cfg, options),
         cfg.outputs,
         cfg.framing,
         cfg.matte,
@@ -123,6 +126,7 @@ def _resume(cfg: RunConfig) -> Resume:
         cfg.decode.intent,
         cfg.model.flip_tta,
         cfg.model.inference_size,
+        {"torch_threads": threads},
     )
     return Resume(cfg.output, settings, force=cfg.force)
 
@@ -130,9 +134,9 @@ def _resume(cfg: RunConfig) -> Resume:
 def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
     """Add the job's steps to p: tasks from the manifest or, streaming, from `arrivals` (new
     objects as they land; their metrics rows are written per window)."""
-    resume = _resume(cfg)
+    resume = _resume(cfg, p.options)
     if arrivals is None:
-        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
+        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources, exclude=cfg.output)
     else:
         manifest = p | "ReadArrivals" >> arrivals
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(
@@ -224,14 +228,22 @@ def _write_review(output: str, table: pa.Table) -> int:
     as a manifest another run (a stronger model, a human tool) can take. Returns the count."""
     rows = [r for r in table.to_pylist() if r["needs_review"]]
     rows.sort(key=lambda r: (-r["uncertainty"], r["id"]))  # ties by id: same list on any runner
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "uri", "output_key", "uncertainty", "cutout_uri", "mask_uri"])
-    for r in rows:
-        uncertain = f"{r['uncertainty']:.4f}"
-        outputs = [r["cutout_uri"] or "", r["mask_uri"] or ""]
-        writer.writerow([r["id"], r["source_uri"], r["output_key"], uncertain, *outputs])
-    write_atomic(f"{output.rstrip('/')}/review/manifest.csv", buf.getvalue().encode())
+    # Local paths absolute: the list resolves from its own folder when fed back (issue 17)
+    write_csv(
+        f"{output.rstrip('/')}/review/manifest.csv",
+        ["id", "uri", "output_key", "uncertainty", "cutout_uri", "mask_uri"],
+        (
+            [
+                r["id"],
+                absolute_uri(r["source_uri"]),
+                r["output_key"],
+                f"{r['uncertainty']:.4f}",
+                absolute_uri(r["cutout_uri"] or ""),
+                absolute_uri(r["mask_uri"] or ""),
+            ]
+            for r in rows
+        ),
+    )
     return len(rows)
 
 
@@ -280,7 +292,7 @@ def _finish(
     counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
     manifest_rows = _counter(result, "matteflow.manifest", "rows")
     if manifest_rows is None:  # a runner without metrics: count the manifest itself
-        manifest_rows = count_rows(cfg.manifest)
+        manifest_rows = count_rows(cfg.manifest, cfg.output)
     failure_rate = counts["failed"] / len(statuses) if statuses else 0.0
     summary = {
         "status": "finished",
@@ -346,7 +358,9 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     runner = local_runner(options) if local else None
     mode = options.view_as(DirectOptions).direct_running_mode
     in_process = local and mode != "multi_processing"
-    with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
+    with progress_bar(
+        count_rows(cfg.manifest, cfg.output) if in_process else 0, enabled=in_process
+    ):
         p = beam.Pipeline(runner=runner, options=options)
         build(p, cfg)
         result = p.run()

@@ -2,11 +2,12 @@
 
 The runner reads the manifest in parallel (text and Parquet splits, or object matches); the
 launcher only checks its header. Column `uri` is required; `id`, `ground_truth_uri` and
-`output_key` are optional; other columns are carried to the metrics row as metadata. Relative
+`output_key` are optional; other columns are carried to the metrics row as metadata; a CSV
+cell that csvfile.neutral_cell prefixed reads as it was. Relative
 URIs resolve against the manifest's folder. Ids default to the path relative to the rows'
-common folder, without extension. A row that cannot become a task (no uri, unsafe output key, a
-source the run may not read, an id or output key shared with another row, unparsable) leaves as
-a `Failed` record.
+common folder, without extension, of the redacted URI (no credentials or tokens). A row that
+cannot become a task (no uri, unsafe output key, a source the run may not read, an id or output
+key shared with another row, unparsable) leaves as a `Failed` record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import posixpath
 import re
 import unicodedata
@@ -25,7 +27,8 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from matteflow.transforms.failures import BadRow, MatteflowError
+from matteflow.transforms.csvfile import restore_cell
+from matteflow.transforms.failures import BadRow, MatteflowError, redact
 from matteflow.transforms.framing import FramingSettings
 from matteflow.transforms.settings import (
     ROW_SETTINGS,
@@ -40,10 +43,12 @@ __all__ = [
     "ManifestError",
     "ManifestRows",
     "ReadManifest",
+    "absolute_uri",
     "check_key",
     "check_manifest",
     "count_rows",
     "is_glob",
+    "outside",
     "resolve_uri",
     "to_task",
 ]
@@ -140,11 +145,22 @@ def check_manifest(uri: str) -> None:
         )
 
 
-def count_rows(uri: str) -> int:
-    """Rows in the manifest, streamed (for progress bars; nothing is kept)."""
+def outside(path: str, prefix: str) -> bool:
+    """True unless `path` lies under the folder `prefix` ("" holds nothing); local paths are
+    compared absolute."""
+    if not prefix:
+        return True
+    folder = absolute_uri(prefix).rstrip("/") + "/"
+    return not absolute_uri(path).startswith(folder)
+
+
+def count_rows(uri: str, exclude: str = "") -> int:
+    """Rows in the manifest, streamed (for progress bars; nothing is kept); a glob's matches
+    under the folder `exclude` do not count."""
     kind = _kind(uri)
     if kind == "glob":
-        return len(FileSystems.match([uri])[0].metadata_list)
+        matches = FileSystems.match([uri])[0].metadata_list
+        return sum(1 for m in matches if outside(m.path, exclude))
     if kind == "parquet":
         with FileSystems.open(uri) as f:
             return int(pq.read_metadata(f).num_rows)
@@ -187,13 +203,23 @@ def resolve_uri(base: str, uri: str) -> str:
     return f"{scheme}://{bucket}/{joined}"
 
 
+def absolute_uri(uri: str) -> str:
+    """uri with a local path made absolute (against the working directory), so that a
+    manifest we write resolves it from its own folder; URIs with a scheme stay as they are."""
+    return uri if not uri or "://" in uri else os.path.abspath(uri)
+
+
 def _folder(uri: str) -> str:
     parent = posixpath.dirname(uri)
     return f"{parent}/" if parent else ""
 
 
 def _row_id(record: dict[str, Any], source: str, folder: str) -> str:
-    """The row's `id`, else its source path below the rows' common folder, no extension."""
+    """The row's `id`, else its source path below the rows' common folder (`folder`, of
+    redacted URIs), no extension. The source is redacted first: user info, query strings and
+    fragments (credentials, signed-URL tokens) never become ids, output names or state names
+    (issue 17, item 12)."""
+    source = redact(source)
     rel = source[len(folder) :] if source.startswith(folder) else source
     return _text(record.get("id")) or posixpath.splitext(rel.lstrip("/"))[0]
 
@@ -260,7 +286,7 @@ class _ParseFn(beam.DoFn):
                 values = next(csv.reader([item]))
                 if len(values) != len(self._header):
                     raise ValueError(f"{len(values)} fields, the header has {len(self._header)}")
-                yield dict(zip(self._header, values, strict=True))
+                yield dict(zip(self._header, map(restore_cell, values), strict=True))
             elif self._kind == "jsonl":
                 record = json.loads(item, object_pairs_hook=_unique_keys)
                 if not isinstance(record, dict):
@@ -335,17 +361,25 @@ class _UniqueFn(beam.DoFn):
 
 class ReadManifest(beam.PTransform):
     """PBegin -> ManifestRows(ok: ImageTask per usable row, failures: Failed per bad row);
-    rows naming sources outside `sources` fail as manifest/source_not_allowed."""
+    rows naming sources outside `sources` fail as manifest/source_not_allowed. A glob's
+    matches under `exclude` (the run's own output prefix) are not rows: a glob over a folder
+    holding the outputs would read them back in, more with each run (issue 17)."""
 
-    def __init__(self, uri: str, sources: SourcePolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self, uri: str, sources: SourcePolicy = DEFAULT_POLICY, *, exclude: str = ""
+    ) -> None:
         super().__init__()
         self._uri = uri
         self._kind = _kind(uri)
         self._sources = sources
+        self._exclude = exclude
 
     def _source(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         if self._kind == "glob":
-            return pbegin | "Match" >> fileio.MatchFiles(self._uri)
+            matches = pbegin | "Match" >> fileio.MatchFiles(self._uri)
+            return matches | "SkipOwnOutputs" >> beam.Filter(
+                lambda m, prefix: outside(m.path, prefix), self._exclude
+            )
         if self._kind == "parquet":
             return pbegin | "Parquet" >> beam.io.ReadFromParquet(self._uri)
         skip = _first_line(self._uri)[1] if self._kind == "csv" else 0
@@ -359,7 +393,7 @@ class ReadManifest(beam.PTransform):
         base = "" if self._kind == "glob" else posixpath.dirname(self._uri)
         folder = (
             parsed.ok
-            | "Uris" >> beam.Map(lambda r: resolve_uri(base, _text(r.get("uri"))))
+            | "Uris" >> beam.Map(lambda r: redact(resolve_uri(base, _text(r.get("uri")))))
             | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())
         )
         tasks = parsed.ok | "Tasks" >> beam.ParDo(

@@ -68,8 +68,7 @@ def check_source(uri: str, policy: SourcePolicy) -> None:
 # IPv6 prefixes whose last 32 bits are an IPv4 address the packet reaches (RFC 6052 NAT64,
 # well-known and local-use; RFC 6145 IPv4-translated; RFC 4291 IPv4-compatible).
 _EMBEDDING_PREFIXES = tuple(
-    ipaddress.ip_network(n)
-    for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
 )
 
 
