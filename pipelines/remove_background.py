@@ -351,7 +351,11 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
     preflight(cfg, not _is_remote(options), streaming=streaming)
     if streaming:
-        return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, mf.subscription))
+        return _start(
+            cfg,
+            options,
+            ReadArrivals(cfg.manifest, cfg.streaming, mf.subscription, exclude=cfg.output),
+        )
     _clear_previous_run(cfg.output)
     if options.view_as(StandardOptions).no_wait_until_finish and not local:
         return _start(cfg, options)

@@ -148,3 +148,14 @@ def test_a_glob_over_the_output_folder_does_not_read_the_outputs_back(tmp_path: 
         assert main(argv) == 0
         assert len(_outcomes(out)) == 2
     assert json.loads((out / "run.json").read_text())["reconciled"] is True
+
+
+def test_rows_past_their_deadline_fail_as_timeouts(tmp_path: Path) -> None:
+    # Issue 17, item 14: no per-row deadline existed (a byte every 5 s kept a row 75 s).
+    (tmp_path / "a.png").write_bytes(PNG)
+    manifest = _manifest(tmp_path / "m.csv", ["uri"], [["a.png"]])
+    out = tmp_path / "out"
+    argv = ["--manifest", str(manifest), "--output", str(out), *TINY]
+    assert main([*argv, "--set", "decode.row_timeout_s=1e-9"]) == 0
+    assert _outcomes(out) == {"a": "timeout"}
+    assert main([*argv, "--set", "decode.row_timeout_s=0"]) == 2  # refused before the run
