@@ -46,7 +46,9 @@ class ModelSettings:
     dtype: str = "auto"
     inference_size: int = 0  # square side the model runs at (multiple of 32); 0 = the model's
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
-    torch_threads: int = 0  # of every forward pass on a CPU; 0 = 1 (models/threads.py)
+    # torch threads of every forward pass on a CPU, whichever worker runs it; results depend
+    # on it, so it never follows the number of workers (models/threads.py)
+    torch_threads: int = 1
     require_commercial_license: bool = False
     flip_tta: bool = False  # also run each image mirrored and average (2x the model's time)
 
@@ -86,7 +88,7 @@ class RunConfig:
 
 # Integer settings where 0 has a meaning: a default worked out at run time, no zlib compression,
 # no size limit. Every other integer must be positive.
-_ZERO_MEANS_DEFAULT_OR_NONE = {"torch_threads", "inference_size", "png_compress_level", "max_size"}
+_ZERO_MEANS_DEFAULT_OR_NONE = {"inference_size", "png_compress_level", "max_size"}
 
 
 def _build(cls: type, table: dict[str, Any], path: str) -> Any:

@@ -115,7 +115,7 @@ def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
 
 def _resume(cfg: RunConfig, options: PipelineOptions) -> Resume:
     # On a CPU the thread count decides a reduced-precision pass's numbers (models/threads.py)
-    threads = inference_threads(cfg.model.torch_threads) if cfg.model.device == "cpu" else 0
+    threads = cfg.model.torch_threads if cfg.model.device == "cpu" else 0
     settings = settings_digest(
         get_spec(cfg.model.name),
         compute_dtype(cfg, options),
