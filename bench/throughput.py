@@ -77,7 +77,7 @@ _MODEL_ONLY = textwrap.dedent(
         seconds = time.perf_counter() - start
     print(json.dumps({"images": len(x), "seconds": seconds, "batch": batch, "size": size,
                       "dtype": model.dtype_name, "workers": workers,
-                      "threads": torch.get_num_threads(),
+                      "threads": threads,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """
 )
