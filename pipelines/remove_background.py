@@ -139,10 +139,11 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
     written = scored.ok | "WriteOutputs" >> WriteOutputs(
         cfg.output, cfg.outputs, cfg.framing, resume, read
     )
-    rows = (
+    # Rows are made where each outcome leaves its stage, so no pixels travel past WriteOutputs.
+    ok_rows = written.ok | "OkRows" >> beam.Map(metrics_row)
+    skipped_rows = decoded.skipped | "SkippedRows" >> beam.Map(metrics_row)
+    failure_rows = (
         (
-            written.ok,
-            decoded.skipped,
             manifest.failures,
             decoded.failures,
             segmented.failures,
@@ -150,9 +151,10 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
             scored.failures,
             written.failures,
         )
-        | "AllOutcomes" >> beam.Flatten()
-        | "Rows" >> beam.Map(metrics_row)
+        | "CollectFailures" >> beam.Flatten()
+        | "FailureRows" >> beam.Map(metrics_row)
     )
+    rows = (ok_rows, skipped_rows, failure_rows) | "AllRows" >> beam.Flatten()
     _ = rows | "WriteMetrics" >> WriteMetrics(OutputLayout(cfg.output))
     return Outputs(manifest.ok, segmented.ok, rows)
 

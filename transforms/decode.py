@@ -6,8 +6,8 @@ Pillow truncates, are read with imagecodecs and tifffile and keep 16 bits throug
 conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`.
 
 A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
-`Skipped` record (a `skipped` metrics row). Failures leave on the "failures" tag as `Failed` records; no element
-kills the bundle.
+`Skipped` record (a `skipped` metrics row). Failures leave on the "failures" tag as `Failed`
+records; no element kills the bundle.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def render(
     image = matte.image
     original = image.rgb16 if image.rgb16 is not None else image.rgb
     clean = matte.foreground is not None  # decontaminated colour from Refine
-    colour = matte.foreground if clean else original
+    colour = original if matte.foreground is None else matte.foreground
     if not outputs.keep_16_bit:
         original = to_uint8(original)
         colour = to_uint8(colour) if clean else original
