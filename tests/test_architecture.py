@@ -32,6 +32,9 @@ HELPERS = (
     "matte",
     "quality",
     "psd",
+    "xcf",
+    "shadow",
+    "raw",
 )
 
 

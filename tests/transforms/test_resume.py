@@ -102,5 +102,9 @@ def test_output_settings_are_the_marked_fields() -> None:
         "torch_threads": 1,
         "flip_tta": False,
     }
-    assert marked["decode"] == {"intent": "perceptual"}
+    assert marked["decode"] == {
+        "intent": "perceptual",
+        "raw_white_balance": "camera",
+        "raw_exposure": 0.0,
+    }
     assert marked["outputs"] == dataclasses.asdict(OutputSettings())
