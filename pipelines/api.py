@@ -144,8 +144,9 @@ class Remover:
         self.config = cfg
         m = self.config.model
         check(m.name, m.device, m.dtype, allow_licences=m.licences)
-        # One worker: torch keeps all of this machine's cores for the one model.
-        self._handler = model_handler(self.config, PipelineOptions(["--direct_num_workers=1"]))
+        # The job's handler as a local run makes it: the same dtype and thread rule, so the
+        # same numbers as the job's outputs.
+        self._handler = model_handler(self.config, PipelineOptions([]))
         self._model = self._handler.load_model()
         self._reader = reader(cfg)
         self._lock = threading.Lock()
