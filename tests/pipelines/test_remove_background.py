@@ -19,12 +19,12 @@ from PIL import Image
 from matteflow.pipelines.config import load_config
 from matteflow.pipelines.remove_background import (
     PreflightError,
-    _handler,
-    _resume,
     build,
     compute_dtype,
     main,
+    model_handler,
     preflight,
+    resume_for,
     run,
 )
 from matteflow.transforms.metrics import MetricsRow, read_metrics
@@ -227,15 +227,15 @@ def test_preflight_refuses_unknown_model_and_missing_gpu(sample: str, tmp_path: 
 def test_the_torch_thread_count_does_not_follow_the_workers(beam_options: list[str]) -> None:
     # Issue 17: the count decides bfloat16 results, so any number of workers gets the same one.
     p = beam.Pipeline(options=PipelineOptions(beam_options))
-    assert _handler(load_config(), p.options)._threads == 1
+    assert model_handler(load_config(), p.options)._threads == 1
     cfg = load_config(settings=["model.torch_threads=3"])
-    assert _handler(cfg, p.options)._threads == 3
+    assert model_handler(cfg, p.options)._threads == 3
 
 
 def test_thread_count_and_resolved_dtype_are_in_the_resume_fingerprint() -> None:
     options = PipelineOptions([])
     digest = {
-        s: _resume(load_config(settings=[s]), options).settings
+        s: resume_for(load_config(settings=[s]), options).settings
         for s in ("model.torch_threads=1", "model.torch_threads=2", "model.device=cpu")
     }
     assert digest["model.torch_threads=1"] == digest["model.device=cpu"]  # the default
@@ -244,7 +244,7 @@ def test_thread_count_and_resolved_dtype_are_in_the_resume_fingerprint() -> None
     resolved = compute_dtype(auto, options)
     assert resolved in ("float32", "bfloat16")  # what this CPU computes "auto" in
     pinned = load_config(settings=[f"model.dtype={resolved}"])
-    assert _resume(auto, options).settings == _resume(pinned, options).settings
+    assert resume_for(auto, options).settings == resume_for(pinned, options).settings
 
 
 def test_stage_times_and_batch_sizes_are_beam_metrics(sample: str, tmp_path: Path) -> None:
