@@ -360,7 +360,8 @@ def test_sheet_rows_limits_the_sheet(tmp_path: Path) -> None:
 def test_every_image_link_is_relative_and_exists(fx: Fixture) -> None:
     images = Page(fx.html).images
     ok_rows = sum(r["status"] == "ok" for rows in fx.expected.values() for r in rows)
-    assert len(images) == 2 * len(fx.samples) + 4 * ok_rows  # input + gt, 4 per prediction
+    # input + gt, 4 per prediction in the sheet, 2 (alpha, cutout) per prediction in the tiles
+    assert len(images) == 2 * len(fx.samples) + 4 * ok_rows + 2 * ok_rows
     for img in images:
         src = img["src"]
         assert src and src.startswith("img/") and "://" not in src, src
@@ -485,10 +486,10 @@ def test_chromium_counts_a_missing_image(fx: Fixture, tmp_path: Path) -> None:
 def test_chromium_screenshot_is_not_blank(fx: Fixture, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
     index = (fx.report / "index.html").as_uri()
-    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", index)
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,6000", index)
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("RGB"))
-    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.shape[:2] == (6000, 1280)
     colours = np.unique(pixels.reshape(-1, 3), axis=0)
     assert len(colours) > 50
     # The thumbnails were painted: some pixels are the green background of the cutouts.
