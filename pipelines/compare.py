@@ -4,8 +4,8 @@ For runs A and B and a metric, the paired difference is mean over images of (A_i
 the images both runs scored. Its 95 % interval is the percentile bootstrap over images: the
 images are resampled with replacement `resamples` times (numpy's PCG64 seeded with `seed`, so a
 report is reproducible) and the 2.5th and 97.5th percentiles of the resampled means are the
-bounds. A difference is significant when the interval excludes 0. Groups: all images, each
-category, and each value of any manifest column (`--slice-by`).
+bounds. A difference is significant when the interval excludes 0 (two images at least).
+Groups: all images, each category, and each value of any manifest column (`--slice-by`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class PairedDifference:
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0."""
+        """The interval excludes 0 (and more than one image was paired)."""
         d = self.difference
         return d.n > 1 and (d.low > 0 or d.high < 0)
 

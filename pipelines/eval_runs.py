@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
+from matteflow.models.registry import get_spec
 from matteflow.pipelines.config import ConfigError, load_config
 
 __all__ = ["RunExists", "claim", "default_name", "model_list", "run_name"]
@@ -48,15 +49,20 @@ def default_name(
 
 
 def model_list(models: str | None, model: str | None) -> list[str | None]:
-    """--models a,b,c as a list (no duplicates), else [--model] (None: the profile's)."""
+    """--models a,b,c as a list (no duplicates), else [--model] (None: the profile's); every
+    name must be registered (RegistryError, a ValueError, names the known ones)."""
     if models is None:
-        return [model]
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"--models {models!r}: expected distinct names separated by commas")
-    if model:
-        raise ValueError("give --model or --models, not both")
-    return list(names)
+        names: list[str | None] = [model]
+    else:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"--models {models!r}: expected distinct names separated by commas")
+        if model:
+            raise ValueError("give --model or --models, not both")
+    for name in names:
+        if name:
+            get_spec(name)
+    return names
 
 
 def claim(output: str, name: str, replace: bool) -> None:
