@@ -123,8 +123,8 @@ def _difference_cell(d: PairedDifference) -> str:
         css += " sig " + ("better" if a_better else "worse")
         flag = " ▲" if a_better else " ▼"
     return (
-        f'<td class="{css}" data-metric="{d.metric}" data-diff="{iv.mean:.6g}"'
-        f' data-low="{iv.low:.6g}" data-high="{iv.high:.6g}"'
+        f'<td class="{css}" data-metric="{d.metric}" data-diff="{iv.mean:.9g}"'
+        f' data-low="{iv.low:.9g}" data-high="{iv.high:.9g}"'
         f' data-significant="{str(d.significant).lower()}">'
         f"{iv.mean:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}]{flag}</td>"
     )
