@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -42,6 +43,7 @@ from matteflow.transforms.routing import (
     consensus,
     fuse_confidence,
     fuse_mean,
+    keep_primary_edges,
 )
 
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -211,43 +213,53 @@ def _fusion(models: tuple[str, ...], weights: tuple[float, ...], confidence: boo
     return run
 
 
-def _fusion_then_human(weights: tuple[float, float], human: float) -> Policy:
-    """Weighted mean of IS-Net and U²-Net-p, then RVM's alpha by consensus with that mean."""
+def _fusion_then_human(confidence: bool, human: float) -> Policy:
+    """Equal-weight fusion of IS-Net and U²-Net-p, then RVM's alpha (and colour) where its
+    mask agrees with the fused one at IoU >= human."""
+    fusion = _fusion((GENERAL, FAST), (1.0, 1.0), confidence)
 
     def run(preds: dict[str, Prediction], secs: dict[str, float]) -> tuple[Routed, float]:
-        fused = fuse_mean(
-            {GENERAL: preds[GENERAL], FAST: preds[FAST]},
-            dict(zip((GENERAL, FAST), weights, strict=True)),
-        )
-        routed = consensus(
-            {"fused": Prediction(fused.alpha), HUMAN: preds[HUMAN]}, "fused", (HUMAN,), human
-        )
-        if routed.model == "fused":
-            routed = fused
-        return routed, secs[GENERAL] + secs[FAST] + secs[HUMAN]
+        fused, cost = fusion(preds, secs)
+        pair = {fused.model: Prediction(fused.alpha), HUMAN: preds[HUMAN]}
+        routed = consensus(pair, fused.model, (HUMAN,), human)
+        return (fused if routed.model == fused.model else routed), cost + secs[HUMAN]
+
+    return run
+
+
+def _edges(fusion: Policy, band: float) -> Policy:
+    """The fusion decides regions, IS-Net's alpha draws the edges (keep_primary_edges)."""
+
+    def run(preds: dict[str, Prediction], secs: dict[str, float]) -> tuple[Routed, float]:
+        fused, cost = fusion(preds, secs)
+        return keep_primary_edges(preds[GENERAL], fused, band), cost
 
     return run
 
 
 def _policies() -> dict[str, Policy]:
     policies: dict[str, Policy] = {m: _single(m) for m in _FILES}
-    for t in (0.5, 0.7, 0.8, 0.85, 0.9, 0.95):
+    for t in (0.5, 0.7, 0.8, 0.9, 0.95):
         policies[f"consensus rvm t={t}"] = _consensus((HUMAN,), t)
         policies[f"consensus u2netp t={t}"] = _consensus((FAST,), t)
         policies[f"consensus rvm,u2netp t={t}"] = _consensus((HUMAN, FAST), t)
     for u in (0.05, 0.1, 0.2, 0.3):
-        policies[f"cascade u2netp->isnet u<{u}"] = _cascade(u, None)
-        policies[f"cascade u2netp->isnet u<{u} + rvm t=0.8"] = _cascade(u, 0.8)
+        policies[f"cascade u2netp->isnet u>={u}"] = _cascade(u, None)
+        policies[f"cascade u2netp->isnet u>={u} + rvm t=0.9"] = _cascade(u, 0.9)
     for w in (0.3, 0.5, 0.7):
         pair = (w, 1 - w)
         policies[f"mean isnet:{w:.1f} u2netp:{1 - w:.1f}"] = _fusion((GENERAL, FAST), pair, False)
         policies[f"confidence isnet:{w:.1f} u2netp:{1 - w:.1f}"] = _fusion(
             (GENERAL, FAST), pair, True
         )
-        for t in (0.7, 0.8, 0.9):
-            policies[f"mean isnet:{w:.1f} u2netp:{1 - w:.1f} + rvm t={t}"] = _fusion_then_human(
-                pair, t
-            )
+    for t in (0.8, 0.9, 0.95):
+        policies[f"mean isnet+u2netp + rvm t={t}"] = _fusion_then_human(False, t)
+        policies[f"confidence isnet+u2netp + rvm t={t}"] = _fusion_then_human(True, t)
+    for w in (0.5, 0.3):
+        fusion = _fusion((GENERAL, FAST), (w, 1 - w), True)
+        for band in (0.0, 0.005, 0.01, 0.02):
+            name = f"confidence isnet:{w:.1f} u2netp:{1 - w:.1f}, isnet edges band={band}"
+            policies[name] = _edges(fusion, band)
     policies["mean all three"] = _fusion((GENERAL, FAST, HUMAN), (1, 1, 1), False)
     policies["confidence all three"] = _fusion((GENERAL, FAST, HUMAN), (1, 1, 1), True)
     return policies
@@ -278,33 +290,75 @@ def _evaluate(rows: list[dict[str, str]], args: argparse.Namespace) -> dict[str,
     return {"images": len(rows), "policies": per}
 
 
+Record = dict[str, Any]  # one image's scores under one policy
+# Subsets that drop what flatters U²-Net-p here: the 320 px Adobe crops and the coarse cat labels.
+_SUBSETS: dict[str, Callable[[Record], bool]] = {
+    "all": lambda r: True,
+    "no 320px crops": lambda r: not str(r["id"]).startswith("dev-dimk-"),
+    "no crops, no cats": lambda r: not str(r["id"]).startswith(("dev-dimk-", "dev-cat-")),
+}
+FINALISTS = (
+    GENERAL,
+    FAST,
+    "consensus rvm t=0.9",
+    "cascade u2netp->isnet u>=0.2",
+    "mean isnet:0.5 u2netp:0.5",
+    "confidence isnet:0.5 u2netp:0.5",
+    "confidence isnet:0.7 u2netp:0.3",
+    "confidence isnet+u2netp + rvm t=0.95",
+    "confidence isnet:0.5 u2netp:0.5, isnet edges band=0.0",
+    "confidence isnet:0.5 u2netp:0.5, isnet edges band=0.01",
+    "confidence isnet:0.3 u2netp:0.7, isnet edges band=0.01",
+)
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _summarise(result: dict[str, object]) -> None:
-    per: dict[str, list[dict[str, object]]] = result["policies"]  # type: ignore[assignment]
+def _col(recs: list[Record], key: str, keep: Callable[[Record], bool] = lambda r: True) -> float:
+    return _mean([float(r[key]) for r in recs if keep(r)])
+
+
+def _summarise(per: dict[str, list[Record]]) -> None:
+    """Markdown tables: every policy overall; finalists per subset and per category."""
     base = per[GENERAL]
     categories = sorted({str(r["category"]) for r in base})
-    base_cat = {c: _mean([float(r["iou"]) for r in base if r["category"] == c]) for c in categories}  # type: ignore[arg-type]
-    base_secs = _mean([float(r["seconds"]) for r in base])  # type: ignore[arg-type]
-    header = (
-        f"{'policy':48s} {'iou':>6s} {'mae':>6s} {'edge':>6s} {'x time':>6s} {'worst dIoU':>16s}"
-    )
-    print(header)
+
+    def in_cat(c: str) -> Callable[[Record], bool]:
+        return lambda r: r["category"] == c
+
+    base_cat = {c: _col(base, "iou", in_cat(c)) for c in categories}
+    base_secs = _col(base, "seconds")
+    print("| policy | iou | mae | edge_mae | model time / IS-Net | worst category Δiou |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, recs in per.items():
-        means = {
-            k: _mean([float(r[k]) for r in recs]) for k in ("iou", "mae", "edge_mae", "seconds")
-        }  # type: ignore[arg-type]
-        deltas = {
-            c: _mean([float(r["iou"]) for r in recs if r["category"] == c]) - base_cat[c]  # type: ignore[arg-type]
-            for c in categories
-        }
+        deltas = {c: _col(recs, "iou", in_cat(c)) - base_cat[c] for c in categories}
         worst = min(deltas, key=lambda c: deltas[c])
         print(
-            f"{name:48s} {means['iou']:.4f} {means['mae']:.4f} {means['edge_mae']:.4f}"
-            f" {means['seconds'] / base_secs:6.2f} {worst:>10s} {deltas[worst]:+.3f}"
+            f"| {name} | {_col(recs, 'iou'):.4f} | {_col(recs, 'mae'):.4f}"
+            f" | {_col(recs, 'edge_mae'):.4f} | {_col(recs, 'seconds') / base_secs:.2f}"
+            f" | {deltas[worst]:+.3f} ({worst}) |"
         )
+    finalists = [f for f in FINALISTS if f in per]
+    print("\n| policy | " + " | ".join(f"{s}: iou / edge_mae" for s in _SUBSETS) + " |")
+    print("| --- |" + " --- |" * len(_SUBSETS))
+    for name in finalists:
+        cells = [
+            f"{_col(per[name], 'iou', keep):.4f} / {_col(per[name], 'edge_mae', keep):.4f}"
+            for keep in _SUBSETS.values()
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    counts = {c: sum(r["category"] == c for r in base) for c in categories}
+    print("\niou / edge_mae per category\n")
+    print("| policy | " + " | ".join(f"{c} ({counts[c]})" for c in categories) + " |")
+    print("| --- |" + " --- |" * len(categories))
+    for name in finalists:
+        cells = [
+            f"{_col(per[name], 'iou', keep):.3f} / {_col(per[name], 'edge_mae', keep):.3f}"
+            for keep in (in_cat(c) for c in categories)
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     result = _evaluate(rows, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    _summarise(result)
+    _summarise(result["policies"])  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ joined by '+', whose output is the matte), `routed_from` (every model consulted,
   (uncertainty, refine.py's ambiguous share of the subject, at or above a bound).
 - fuse_mean / fuse_confidence: a weighted mean of the alphas, the latter weighting each pixel
   by the model's confidence there, |2 alpha - 1|.
+- keep_primary_edges: one model's alpha except in regions, wider than a boundary band, where
+  a fused mask differs from it: the fusion decides what is subject, the primary model's
+  (sharper, higher-resolution) alpha draws the edges.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from matteflow.transforms.quality import iou
 from matteflow.transforms.refine import uncertainty
@@ -33,6 +37,7 @@ __all__ = [
     "consensus",
     "fuse_confidence",
     "fuse_mean",
+    "keep_primary_edges",
 ]
 
 _CONFIDENCE_FLOOR = 1e-3  # keeps a pixel where every model says 0.5 defined (plain mean there)
@@ -70,14 +75,15 @@ def consensus(
     threshold: float,
 ) -> Routed:
     """The first specialist, in order, whose mask agrees with the general model's at IoU >=
-    threshold; else the general model. `agreement` is the chosen specialist's IoU, or the best
-    specialist's when none qualified."""
+    threshold; else the general model. A specialist whose mask is empty never qualifies (two
+    empty masks agree, but nothing was found). `agreement` is the chosen specialist's IoU, or
+    the best specialist's when none qualified."""
     base = preds[general]
     consulted = (general, *specialists)
     best = math.nan
     for name in specialists:
         score = agreement(preds[name].alpha, base.alpha)
-        if score >= threshold:
+        if score >= threshold and bool(np.any(preds[name].alpha > 0.5)):
             return Routed(preds[name].alpha, preds[name].fgr, name, consulted, score)
         best = score if math.isnan(best) else max(best, score)
     return Routed(base.alpha, base.fgr, general, consulted, best)
@@ -143,3 +149,22 @@ def fuse_confidence(preds: Mapping[str, Prediction], weights: Mapping[str, float
         num += c * a
         den += c
     return _fused(preds, num / np.maximum(den, np.finfo(np.float32).tiny))
+
+
+def keep_primary_edges(primary: Prediction, fused: Routed, band: float = 0.0) -> Routed:
+    """`primary`'s alpha, except in regions where the fused mask (at 0.5) differs from the
+    primary's by more than a boundary band: there the fused alpha. The band is `band` times
+    the image diagonal in pixels (0: every differing pixel takes the fused alpha); a connected
+    differing region that erosion by a 4-connected cross of that radius removes entirely (a
+    thin strip along an edge) keeps the primary's alpha, a wider one takes the fused alpha
+    throughout. The primary's foreground colour; `model`, `routed_from` and
+    `agreement` stay the fusion's."""
+    differ = (primary.alpha > 0.5) != (fused.alpha > 0.5)
+    radius = round(band * math.hypot(*differ.shape))
+    if radius > 0 and differ.any():
+        cross = ndimage.generate_binary_structure(2, 1)
+        core = ndimage.binary_erosion(differ, cross, iterations=radius)
+        labels, _ = ndimage.label(differ, cross)
+        differ = np.isin(labels, np.unique(labels[core])) & differ
+    alpha = np.where(differ, fused.alpha, primary.alpha).astype(np.float32)
+    return Routed(alpha, primary.fgr, fused.model, fused.routed_from, fused.agreement)

@@ -15,6 +15,7 @@ from matteflow.transforms.routing import (
     consensus,
     fuse_confidence,
     fuse_mean,
+    keep_primary_edges,
 )
 
 H, W = 20, 30
@@ -70,6 +71,9 @@ def test_consensus_falls_back_below_the_threshold() -> None:
 def test_a_specialist_that_finds_nothing_never_decides() -> None:
     routed = consensus(_preds(), "general", ["empty"], threshold=0.0 + 1e-9)
     assert routed.model == "general" and routed.agreement == 0.0
+    nothing = {"general": Prediction(np.zeros((H, W))), "empty": _preds()["empty"]}
+    both_empty = consensus(nothing, "general", ["empty"], threshold=0.5)
+    assert both_empty.model == "general" and both_empty.agreement == 1.0  # agree, found nothing
 
 
 def test_consensus_takes_the_first_agreeing_specialist_in_order() -> None:
@@ -144,3 +148,31 @@ def test_fusion_rejects_bad_weights() -> None:
         fuse_mean(preds, {"a": 0.0, "b": 0.0})
     with pytest.raises(ValueError, match="at least one"):
         fuse_mean({}, {})
+
+
+def test_keep_primary_edges_takes_the_mask_from_the_fusion() -> None:
+    primary = np.array([[0.9, 0.6, 0.4, 0.0, 0.7]], np.float32)
+    fused_alpha = np.array([[0.8, 0.55, 0.3, 0.7, 0.2]], np.float32)
+    fused = fuse_mean({"a": Prediction(fused_alpha)}, {"a": 1.0})
+    kept = keep_primary_edges(Prediction(primary, HUMAN_FGR[:1, :5]), fused)
+    # same side at 0, 1, 2: the primary's values; pixels 3 and 4 flip: the fusion's.
+    np.testing.assert_allclose(kept.alpha[0], [0.9, 0.6, 0.4, 0.7, 0.2])
+    assert np.array_equal(kept.alpha > 0.5, fused_alpha > 0.5)
+    assert (kept.model, kept.routed_from) == (fused.model, fused.routed_from)
+    assert kept.fgr is not None and kept.fgr.shape == (1, 5, 3)
+
+
+def test_a_band_keeps_thin_edge_disagreements_with_the_primary() -> None:
+    h, w = 60, 80  # diagonal 100 px: band 0.03 is a radius of 3 px
+    primary = np.zeros((h, w), np.float32)
+    primary[10:30, 10:30] = 0.9  # a square the fused mask also has, 1 px wider
+    fused_alpha = np.zeros((h, w), np.float32)
+    fused_alpha[10:30, 10:31] = 0.8
+    fused_alpha[35:55, 40:70] = 0.7  # a region only the fusion found: 20 x 30 px
+    fused = fuse_mean({"f": Prediction(fused_alpha)}, {"f": 1.0})
+    kept = keep_primary_edges(Prediction(primary), fused, band=0.03)
+    assert np.all(kept.alpha[:, 30] == 0.0)  # the 1 px strip along the edge: the primary's
+    assert np.all(kept.alpha[10:30, 10:30] == np.float32(0.9))
+    assert np.all(kept.alpha[35:55, 40:70] == np.float32(0.7))  # the wide region: the fusion's
+    every = keep_primary_edges(Prediction(primary), fused, band=0.0)
+    assert np.all(every.alpha[10:30, 30] == np.float32(0.8))  # no band: the strip flips too
