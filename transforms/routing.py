@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -32,12 +32,14 @@ from matteflow.transforms.refine import uncertainty
 __all__ = [
     "Prediction",
     "Routed",
+    "RoutingSettings",
     "agreement",
     "cascade",
     "consensus",
     "fuse_confidence",
     "fuse_mean",
     "keep_primary_edges",
+    "route",
 ]
 
 _CONFIDENCE_FLOOR = 1e-3  # keeps a pixel where every model says 0.5 defined (plain mean there)
@@ -168,3 +170,52 @@ def keep_primary_edges(primary: Prediction, fused: Routed, band: float = 0.0) ->
         differ = np.isin(labels, np.unique(labels[core])) & differ
     alpha = np.where(differ, fused.alpha, primary.alpha).astype(np.float32)
     return Routed(alpha, primary.fgr, fused.model, fused.routed_from, fused.agreement)
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """`--model auto`: which models run and how their mattes combine (the [routing] table).
+
+    The general model and each helper run on every image; their alphas are fused (`fusion`:
+    "confidence" or "mean", equal weights); the fusion decides regions wider than `edge_band`
+    of the diagonal and the general model draws the edges (keep_primary_edges). When `human`
+    names a model, it runs too and its matte (and foreground colour) replaces the result where
+    its mask agrees with it at IoU >= `human_threshold` (consensus). Defaults measured in
+    bench/routing.py (README, Evaluation)."""
+
+    general: str = "isnet-general-use"
+    helpers: tuple[str, ...] = ("u2netp",)
+    fusion: str = "confidence"
+    edge_band: float = 0.01
+    human: str = ""
+    human_threshold: float = 0.95
+    models: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("confidence", "mean"):
+            raise ValueError(f"routing.fusion: expected confidence | mean, got {self.fusion!r}")
+        if not 0.0 <= self.edge_band < 0.5 or not 0.0 < self.human_threshold <= 1.0:
+            raise ValueError("routing: edge_band must be in [0, 0.5), human_threshold in (0, 1]")
+        names = (self.general, *self.helpers, *((self.human,) if self.human else ()))
+        if len(set(names)) != len(names):
+            raise ValueError(f"routing: each model once, got {list(names)}")
+        object.__setattr__(self, "models", names)
+
+
+def route(preds: Mapping[str, Prediction], settings: RoutingSettings) -> Routed:
+    """The `auto` matte of one image from the predictions of every model in settings.models."""
+    members = {name: preds[name] for name in (settings.general, *settings.helpers)}
+    fuse = fuse_confidence if settings.fusion == "confidence" else fuse_mean
+    fused = fuse(members, dict.fromkeys(members, 1.0))
+    result = keep_primary_edges(preds[settings.general], fused, settings.edge_band)
+    if not settings.human:
+        return result
+    pair = {
+        result.model: Prediction(result.alpha, result.fgr),
+        settings.human: preds[settings.human],
+    }
+    chosen = consensus(pair, result.model, (settings.human,), settings.human_threshold)
+    consulted = (*result.routed_from, settings.human)
+    if chosen.model == result.model:
+        return Routed(result.alpha, result.fgr, result.model, consulted, chosen.agreement)
+    return Routed(chosen.alpha, chosen.fgr, chosen.model, consulted, chosen.agreement)

@@ -10,12 +10,14 @@ import pytest
 from matteflow.transforms import routing
 from matteflow.transforms.routing import (
     Prediction,
+    RoutingSettings,
     agreement,
     cascade,
     consensus,
     fuse_confidence,
     fuse_mean,
     keep_primary_edges,
+    route,
 )
 
 H, W = 20, 30
@@ -176,3 +178,62 @@ def test_a_band_keeps_thin_edge_disagreements_with_the_primary() -> None:
     assert np.all(kept.alpha[35:55, 40:70] == np.float32(0.7))  # the wide region: the fusion's
     every = keep_primary_edges(Prediction(primary), fused, band=0.0)
     assert np.all(every.alpha[10:30, 30] == np.float32(0.8))  # no band: the strip flips too
+
+
+def _scene() -> dict[str, Prediction]:
+    """general finds the square; the helper also (surer, 1 px wider) and a wide second region;
+    the human model agrees with the union, with its own colour."""
+    general = np.zeros((60, 80), np.float32)
+    general[10:30, 10:30] = 0.9
+    general[35:55, 40:70] = 0.3  # unsure there
+    helper = np.zeros_like(general)
+    helper[10:30, 10:31] = 1.0
+    helper[35:55, 40:70] = 1.0
+    return {
+        "g": Prediction(general),
+        "h": Prediction(helper),
+        "person": Prediction(np.maximum(general, helper), HUMAN_FGR[:1, :1].repeat(60, 0)),
+    }
+
+
+def test_route_fuses_and_keeps_the_general_models_edges() -> None:
+    settings = RoutingSettings(general="g", helpers=("h",), edge_band=0.03)
+    assert settings.models == ("g", "h")
+    routed = route(_scene(), settings)
+    assert routed.model == "g+h" and routed.routed_from == ("g", "h")
+    # the square: the general model's own values; its edge strip (column 30) too
+    assert np.all(routed.alpha[10:30, 10:30] == np.float32(0.9))
+    assert np.all(routed.alpha[:, 30] == 0.0)
+    # the wide region the helper is sure of and the general model unsure: confidences 1.0 and
+    # |2 * 0.3 - 1| = 0.4, fused (1.0 * 1.0 + 0.4 * 0.3) / 1.4 = 0.8: the fusion's region
+    np.testing.assert_allclose(routed.alpha[35:55, 40:70], 0.8, atol=1e-6)
+    np.testing.assert_allclose(routed.alpha[0:5, 0:5], 0.0)
+    assert routed.agreement == pytest.approx(400 / 1020)
+
+
+def test_route_hands_people_to_the_human_model_when_it_agrees() -> None:
+    scene = _scene()
+    scene["h"] = Prediction(scene["g"].alpha.copy())  # the fusion is the general model's matte
+    scene["person"] = Prediction(scene["g"].alpha.copy(), HUMAN_FGR[:1, :1].repeat(60, 0))
+    settings = RoutingSettings(general="g", helpers=("h",), human="person", human_threshold=0.9)
+    assert settings.models == ("g", "h", "person")
+    routed = route(scene, settings)
+    assert routed.model == "person" and routed.routed_from == ("g", "h", "person")
+    assert routed.alpha is scene["person"].alpha and routed.fgr is scene["person"].fgr
+    scene["person"] = Prediction(np.zeros((60, 80), np.float32))  # finds nobody
+    kept = route(scene, settings)
+    assert kept.model == "g+h" and kept.routed_from == ("g", "h", "person")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fusion": "median"}, "confidence | mean"),
+        ({"edge_band": -0.1}, "edge_band"),
+        ({"human_threshold": 0.0}, "human_threshold"),
+        ({"helpers": ("isnet-general-use",)}, "each model once"),
+    ],
+)
+def test_routing_settings_are_checked(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RoutingSettings(**kwargs)  # type: ignore[arg-type]
