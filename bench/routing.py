@@ -39,11 +39,13 @@ from matteflow.transforms.quality import edge_mae, iou, mae
 from matteflow.transforms.routing import (
     Prediction,
     Routed,
+    RoutingSettings,
     cascade,
     consensus,
     fuse_confidence,
     fuse_mean,
     keep_primary_edges,
+    route,
 )
 
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -237,6 +239,15 @@ def _edges(fusion: Policy, band: float) -> Policy:
     return run
 
 
+def _auto(settings: RoutingSettings) -> Policy:
+    """`--model auto` as transforms.routing.route does it with these settings."""
+
+    def run(preds: dict[str, Prediction], secs: dict[str, float]) -> tuple[Routed, float]:
+        return route(preds, settings), sum(secs[m] for m in settings.models)
+
+    return run
+
+
 def _policies() -> dict[str, Policy]:
     policies: dict[str, Policy] = {m: _single(m) for m in _FILES}
     for t in (0.5, 0.7, 0.8, 0.9, 0.95):
@@ -260,6 +271,8 @@ def _policies() -> dict[str, Policy]:
         for band in (0.0, 0.005, 0.01, 0.02):
             name = f"confidence isnet:{w:.1f} u2netp:{1 - w:.1f}, isnet edges band={band}"
             policies[name] = _edges(fusion, band)
+    policies["auto (RoutingSettings defaults)"] = _auto(RoutingSettings())
+    policies[f"auto + human {HUMAN} t=0.95"] = _auto(RoutingSettings(human=HUMAN))
     policies["mean all three"] = _fusion((GENERAL, FAST, HUMAN), (1, 1, 1), False)
     policies["confidence all three"] = _fusion((GENERAL, FAST, HUMAN), (1, 1, 1), True)
     return policies
@@ -308,6 +321,8 @@ FINALISTS = (
     "confidence isnet+u2netp + rvm t=0.95",
     "confidence isnet:0.5 u2netp:0.5, isnet edges band=0.0",
     "confidence isnet:0.5 u2netp:0.5, isnet edges band=0.01",
+    "auto (RoutingSettings defaults)",
+    f"auto + human {HUMAN} t=0.95",
     "confidence isnet:0.3 u2netp:0.7, isnet edges band=0.01",
 )
 

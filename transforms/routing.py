@@ -159,8 +159,8 @@ def keep_primary_edges(primary: Prediction, fused: Routed, band: float = 0.0) ->
     the image diagonal in pixels (0: every differing pixel takes the fused alpha); a connected
     differing region that erosion by a 4-connected cross of that radius removes entirely (a
     thin strip along an edge) keeps the primary's alpha, a wider one takes the fused alpha
-    throughout. The primary's foreground colour; `model`, `routed_from` and
-    `agreement` stay the fusion's."""
+    throughout. The primary's foreground colour; `model`, `routed_from` and `agreement` stay
+    the fusion's."""
     differ = (primary.alpha > 0.5) != (fused.alpha > 0.5)
     radius = round(band * math.hypot(*differ.shape))
     if radius > 0 and differ.any():
