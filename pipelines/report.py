@@ -406,10 +406,10 @@ table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:3px 6px;verti
 thead th{background:#f2f2f2;position:sticky;top:0;z-index:1}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.all th,tr.all td{border-top:2px solid #888}tr.all th{font-style:italic}
-th.id{text-align:left;max-width:12em;word-break:break-all;font-weight:600}
+th.id{text-align:left;min-width:9em;max-width:12em;word-break:break-all;font-weight:600}
 th.id small{display:block;font-weight:400;color:#666}
-figure{margin:0;display:flex;flex-wrap:wrap;gap:3px;align-items:flex-start}
-figcaption{flex-basis:100%;font-size:12px;color:#444;font-variant-numeric:tabular-nums}
+figure{margin:0;display:grid;grid-template-columns:repeat(4,max-content);gap:3px}
+figcaption{grid-column:1/-1;font-size:12px;color:#444;font-variant-numeric:tabular-nums}
 img{display:block;border:1px solid #ddd;background:#fff}
 .failed{background:#fde2e2;color:#a00;font-weight:600;padding:1em;border:1px dashed #a00}
 .note{color:#a60;background:#fff6e0;padding:.5em}
