@@ -551,3 +551,13 @@ def test_disagreements_and_tiles_link_full_size_files(fx: Fixture) -> None:
     assert [html.unescape(t) for t in tiles] == sheet  # the same worst-first order
     for href in re.findall(r'<a href="([^"#][^"]*)"><img', fx.html):
         assert Path(html.unescape(href)).is_file(), href  # full-size masks, absolute here
+
+
+def test_three_runs_give_three_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DELTAS, "third", [1, 1, -2, 2])
+    fx = _build(tmp_path, ["isnet/none", ODD_RUN, "third"], slice_by=["category"])
+    charts_html = fx.html.split("<h2>Charts</h2>")[1].split("<h2>")[0]
+    assert charts_html.count("<svg") == 3 + 3  # three charts, one scatter per pair
+    pairs = {(r.attrs["data-a"], r.attrs["data-b"]) for r in Page(fx.html).body_rows("pairwise")}
+    assert pairs == {("isnet/none", ODD_RUN), ("isnet/none", "third"), (ODD_RUN, "third")}
+    assert fx.html.count('<table class="disagree"') == 3
