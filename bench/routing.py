@@ -364,6 +364,16 @@ def _summarise(per: dict[str, list[Record]]) -> None:
             for keep in _SUBSETS.values()
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nEvery policy per category: iou / mae / edge_mae / model seconds per image\n")
+    print("| policy | category | images | iou | mae | edge_mae | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, recs in per.items():
+        for c in categories:
+            keep = in_cat(c)
+            cells = [f"{_col(recs, k, keep):.4f}" for k in ("iou", "mae", "edge_mae")]
+            n = sum(keep(r) for r in recs)
+            secs = f"{_col(recs, 'seconds', keep):.2f}"
+            print(f"| {name} | {c} | {n} | " + " | ".join(cells) + f" | {secs} |")
     counts = {c: sum(r["category"] == c for r in base) for c in categories}
     print("\niou / edge_mae per category\n")
     print("| policy | " + " | ".join(f"{c} ({counts[c]})" for c in categories) + " |")

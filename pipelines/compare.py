@@ -29,6 +29,7 @@ __all__ = [
     "paired_difference",
     "pairwise",
     "run_summary",
+    "scored_value",
 ]
 
 # (metrics column, higher is better) compared head to head.
@@ -88,7 +89,8 @@ class RunSummary:
     licence: str  # the distinct licence_class values of its rows, or "unknown"
 
 
-def _value(row: Mapping[str, Any] | None, column: str) -> float | None:
+def scored_value(row: Mapping[str, Any] | None, column: str) -> float | None:
+    """The row's number in `column` when the row is ok and the value present (not NaN)."""
     if row is None or row.get("status") != "ok":
         return None
     value = row.get(column)
@@ -125,7 +127,7 @@ def paired_difference(
 ) -> PairedDifference:
     """mean(A_i - B_i) of `metric` over those of `ids` that both runs scored, with its
     bootstrap interval."""
-    pairs = [(_value(a.get(i), metric), _value(b.get(i), metric)) for i in ids]
+    pairs = [(scored_value(a.get(i), metric), scored_value(b.get(i), metric)) for i in ids]
     both = [(x, y) for x, y in pairs if x is not None and y is not None]
     higher = dict(METRICS).get(metric, True)
     return PairedDifference(

@@ -18,6 +18,7 @@ from matteflow.pipelines.compare import (
     groups,
     pairwise,
     run_summary,
+    scored_value,
 )
 
 __all__ = ["CSS", "sections"]
@@ -46,13 +47,6 @@ def _num(value: float, digits: int = 4) -> str:
     return "&ndash;" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _value(row: Mapping[str, Any] | None, column: str) -> float | None:
-    if row is None or row.get("status") != "ok" or row.get(column) is None:
-        return None
-    value = float(row[column])
-    return None if math.isnan(value) else value
-
-
 def _runs_table(names: Sequence[str], rows: Sequence[Rows], ids: Sequence[str]) -> str:
     out = [
         '<table id="runs"><thead><tr><th>run</th><th>scored</th><th>failed</th>'
@@ -62,7 +56,7 @@ def _runs_table(names: Sequence[str], rows: Sequence[Rows], ids: Sequence[str]) 
     for j, (name, r) in enumerate(zip(names, rows, strict=True)):
         s = run_summary(name, r, ids)
         means = [
-            _num(bootstrap_mean([v for i in ids if (v := _value(r.get(i), m)) is not None]).mean)
+            _num(_mean_or_nan([v for i in ids if (v := scored_value(r.get(i), m)) is not None]))
             for m, _ in METRICS
         ]
         out.append(
@@ -78,7 +72,7 @@ def _runs_table(names: Sequence[str], rows: Sequence[Rows], ids: Sequence[str]) 
 def _charts(
     names: Sequence[str], rows: Sequence[Rows], ids: Sequence[str], categories: Mapping[str, str]
 ) -> str:
-    ious = [[v for i in ids if (v := _value(r.get(i), "iou")) is not None] for r in rows]
+    ious = [[v for i in ids if (v := scored_value(r.get(i), "iou")) is not None] for r in rows]
     parts = [charts.distribution(list(zip(names, ious, strict=True)), "iou")]
     cats = sorted({categories.get(i, "") for i in ids})
     labels = [c or "(none)" for c in cats] + ["all"]
@@ -87,7 +81,9 @@ def _charts(
         intervals = []
         for c in [*cats, None]:
             members = [i for i in ids if c is None or categories.get(i, "") == c]
-            iv = bootstrap_mean([v for i in members if (v := _value(r.get(i), "iou")) is not None])
+            iv = bootstrap_mean(
+                [v for i in members if (v := scored_value(r.get(i), "iou")) is not None]
+            )
             intervals.append((iv.mean, iv.low, iv.high))
         series.append((name, intervals))
     parts.append(charts.bars(labels, series, "mean iou", hi=1.0))
@@ -101,8 +97,8 @@ def _charts(
             pts = [
                 (i, x, y)
                 for i in ids
-                if (x := _value(rows[a].get(i), "iou")) is not None
-                and (y := _value(rows[b].get(i), "iou")) is not None
+                if (x := scored_value(rows[a].get(i), "iou")) is not None
+                and (y := scored_value(rows[b].get(i), "iou")) is not None
             ]
             parts.append(charts.pair_scatter(names[a], names[b], pts, "iou"))
     return f'<div class="charts">{"".join(parts)}</div>'
@@ -161,8 +157,8 @@ def _disagreements(
             scored = [
                 (abs(x - y), i, x, y)
                 for i in ids
-                if (x := _value(rows[a].get(i), "iou")) is not None
-                and (y := _value(rows[b].get(i), "iou")) is not None
+                if (x := scored_value(rows[a].get(i), "iou")) is not None
+                and (y := scored_value(rows[b].get(i), "iou")) is not None
             ]
             scored.sort(key=lambda t: (-t[0], t[1]))
             body = []
@@ -211,7 +207,7 @@ def _tiles(
         for j, name in enumerate(names):
             row = rows[j].get(i)
             got = thumbs(i, j)
-            iou = _value(row, "iou")
+            iou = scored_value(row, "iou")
             label = f"{name} {'' if iou is None else f'{iou:.3f}'}"
             if got is None or row is None or row.get("status") != "ok":
                 parts.append(
