@@ -16,8 +16,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from matteflow.models.registry import get_spec
 from matteflow.pipelines.config import ConfigError, load_config
+from matteflow.pipelines.report import Sample
 
-__all__ = ["RunExists", "claim", "default_name", "model_list", "run_name"]
+__all__ = ["RunExists", "check_slices", "claim", "default_name", "model_list", "run_name"]
 
 
 class RunExists(ValueError):
@@ -75,3 +76,12 @@ def claim(output: str, name: str, replace: bool) -> None:
     if not replace:
         raise RunExists(f"run {name!r} exists under {output}/runs; pass --replace or --name")
     FileSystems.delete([f"{prefix}/"])
+
+
+def check_slices(samples: Sequence[Sample], columns: Sequence[str]) -> None:
+    """Raise ValueError for a --slice-by column that no manifest row has (category always)."""
+    present = {"category"} | {k for s in samples for k, _ in s.columns}
+    missing = [c for c in columns if c not in present]
+    if missing:
+        known = ", ".join(sorted(present))
+        raise ValueError(f"--slice-by {', '.join(missing)}: no such manifest column ({known})")

@@ -31,7 +31,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from matteflow.pipelines.eval_runs import RunExists, claim, default_name, model_list, run_name
+from matteflow.pipelines.eval_runs import (
+    RunExists,
+    check_slices,
+    claim,
+    default_name,
+    model_list,
+    run_name,
+)
 from matteflow.pipelines.remove_background import main as run_main
 from matteflow.pipelines.report import RunResult, Sample, write_report
 from matteflow.transforms.failures import MatteflowError, NotFound, ScoreError
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     FileSystems.set_options(PipelineOptions(rest))
     try:
         samples = load_samples(args.data)
+        check_slices(samples, args.slice_by)
         models = model_list(args.models, args.model)
         if args.name and len(models) > 1:
             raise ValueError("--name names one run; --models makes one per model")

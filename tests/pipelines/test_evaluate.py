@@ -250,6 +250,7 @@ def test_slices_reach_the_report(labelled: Path, tmp_path: Path) -> None:
     assert main([*base, "--slice-by", "shade"]) == 0
     page = (out / "report" / "index.html").read_text()
     assert "<svg" in page
+    assert main([*base, "--slice-by", "shoe_size", "--replace"]) == 2  # not a column: refused
     assert main([*base, "--refine", "guided", "--slice-by", "shade"]) == 0
     page = (out / "report" / "index.html").read_text()
     groups = re.findall(r'<tr data-a="[^"]*" data-b="[^"]*" data-group="([^"]*)"', page)
