@@ -267,7 +267,9 @@ def sections(
             "<h2>Head to head</h2>",
             '<p class="meta">Paired difference A&minus;B over the images both runs scored,'
             " with a 95% percentile-bootstrap interval over images (2000 resamples, seeded);"
-            " ▲/▼: significant (the interval excludes 0), A better/worse.</p>",
+            " ▲/▼: significant (the interval excludes 0), A better/worse. Each row is its own"
+            " test: among many slices, about 1 in 20 true ties shows a mark by chance; small"
+            " groups have wide intervals.</p>",
             _pairwise_table(pairwise(names, rows, group_ids, seed=seed)),
             "<h2>Where they disagree most</h2>",
             '<p class="meta">Largest |iou A &minus; iou B| per pair of runs.</p>',
