@@ -47,7 +47,7 @@ def _nice_max(value: float) -> float:
     """A round upper bound >= value (1, 2 or 5 times a power of ten)."""
     if not value > 0 or math.isinf(value):
         return 1.0
-    power = 10 ** math.floor(math.log10(value))
+    power = 10.0 ** math.floor(math.log10(value))
     return next(m * power for m in (1, 2, 5, 10) if m * power >= value)
 
 

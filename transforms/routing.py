@@ -67,7 +67,7 @@ class Routed:
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of the two mattes' masks at 0.5 (1.0 when both are empty)."""
-    return iou(a, b)
+    return float(iou(a, b))
 
 
 def consensus(
