@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import posixpath
 import sys
 import time
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from matteflow.pipelines.config import RunConfig, load_config
 from matteflow.pipelines.eval_runs import (
     RunExists,
     check_slices,
@@ -39,18 +39,14 @@ from matteflow.pipelines.eval_runs import (
     model_list,
     run_name,
 )
-from matteflow.pipelines.remove_background import main as run_main
+from matteflow.pipelines.options import MatteflowOptions
+from matteflow.pipelines.remove_background import exit_code, launch
 from matteflow.pipelines.report import RunResult, Sample, write_report
 from matteflow.transforms.failures import MatteflowError, NotFound, ScoreError
-from matteflow.transforms.manifest import resolve_uri
-from matteflow.transforms.metrics import (
-    SCHEMA,
-    base_row,
-    failed_row,
-    load_ground_truth,
-    read_metrics,
-)
+from matteflow.transforms.manifest import read_records, resolve_uri
+from matteflow.transforms.metrics import SCHEMA, MetricsRow, metrics_row, read_metrics
 from matteflow.transforms.quality import scores
+from matteflow.transforms.reader import Reader
 from matteflow.transforms.storage import exists, read_bytes, write_atomic
 from matteflow.transforms.types import Failed, ImageTask
 
@@ -62,11 +58,7 @@ _PREDICTION_EXTENSIONS = (".png", ".webp")
 def load_samples(data: str) -> list[Sample]:
     """The labelled images of a manifest (CSV/JSONL) or of a folder's manifest.csv."""
     manifest = data if data.endswith((".csv", ".jsonl")) else f"{data.rstrip('/')}/manifest.csv"
-    text = read_bytes(manifest).decode("utf-8-sig")
-    if manifest.endswith(".jsonl"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        records = list(csv.DictReader(io.StringIO(text)))
+    records = read_records(manifest)
     base = manifest[: manifest.rfind("/") + 1]
     samples = []
     for record in records:
@@ -95,6 +87,7 @@ def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
     """Metrics rows (SCHEMA) scoring another tool's alpha or RGBA files against ground truth;
     raises NotFound when no sample has a prediction file."""
     seconds = _timings(predictions)
+    reader = Reader()
     rows = []
     matched = 0
     for sample in samples:
@@ -113,26 +106,31 @@ def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
         try:
             if found is None:
                 raise NotFound(f"no prediction for {sample.id} in {predictions}")
-            pred = load_ground_truth(read_bytes(found), found)
-            truth = load_ground_truth(read_bytes(sample.ground_truth_uri), sample.ground_truth_uri)
+            pred = reader.alpha(found)
+            truth = reader.alpha(sample.ground_truth_uri)
             if pred.shape != truth.shape:
                 shapes = f"{pred.shape[1]}x{pred.shape[0]}, not {truth.shape[1]}x{truth.shape[0]}"
                 raise ScoreError(f"{found}: {shapes}", code="size_mismatch")
         except MatteflowError as err:  # a missing prediction scores as a failure, too
-            rows.append(failed_row(Failed(task, "score", err.code, str(err))))
+            rows.append(metrics_row(Failed(task, "score", err.code, str(err))))
             continue
-        row = base_row(task, "ok")
-        row.update(mask_uri=found, height=pred.shape[0], width=pred.shape[1])
-        row.update(scores(pred, truth))
-        if sample.id in seconds:
-            row["total_ms"] = seconds[sample.id] * 1e3
-        rows.append(row)
+        rows.append(
+            MetricsRow.of_task(
+                task,
+                "ok",
+                uris=(("mask_uri", found),),
+                height=pred.shape[0],
+                width=pred.shape[1],
+                scores=scores(pred, truth),
+                total_ms=seconds[sample.id] * 1e3 if sample.id in seconds else None,
+            )
+        )
     if samples and not matched:
         extensions = " or ".join(_PREDICTION_EXTENSIONS)
         raise NotFound(
             f"{predictions}: no {{id}}{extensions} file for any of the {len(samples)} ids"
         )
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    return pa.Table.from_pylist([r.record() for r in rows], schema=SCHEMA)
 
 
 def _write_manifest(samples: list[Sample], uri: str) -> None:
@@ -170,6 +168,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_config(
+    args: argparse.Namespace, rest: list[str], manifest: str, output: str, model: str | None
+) -> RunConfig:
+    """The config of our pipeline's run of `model` on the labelled set: the profile,
+    --refine, --set and the `matteflow run` flags among `rest` (--allow_source, ...); always
+    --force."""
+    mf = PipelineOptions(rest).view_as(MatteflowOptions)
+    refine = [f"refine.refine={args.refine}"] if args.refine else []
+    return load_config(
+        args.profile,
+        manifest=manifest,
+        output=output,
+        model=model,
+        force=True,
+        max_failure_rate=mf.max_failure_rate,
+        settings=[*refine, *args.set, *(mf.settings or [])],
+        allow_sources=mf.allow_sources,
+        allow_private_sources=mf.allow_private_sources,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: add one run, rewrite the report; exit codes as `matteflow run`."""
     args, rest = _parser().parse_known_args(argv)
@@ -202,12 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     for model, name in zip([] if args.predictions else models, names, strict=False):
         manifest = f"{output}/runs/{name}/eval-manifest.csv"
         _write_manifest(samples, manifest)
-        argv_run = ["--manifest", manifest, "--output", f"{output}/runs/{name}", "--force"]
-        argv_run += ["--model", model] if model else []
-        argv_run += ["--profile", args.profile] if args.profile else []
-        argv_run += ["--set", f"refine.refine={args.refine}"] if args.refine else []
-        argv_run += [arg for setting in args.set for arg in ("--set", setting)]
-        code = run_main([*argv_run, *rest])  # reports its own errors; exit codes as `run`
+        run_output = f"{output}/runs/{name}"
+        code: int = exit_code(  # errors reported and exit codes as `matteflow run`
+            lambda m=manifest, o=run_output, n=model: launch(_run_config(args, rest, m, o, n), rest)
+        )
         if code != 0:
             return code
     runs = _runs(output)

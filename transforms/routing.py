@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from matteflow.transforms.matte import uncertainty
 from matteflow.transforms.quality import iou
-from matteflow.transforms.refine import uncertainty
 
 __all__ = [
     "Prediction",
