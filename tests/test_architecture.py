@@ -32,6 +32,9 @@ HELPERS = (
     "quality",
     "routing",
     "psd",
+    "xcf",
+    "shadow",
+    "raw",
 )
 
 
