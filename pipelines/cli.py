@@ -188,6 +188,7 @@ Examples:
   matteflow eval --data ../shared/data/eval-dev --output out/eval
   matteflow eval --data labels.csv --output out/eval --refine guided --name guided
   matteflow eval --data labels.csv --output out/eval --predictions other-tool/ --name other
+  matteflow eval --data labels.csv --output out/eval --models a,b --slice-by category
 
 \b
 Exit codes: as `matteflow run` (0 done, 1 pipeline failed, 2 usage or cannot start,
@@ -215,6 +216,22 @@ def eval_command(
         str | None, typer.Option(help="score another tool's outputs in this folder")
     ] = None,
     model: Annotated[str | None, typer.Option(help="registry model name")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="several models, comma-separated: one run each")
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="TABLE.KEY=VALUE", help="as in run (repeatable)"),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="replace a run of the same name")
+    ] = False,
+    slice_by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--slice-by", "--slice_by", help="manifest column to compare runs by (repeatable)"
+        ),
+    ] = None,
     refine: Annotated[str | None, typer.Option(help="none | guided | matting")] = None,
     profile: Annotated[str | None, typer.Option(help="TOML profile")] = None,
     sheet_rows: Annotated[
@@ -238,10 +255,14 @@ def eval_command(
         ("--name", name),
         ("--predictions", predictions),
         ("--model", model),
+        ("--models", models),
         ("--refine", refine),
         ("--profile", profile),
     ):
         argv += [flag, value] if value else []
+    argv += [x for s in settings or [] for x in ("--set", s)]
+    argv += [x for c in slice_by or [] for x in ("--slice-by", c)]
+    argv += ["--replace"] if replace else []
     with exit_on_interrupt():
         raise typer.Exit(eval_main([*argv, *checked.beam_args]))
 

@@ -176,3 +176,13 @@ def test_a_profiles_beam_options_are_checked_too() -> None:
         load_config(settings=['beam.args=["--runer=DataflowRunner"]'])
     for profile in ("dataflow-gpu", "flink", "spark"):
         assert load_config(str(REPO / "configs" / f"{profile}.toml")).beam.args
+
+
+def test_eval_is_as_strict_and_lists_its_flags(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--data", "--models", "--slice-by", "--replace", "--set", "Exit codes"):
+        assert flag in result.output, flag
+    args = ["eval", "--data", "x", "--output", str(tmp_path / "o"), "--modles", "a,b"]
+    typo = CliRunner().invoke(app, args)
+    assert typo.exit_code == 2 and "did you mean --models?" in typo.output
