@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,57 @@ def test_settings_digest_follows_model_dtype_and_outputs() -> None:
         settings_digest(dataclasses.replace(spec, seed=1), "float32", OutputSettings()),
     }
     assert base not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '"x"', "5", "\x00\xff garbage", '{"outputs": []}'])
+def test_a_record_that_is_not_ours_means_redo(
+    done: tuple[Resume, dict[str, str]], text: str
+) -> None:
+    resume, _ = done
+    Path(resume.state_uri("shop/a")).write_text(text, errors="surrogateescape")
+    assert resume.current("shop/a", "sha-a") is None
+
+
+def test_outputs_are_recorded_relative_to_the_prefix(
+    done: tuple[Resume, dict[str, str]],
+) -> None:
+    resume, _ = done
+    record = json.loads(Path(resume.state_uri("shop/a")).read_text())
+    assert record["outputs"] == {"mask_uri": "masks/shop/a.png"}
+
+
+def test_a_copied_folder_resumes_against_its_own_files(
+    done: tuple[Resume, dict[str, str]], tmp_path: Path
+) -> None:
+    resume, _ = done
+    copy = tmp_path / "copy"
+    shutil.copytree(resume.output, copy)
+    in_copy = dataclasses.replace(resume, output=str(copy))
+    assert in_copy.current("shop/a", "sha-a") == {"mask_uri": str(copy / "masks/shop/a.png")}
+    (copy / "masks/shop/a.png").unlink()
+    assert in_copy.current("shop/a", "sha-a") is None  # the copy's mask is gone: redo
+    assert resume.current("shop/a", "sha-a") is not None  # the original is untouched
+
+
+def test_the_same_folder_by_another_path_resumes(
+    done: tuple[Resume, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resume, _ = done
+    monkeypatch.chdir(tmp_path)
+    relative = dataclasses.replace(resume, output="out/")
+    assert relative.current("shop/a", "sha-a") == {"mask_uri": "out/masks/shop/a.png"}
+
+
+def test_an_absolute_record_into_another_folder_is_redone(
+    done: tuple[Resume, dict[str, str]], tmp_path: Path
+) -> None:
+    """As earlier versions recorded a copied folder: its outputs point at the original."""
+    resume, outputs = done
+    copy = tmp_path / "copy"
+    shutil.copytree(resume.output, copy)
+    state = copy / "state/shop/a.json"
+    record = json.loads(state.read_text())
+    state.write_text(json.dumps({**record, "outputs": outputs}))  # absolute, into `out`
+    assert dataclasses.replace(resume, output=str(copy)).current("shop/a", "sha-a") is None
+    state.write_text(json.dumps({**record, "outputs": {"mask_uri": "../out/masks/shop/a.png"}}))
+    assert dataclasses.replace(resume, output=str(copy)).current("shop/a", "sha-a") is None
