@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from matteflow.transforms.encode import FORMATS
 from matteflow.transforms.failures import BadRow, MatteflowError
 from matteflow.transforms.framing import FramingSettings
 from matteflow.transforms.settings import (
@@ -52,6 +53,10 @@ _KNOWN = ("uri", "id", "ground_truth_uri", "output_key")
 _DRIVE = re.compile(r"^[A-Za-z]:")  # C:, d:x (a Windows drive)
 # A file name is at most 255 bytes on common filesystems; room for ".png" and a temp suffix.
 _MAX_SEGMENT_BYTES = 200
+# What the job appends to a key's last segment (outputs, state records). A folder segment ending
+# in one could be another key's file: keys `a` and `a.png/b` would need cutouts/a.png to be
+# a file and a folder at once, so such a segment is refused (any case: macOS, Windows).
+_OUTPUT_SUFFIXES = tuple(f".{ext}" for ext in (*FORMATS.values(), "psd", "json"))
 _rows = beam.metrics.Metrics.counter("matteflow.manifest", "rows")
 
 
@@ -138,7 +143,8 @@ def count_rows(uri: str) -> int:
 def check_key(key: str) -> None:
     """Raise BadRow (manifest/unsafe_key) unless key is a safe relative path for outputs: no
     scheme, drive or leading "/", no "", "." or ".." segment, no backslash, no control or
-    line-separator character, segments of at most 200 bytes."""
+    line-separator character, segments of at most 200 bytes, no segment but the last ending in
+    an output extension (.png, .json, ...: another key's file could be there)."""
     parts = key.split("/")
     problem = None
     if not key or key.startswith("/") or "://" in key or _DRIVE.match(key) or "\\" in key:
@@ -149,6 +155,11 @@ def check_key(key: str) -> None:
         problem = "contains control characters"
     elif max(len(part.encode()) for part in parts) > _MAX_SEGMENT_BYTES:
         problem = f"has a segment over {_MAX_SEGMENT_BYTES} bytes"
+    elif any(part.lower().endswith(_OUTPUT_SUFFIXES) for part in parts[:-1]):
+        problem = (
+            "has a folder segment ending in an output file extension"
+            f" ({', '.join(_OUTPUT_SUFFIXES)}): it could collide with another key's file"
+        )
     if problem:
         raise BadRow(f"output key {key!r} {problem}", code="unsafe_key")
 

@@ -317,6 +317,9 @@ def test_allowed_row_settings_travel_with_the_task_and_bad_ones_fail(tmp_path: P
         "./a",
         "a/./b",
         "x" * 201,
+        "a.png/b",  # a folder where key "a" has its cutouts/a.png
+        "s.json/x",  # a folder where key "s" has its state/s.json
+        "shop/A.JPG/b",  # composites/shop/A.jpg on a case-insensitive disk
     ],
 )
 def test_check_key_refuses_unsafe_keys(key: str) -> None:
@@ -326,7 +329,18 @@ def test_check_key_refuses_unsafe_keys(key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["a", "shop/x-1", "deep/er/key.v2", "sku:123", "..a", "été/ü", "x" * 200]
+    "key",
+    [
+        "a",
+        "shop/x-1",
+        "deep/er/key.v2",
+        "sku:123",
+        "..a",
+        "été/ü",
+        "x" * 200,
+        "a/b.png",
+        "a.pngx/b",
+    ],
 )
 def test_check_key_accepts_relative_keys(key: str) -> None:
     check_key(key)
