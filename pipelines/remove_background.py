@@ -14,12 +14,10 @@ import io
 import json
 import logging
 import os
-import platform
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from importlib.metadata import version
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -36,7 +34,9 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from matteflow.models.registry import RegistryError, check, get_spec
 from matteflow.models.weights import WeightsError, native_weights
+from matteflow.pipelines.audit import audit_record, versions
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
+from matteflow.pipelines.lock import OutputLocked, output_lock
 from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
 from matteflow.transforms.arrivals import ReadArrivals
@@ -53,7 +53,7 @@ from matteflow.transforms.metrics import Score, WriteMetrics, failed_row, read_m
 from matteflow.transforms.refine import Refine
 from matteflow.transforms.resume import Resume, settings_digest
 from matteflow.transforms.settings import background_colour
-from matteflow.transforms.storage import exists, write_atomic
+from matteflow.transforms.storage import encrypt_in_place, exists, write_atomic
 from matteflow.transforms.write import WriteOutputs
 
 __all__ = [
@@ -124,7 +124,7 @@ def _resume(cfg: RunConfig) -> Resume:
         cfg.model.flip_tta,
         cfg.model.inference_size,
     )
-    return Resume(cfg.output, settings, force=cfg.force)
+    return Resume(cfg.output, settings, force=cfg.force, kms_key=cfg.outputs.kms_key)
 
 
 def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
@@ -195,9 +195,15 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
             raise PreflightError(f"outputs.background {background}: no such image")
     except (ManifestError, RegistryError, WeightsError) as err:
         raise PreflightError(str(err)) from None
+    kms_key = cfg.outputs.kms_key
+    if kms_key and not cfg.output.startswith(("gs://", "s3://")):
+        raise PreflightError(
+            f"outputs.kms_key encrypts gs:// and s3:// objects; {cfg.output} is not in a bucket"
+            " (encrypt a local disk with the operating system's means)"
+        )
     probe = f"{cfg.output.rstrip('/')}/.matteflow-probe-{uuid.uuid4().hex}"
-    try:
-        write_atomic(probe, b"probe")  # not empty: S3 refuses a multipart upload of no parts
+    try:  # with kms_key, this also proves the key can be used
+        write_atomic(probe, b"probe", kms_key=kms_key)  # not empty: S3 refuses 0-part uploads
         FileSystems.delete([probe])
     except Exception as err:
         raise PreflightError(f"output {cfg.output} is not writable: {err}") from None
@@ -205,11 +211,13 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
 
 def _clear_previous_run(output: str) -> None:
     """A run replaces the metrics, review list and run.json of the last one (state/ stays: it
-    is resume)."""
+    is resume). Everything under metrics/ goes, at any depth: a run that died while Beam wrote
+    the Parquet files (a full disk, say) leaves metrics/beam-temp-*/ behind, which would stop
+    `metrics/` from reading as one dataset."""
     prefix = output.rstrip("/")
     stale = [
         m.path
-        for pattern in (f"{prefix}/metrics/*", f"{prefix}/review/*")
+        for pattern in (f"{prefix}/metrics/**", f"{prefix}/review/*")
         for m in FileSystems.match([pattern])[0].metadata_list
     ]
     run_json = f"{prefix}/run.json"
@@ -217,9 +225,13 @@ def _clear_previous_run(output: str) -> None:
         stale.append(run_json)
     if stale:
         FileSystems.delete(stale)
+    metrics = f"{prefix}/metrics"
+    for folder, _, _ in os.walk(metrics, topdown=False):  # local: the emptied folders
+        if folder != metrics and not os.listdir(folder):
+            os.rmdir(folder)
 
 
-def _write_review(output: str, table: pa.Table) -> int:
+def _write_review(output: str, table: pa.Table, kms_key: str = "") -> int:
     """Write {output}/review/manifest.csv: the rows flagged needs_review, most uncertain first,
     as a manifest another run (a stronger model, a human tool) can take. Returns the count."""
     rows = [r for r in table.to_pylist() if r["needs_review"]]
@@ -231,7 +243,8 @@ def _write_review(output: str, table: pa.Table) -> int:
         uncertain = f"{r['uncertainty']:.4f}"
         outputs = [r["cutout_uri"] or "", r["mask_uri"] or ""]
         writer.writerow([r["id"], r["source_uri"], r["output_key"], uncertain, *outputs])
-    write_atomic(f"{output.rstrip('/')}/review/manifest.csv", buf.getvalue().encode())
+    uri = f"{output.rstrip('/')}/review/manifest.csv"
+    write_atomic(uri, buf.getvalue().encode(), kms_key=kms_key)
     return len(rows)
 
 
@@ -265,18 +278,23 @@ def _is_remote(options: PipelineOptions) -> bool:
     return options.view_as(PortableOptions).environment_type != "LOOPBACK"
 
 
-def _versions() -> dict[str, str]:
-    packages = ("matteflow", "apache-beam", "torch", "numpy", "pillow", "pyarrow")
-    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+def _encrypt_metrics(cfg: RunConfig) -> None:
+    """With outputs.kms_key, re-encrypt the Parquet files Beam's sink wrote (it cannot set a
+    key) under the customer's key, before run.json says the run is complete."""
+    if cfg.outputs.kms_key:
+        pattern = f"{cfg.output.rstrip('/')}/metrics/*.parquet"
+        for meta in FileSystems.match([pattern])[0].metadata_list:
+            encrypt_in_place(meta.path, cfg.outputs.kms_key)
 
 
 def _finish(
-    cfg: RunConfig, result: PipelineResult, started: float, started_at: str
+    cfg: RunConfig, result: PipelineResult, started: float, started_at: str, argv: list[str]
 ) -> dict[str, Any]:
     """Count the metrics rows, reconcile them with the manifest, write run.json (last)."""
+    _encrypt_metrics(cfg)
     table = read_metrics(cfg.output)
     statuses = table.column("status").to_pylist()
-    review = _write_review(cfg.output, table)
+    review = _write_review(cfg.output, table, cfg.outputs.kms_key)
     counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
     manifest_rows = _counter(result, "matteflow.manifest", "rows")
     if manifest_rows is None:  # a runner without metrics: count the manifest itself
@@ -302,12 +320,14 @@ def _finish(
             "dtype": cfg.model.dtype,
         },
         "config": dataclasses.asdict(cfg),
-        "versions": _versions(),
+        "versions": versions(),
+        "audit": audit_record(argv, get_spec(cfg.model.name).sha256 or None),
         "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - started, 3),
     }
-    write_atomic(f"{cfg.output.rstrip('/')}/run.json", json.dumps(summary, indent=2).encode())
+    run_json = f"{cfg.output.rstrip('/')}/run.json"
+    write_atomic(run_json, json.dumps(summary, indent=2).encode(), kms_key=cfg.outputs.kms_key)
     return summary
 
 
@@ -315,10 +335,11 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse options (a profile's [beam] args, then argv), preflight, run the job to completion
     and write run.json; with --streaming or --no_wait_until_finish, start it instead (_start).
 
-    Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
-    run.json) when the share of failed rows is over --max_failure_rate.
+    Raises ConfigError or PreflightError before anything runs, OutputLocked when another run
+    holds the output's lease (pipelines/lock.py), and TooManyFailures (after run.json) when
+    the share of failed rows is over --max_failure_rate.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = command = list(sys.argv[1:] if argv is None else argv)
     mf = PipelineOptions(argv).view_as(MatteflowOptions)
     cfg = load_config(
         mf.profile,
@@ -340,18 +361,22 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     preflight(cfg, not _is_remote(options), streaming=streaming)
     if streaming:
         return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, mf.subscription))
-    _clear_previous_run(cfg.output)
     if options.view_as(StandardOptions).no_wait_until_finish and not local:
-        return _start(cfg, options)
-    runner = local_runner(options) if local else None
-    mode = options.view_as(DirectOptions).direct_running_mode
-    in_process = local and mode != "multi_processing"
-    with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
-        p = beam.Pipeline(runner=runner, options=options)
-        build(p, cfg)
-        result = p.run()
-        result.wait_until_finish()
-    summary = _finish(cfg, result, started, started_at)
+        _clear_previous_run(cfg.output)
+        return _start(cfg, options)  # no lease: this process does not see the job end
+    with output_lock(
+        cfg.output, force=mf.force_unlock, argv=command, kms_key=cfg.outputs.kms_key
+    ):  # one run per output: OutputLocked if another holds it
+        _clear_previous_run(cfg.output)
+        runner = local_runner(options) if local else None
+        mode = options.view_as(DirectOptions).direct_running_mode
+        in_process = local and mode != "multi_processing"
+        with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
+            p = beam.Pipeline(runner=runner, options=options)
+            build(p, cfg)
+            result = p.run()
+            result.wait_until_finish()
+        summary = _finish(cfg, result, started, started_at, command)
     counts = summary["counts"]
     print(
         f"matteflow: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed"
@@ -395,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = run(argv)
-    except (ConfigError, PreflightError) as err:
+    except (ConfigError, PreflightError, OutputLocked) as err:
         print(f"matteflow: cannot start: {err}", file=sys.stderr)
         return 2
     except TooManyFailures as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from matteflow.transforms.encode import FORMATS
 from matteflow.transforms.framing import FramingSettings, check_framing
@@ -63,6 +63,11 @@ class OutputSettings:
     strip_gps: bool = True  # drop the EXIF GPS block (the privacy default for published files)
     strip_metadata: bool = False  # drop all EXIF (the sRGB profile and provenance stay)
     png_compress_level: int = 1  # zlib level; 1 is several times faster than 6, files ~15% bigger
+    # Customer-managed key that encrypts every object written to a gs:// or s3:// output: a
+    # Cloud KMS key name (projects/P/locations/L/keyRings/R/cryptoKeys/K) or an AWS KMS key id,
+    # ARN or alias; "" = the bucket's default encryption. It changes how objects are stored, not
+    # their bytes, so it is not part of the resume fingerprint.
+    kms_key: str = field(default="", metadata={"affects_output": False})
 
     def __post_init__(self) -> None:
         if not any(getattr(self, kind) for kind in KINDS):

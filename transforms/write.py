@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterator
 from functools import lru_cache
@@ -44,10 +45,12 @@ from matteflow.transforms.metrics import ok_row
 from matteflow.transforms.psd import encode_psd
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.settings import OutputSettings, background_colour, with_overrides
-from matteflow.transforms.storage import read_bytes, write_atomic
+from matteflow.transforms.storage import delete, read_bytes, write_atomic
 from matteflow.transforms.types import Failed, ImageTask, Matte
 
 __all__ = ["Rendered", "WriteOutputs", "composite", "quantise_alpha", "render"]
+
+_LOG = logging.getLogger(__name__)
 
 
 def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
@@ -163,6 +166,16 @@ def render(
     return Rendered(files, rgb.shape[1], rgb.shape[0])
 
 
+def _remove(uris: list[str]) -> None:
+    """Delete what a failed row wrote (best effort: a leftover is redone by the next run, as
+    the row has no state record)."""
+    for uri in uris:
+        try:
+            delete(uri)
+        except Exception as err:
+            _LOG.warning("%s: could not remove the output of a failed row: %s", uri, err)
+
+
 class _WriteFn(beam.DoFn):
     def __init__(
         self, output: str, outputs: OutputSettings, framing: FramingSettings, resume: Resume
@@ -174,6 +187,7 @@ class _WriteFn(beam.DoFn):
 
     def process(self, matte: Matte) -> Iterator[dict[str, object] | beam.pvalue.TaggedOutput]:
         task = matte.image.task
+        written_uris: list[str] = []
         try:
             check_key(task.output_key)  # keys are checked when read; never write outside
             start = time.perf_counter()
@@ -181,12 +195,14 @@ class _WriteFn(beam.DoFn):
             files, width, height = render(matte, outputs, framing, self._output)
             encoded = time.perf_counter()
             for uri, data in files.values():
-                write_atomic(uri, data)
+                write_atomic(uri, data, kms_key=outputs.kms_key)
+                written_uris.append(uri)
             uris = {column: uri for column, (uri, _) in files.items()}
             self._resume.record(task.output_key, matte.image.source_sha256, uris, task.settings)
             written = time.perf_counter()
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "write", f"{self._output} (key {task.output_key})")
+            _remove(written_uris)  # a failed row leaves no outputs behind
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
         timings = {
