@@ -1,0 +1,176 @@
+"""What a run leaves under its output prefix after a failure, a copy, odd keys, hostile state
+files, a huge EXIF or a huge canvas (issue 17, items 7-11 and 13)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+
+from matteflow.pipelines.remove_background import main
+from matteflow.transforms.metrics import read_metrics
+from tests.images import encode, pattern
+
+COUNT = 12
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """COUNT distinct small PNGs and a manifest `m.csv` listing them (ids 00 .. 11)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = ["id,uri"]
+    for n in range(COUNT):
+        pixels = np.array(pattern(40, 30))
+        pixels[n, :, 1] = 255 - n
+        (folder / f"{n:02d}.png").write_bytes(encode(Image.fromarray(pixels), "PNG"))
+        rows.append(f"{n:02d},{n:02d}.png")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _argv(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return ["--manifest", str(manifest), "--output", str(out), "--model", "tiny-isnet", *extra]
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in read_metrics(str(out)).to_pylist()}
+
+
+def _assert_metrics_read_as_a_dataset(out: Path, rows: int) -> None:
+    assert ds.dataset(str(out / "metrics"), format="parquet").to_table().num_rows == rows
+    assert sorted(p.name for p in (out / "metrics").iterdir()) == sorted(
+        p.name for p in (out / "metrics").glob("part-*.parquet")
+    )
+
+
+# Item 7: a full disk while metrics are written.
+
+
+@pytest.fixture
+def tiny_metrics_disk(tmp_path: Path) -> Iterator[Path]:
+    """out/metrics on a 4 KiB tmpfs (root only: skipped elsewhere); yields out."""
+    out = tmp_path / "out"
+    (out / "metrics").mkdir(parents=True)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(out / "metrics")]
+    try:
+        mounted = subprocess.run(mount, capture_output=True, check=False).returncode == 0
+    except OSError:
+        mounted = False
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield out
+    finally:
+        subprocess.run(["umount", str(out / "metrics")], check=True)
+
+
+def test_a_full_disk_while_metrics_are_written_then_a_rerun(
+    images: Path, tiny_metrics_disk: Path
+) -> None:
+    """The real thing: ENOSPC in Beam's Parquet sink; the rerun, with room, leaves a dataset."""
+    out = tiny_metrics_disk
+    failed = subprocess.run(  # its own process: Beam leaks the failed sink's open files
+        [
+            sys.executable,
+            "-m",
+            "matteflow.pipelines.remove_background",
+            *_argv(images / "m.csv", out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert failed.returncode == 1 and "No space left on device" in failed.stderr
+    assert list((out / "metrics").glob("beam-temp-*")), "the failure left no temporary files"
+    subprocess.run(["mount", "-o", "remount,size=10m", str(out / "metrics")], check=True)
+    assert main(_argv(images / "m.csv", out)) == 0
+    assert not list((out / "metrics").glob("beam-temp-*"))
+    _assert_metrics_read_as_a_dataset(out, COUNT)
+
+
+def test_a_rerun_clears_what_a_dead_metrics_write_left(images: Path, tmp_path: Path) -> None:
+    """Cheap stand-in for the above where no tmpfs can be mounted: the files that ENOSPC left
+    (an empty and a truncated Parquet part in a beam-temp folder) are planted."""
+    out = tmp_path / "out"
+    assert main(_argv(images / "m.csv", out)) == 0
+    temp = out / "metrics" / "beam-temp-part-305926ceee6311f1b3e702fc00000001"
+    temp.mkdir()
+    (temp / "0d5f2905-92c2-48bb-b522-3b02e5d2946e.part.parquet").write_bytes(b"")
+    some_part = next((out / "metrics").glob("part-*.parquet")).read_bytes()
+    (temp / "39f118ae-c302-41ff-9147-2b90d5f3e540.part.parquet").write_bytes(some_part[:100])
+    with pytest.raises(Exception, match="Parquet"):
+        ds.dataset(str(out / "metrics"), format="parquet").to_table()
+    assert main(_argv(images / "m.csv", out)) == 0
+    assert not temp.exists()
+    _assert_metrics_read_as_a_dataset(out, COUNT)
+
+
+# Item 8: a copied output folder; the same folder by another path.
+
+
+def test_a_copied_output_folder_regenerates_its_deleted_mask(images: Path, tmp_path: Path) -> None:
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    assert main(_argv(images / "m.csv", out)) == 0
+    shutil.copytree(out, copy)
+    (copy / "masks" / "03.png").unlink()
+    assert main(_argv(images / "m.csv", copy)) == 0
+    statuses = _statuses(copy)
+    assert statuses.pop("03") == "ok" and set(statuses.values()) == {"skipped"}
+    assert (copy / "masks" / "03.png").read_bytes() == (out / "masks" / "03.png").read_bytes()
+    rows = {r["id"]: r for r in read_metrics(str(copy)).to_pylist()}
+    assert rows["05"]["mask_uri"] == f"{copy}/masks/05.png"  # not the original folder
+
+
+def test_the_same_folder_by_another_path_skips_every_row(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(_argv(images / "m.csv", Path("out"))) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(_argv(images / "m.csv", tmp_path / "out")) == 0
+    assert set(_statuses(tmp_path / "out").values()) == {"skipped"}
+
+
+# Item 9: state files that are not records.
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '"x"', "\x00garbage"])
+def test_a_hostile_state_file_redoes_the_row(images: Path, tmp_path: Path, text: str) -> None:
+    out = tmp_path / "out"
+    assert main(_argv(images / "m.csv", out)) == 0
+    (out / "state" / "04.json").write_text(text)
+    assert main(_argv(images / "m.csv", out)) == 0
+    statuses = _statuses(out)
+    assert statuses.pop("04") == "ok" and set(statuses.values()) == {"skipped"}
+    assert json.loads((out / "state" / "04.json").read_text())["outputs"]["mask_uri"]
+
+
+# Item 10: keys whose outputs would collide.
+
+
+@pytest.mark.parametrize(("key", "clash"), [("a", "a.png/b"), ("s", "s.json/x")])
+def test_colliding_keys_fail_one_row_and_write_nothing_for_it(
+    images: Path, tmp_path: Path, key: str, clash: str
+) -> None:
+    manifest = images / "keys.csv"
+    manifest.write_text(f"id,uri\n{key},00.png\n{clash},01.png\n")
+    out = tmp_path / "out"
+    for status in ("ok", "skipped"):  # the same on every run
+        assert main(_argv(manifest, out)) == 0
+        rows = {r["id"]: r for r in read_metrics(str(out)).to_pylist()}
+        assert rows[key]["status"] == status
+        assert (rows[clash]["status"], rows[clash]["error_code"]) == ("failed", "unsafe_key")
+    clash_folder = clash.split("/")[0]
+    for kind in ("cutouts", "masks", "state"):
+        assert not (out / kind / clash_folder).is_dir(), f"{kind}/{clash_folder} was written"
