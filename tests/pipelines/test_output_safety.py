@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from matteflow.pipelines.remove_background import main
+from matteflow.transforms.decode import MAX_EXIF_BYTES
 from matteflow.transforms.metrics import read_metrics
 from tests.images import encode, pattern
 
@@ -174,3 +175,54 @@ def test_colliding_keys_fail_one_row_and_write_nothing_for_it(
     clash_folder = clash.split("/")[0]
     for kind in ("cutouts", "masks", "state"):
         assert not (out / kind / clash_folder).is_dir(), f"{kind}/{clash_folder} was written"
+
+
+# Item 11: a 5 MB EXIF.
+
+
+def _huge_exif_png(path: Path) -> int:
+    """A 40 x 30 PNG whose EXIF holds a 5 MB user comment beside a copyright; its EXIF size."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Copyright] = "(c) Shop"
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = b"ASCII\0\0\0" + b"x" * (5 << 20)
+    block = exif.tobytes()
+    path.write_bytes(encode(pattern(40, 30), "PNG", exif=block))
+    return len(block)
+
+
+def test_a_huge_exif_is_capped_and_a_jpeg_composite_still_works(
+    tmp_path: Path,
+) -> None:
+    size = _huge_exif_png(tmp_path / "big.png")
+    assert size > 5_000_000
+    (tmp_path / "m.csv").write_text('id,uri,outputs\nbig,big.png,"cutout,mask,composite"\n')
+    out = tmp_path / "out"
+    assert main(_argv(tmp_path / "m.csv", out)) == 0
+    (row,) = read_metrics(str(out)).to_pylist()
+    assert (row["status"], row["error_code"]) == ("ok", None)
+    assert "decode/exif_too_large" in row["warnings"]
+    assert row["output_bytes"] < 3 * MAX_EXIF_BYTES  # three files, none carrying 5 MB
+    for uri in (row["cutout_uri"], row["composite_uri"]):
+        with Image.open(uri) as written:
+            kept = written.getexif()
+        assert kept[ExifTags.Base.Copyright] == "(c) Shop"  # the small tags stay
+        assert ExifTags.Base.UserComment not in kept.get_ifd(ExifTags.IFD.Exif)
+
+
+# Item 13: a per-row canvas far larger than its source.
+
+
+def test_a_huge_per_row_canvas_fails_the_row_before_anything_is_written(
+    images: Path, tmp_path: Path
+) -> None:
+    manifest = images / "canvas.csv"
+    manifest.write_text(
+        "id,uri,framing,canvas\nhuge,00.png,canvas,12000x12000\nfine,01.png,canvas,400x300\n"
+    )
+    out = tmp_path / "out"
+    assert main(_argv(manifest, out)) == 0
+    rows = {r["id"]: r for r in read_metrics(str(out)).to_pylist()}
+    assert (rows["huge"]["status"], rows["huge"]["error_code"]) == ("failed", "bad_setting")
+    assert "over the 100 MP limit" in rows["huge"]["error_message"]
+    assert rows["fine"]["status"] == "ok" and rows["fine"]["output_width"] == 400
+    assert not list(out.glob("*/huge.*"))
