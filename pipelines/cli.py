@@ -1,4 +1,4 @@
-"""The `matteflow` command: `run`, `eval`, and `models list | fetch | verify | convert`."""
+"""The `matteflow` command: `run`, `eval`, `purge`, and `models list | fetch | verify | convert`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,37 @@ def eval_command(ctx: typer.Context) -> None:
     from matteflow.pipelines.evaluate import main as eval_main
 
     raise typer.Exit(eval_main(list(ctx.args)))
+
+
+@app.command("purge", context_settings=_PASS_THROUGH)
+def purge_command(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Argument(help="output prefix of a run (local, gs://, s3://)")],
+    older_than: Annotated[
+        str | None, typer.Option(help="only objects older than this: 30d, 12h, 90m")
+    ] = None,
+    keep: Annotated[
+        list[str] | None, typer.Option(help="a kind to keep, e.g. metrics (repeatable)")
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="delete (default: only print the plan)")
+    ] = False,
+    force_unlock: Annotated[bool, typer.Option("--force-unlock")] = False,
+) -> None:
+    """Delete what runs stored under OUTPUT (see README, Data handling); a dry run without --yes.
+
+    Other flags are Beam storage options (--s3_endpoint_url, ...).
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from matteflow.pipelines.purge import main as purge_main
+
+    FileSystems.set_options(PipelineOptions(list(ctx.args)))
+    code = purge_main(
+        output, older_than=older_than, keep=keep or [], yes=yes, force_unlock=force_unlock
+    )
+    raise typer.Exit(code)
 
 
 def _fail(err: Exception) -> typer.Exit:
