@@ -135,6 +135,8 @@ def acquire(
             if existing is None:  # released meanwhile
                 continue
         holder = Holder.parse(existing)
+        if holder is not None and holder.run_id == me.run_id:  # ours: a retried create
+            return me
         who = holder.describe() if holder else "an unreadable lease"
         if not (force or _stale(holder)):
             raise OutputLocked(

@@ -374,8 +374,12 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
             p = beam.Pipeline(runner=runner, options=options)
             build(p, cfg)
-            result = p.run()
-            result.wait_until_finish()
+            try:
+                result = p.run()
+                result.wait_until_finish()
+            except BaseException:
+                _clear_previous_run(cfg.output)  # what the failed sink left: metrics/ reads
+                raise
         summary = _finish(cfg, result, started, started_at, command)
     counts = summary["counts"]
     print(
