@@ -20,16 +20,16 @@ from matteflow.models.registry import ModelSpec
 from matteflow.transforms.failures import NotFound
 from matteflow.transforms.storage import exists, read_bytes, write_atomic
 
-__all__ = ["Resume", "settings_digest"]
+__all__ = ["Resume", "plain_settings", "settings_digest"]
 
 RowSettings = tuple[tuple[str, str], ...]
 _FORMAT = 2  # bump when the output bytes change for the same inputs and settings
 
 
-def _plain(value: Any) -> Any:
-    """A settings value as JSON-able data; dataclass fields marked
-    `metadata={"affects_output": False}` (how objects are stored, not what they hold) are left
-    out."""
+def plain_settings(value: Any) -> Any:
+    """A settings value as JSON-able data, as the fingerprint and the outputs' provenance XMP
+    record it: dataclass fields marked `metadata={"affects_output": False}` (how objects are
+    stored, not what they hold, e.g. outputs.kms_key) are left out."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         plain = dataclasses.asdict(value)
         for f in dataclasses.fields(value):
@@ -46,7 +46,7 @@ def settings_digest(spec: ModelSpec, dtype: str, *settings: Any) -> str:
         "format": _FORMAT,
         "model": dataclasses.asdict(spec),
         "dtype": dtype,
-        "settings": [_plain(s) for s in settings],
+        "settings": [plain_settings(s) for s in settings],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

@@ -16,7 +16,6 @@ name and renamed into place, so no reader ever sees a partial file at a final na
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -43,7 +42,7 @@ from matteflow.transforms.framing import FramingSettings, frame
 from matteflow.transforms.manifest import check_key
 from matteflow.transforms.metrics import ok_row
 from matteflow.transforms.psd import encode_psd
-from matteflow.transforms.resume import Resume
+from matteflow.transforms.resume import Resume, plain_settings
 from matteflow.transforms.settings import OutputSettings, background_colour, with_overrides
 from matteflow.transforms.storage import delete, read_bytes, write_atomic
 from matteflow.transforms.types import Failed, ImageTask, Matte
@@ -110,7 +109,7 @@ def render(
         colour = to_uint8(colour) if clean else original
     rgb, alpha = frame(colour, matte.alpha, framing)
     alpha_px = quantise_alpha(alpha, rgb.dtype.type)
-    settings = {"outputs": dataclasses.asdict(outputs), "framing": dataclasses.asdict(framing)}
+    settings = {"outputs": plain_settings(outputs), "framing": plain_settings(framing)}
     xmp = provenance_xmp(
         {
             "model": matte.model,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from matteflow.models.registry import get_spec
-from matteflow.transforms.resume import Resume, settings_digest
+from matteflow.transforms.resume import Resume, plain_settings, settings_digest
 from matteflow.transforms.settings import OutputSettings
 
 
@@ -127,3 +127,13 @@ def test_an_absolute_record_into_another_folder_is_redone(
     assert dataclasses.replace(resume, output=str(copy)).current("shop/a", "sha-a") is None
     state.write_text(json.dumps({**record, "outputs": {"mask_uri": "../out/masks/shop/a.png"}}))
     assert dataclasses.replace(resume, output=str(copy)).current("shop/a", "sha-a") is None
+
+
+def test_the_kms_key_changes_neither_the_fingerprint_nor_the_recorded_settings() -> None:
+    """It says how objects are stored, not what they hold (nor does it go into every XMP)."""
+    spec, keyed = get_spec("tiny-isnet"), OutputSettings(kms_key="projects/p/.../cryptoKeys/k")
+    assert settings_digest(spec, "float32", keyed) == settings_digest(
+        spec, "float32", OutputSettings()
+    )
+    assert plain_settings(keyed) == plain_settings(OutputSettings())
+    assert "kms_key" not in plain_settings(keyed) and "png_compress_level" in plain_settings(keyed)
