@@ -6,8 +6,9 @@ holds it (user, host, pid, start time, run id, the command with secrets removed)
 removed when the run ends, whether it succeeded or failed. A second run on the same output
 stops with `OutputLocked`, naming the holder.
 
-Stale leases: a lease whose holder ran on this host and whose pid is no longer alive is taken
-over (with a warning), after re-reading it to make sure it did not change meanwhile. Any other
+Stale leases: a lease whose holder ran on this host, in this pid namespace (containers that
+share a host name do not see each other's pids), and whose pid is no longer alive is taken over
+(with a warning), after re-reading it to make sure it did not change meanwhile. Any other
 lease (another host, a killed container) stays until its run ends or an operator who has made
 sure that run is gone passes `--force_unlock`.
 """
@@ -28,7 +29,16 @@ from matteflow.pipelines.audit import identity, redact_command
 from matteflow.transforms.failures import NotFound
 from matteflow.transforms.storage import create_exclusive, delete, read_bytes
 
-__all__ = ["LOCK_NAME", "Holder", "OutputLocked", "acquire", "lock_uri", "output_lock", "release"]
+__all__ = [
+    "LOCK_NAME",
+    "Holder",
+    "OutputLocked",
+    "acquire",
+    "lock_uri",
+    "output_lock",
+    "pid_namespace",
+    "release",
+]
 
 LOCK_NAME = ".matteflow-lock.json"
 _LOG = logging.getLogger(__name__)
@@ -48,6 +58,7 @@ class Holder:
     pid: int
     started_at: str
     command: tuple[str, ...] = ()
+    pid_namespace: str = ""  # where `pid` means something: Linux's /proc/self/ns/pid
 
     def describe(self) -> str:
         """'user@host pid N, since T (run R)'."""
@@ -67,6 +78,7 @@ class Holder:
                 pid=int(record["pid"]),
                 started_at=str(record["started_at"]),
                 command=tuple(str(a) for a in record.get("command", ())),
+                pid_namespace=str(record.get("pid_namespace", "")),
             )
         except (ValueError, TypeError, KeyError):
             return None
@@ -95,11 +107,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace ("pid:[4026531836]"), "" where there is no /proc."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _stale(holder: Holder | None) -> bool:
-    """A lease nobody can be holding: unreadable, or its holder ran here and is gone."""
+    """A lease nobody can be holding: unreadable, or its holder ran here (same host and pid
+    namespace) and is gone."""
     if holder is None:
         return True
-    return holder.host == socket.gethostname() and not _alive(holder.pid)
+    here = holder.host == socket.gethostname() and holder.pid_namespace == pid_namespace()
+    return here and bool(holder.pid_namespace) and not _alive(holder.pid)
 
 
 def _remove_if_unchanged(uri: str, data: bytes) -> None:
@@ -121,6 +143,7 @@ def acquire(
         run_id=uuid.uuid4().hex,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         command=tuple(redact_command(argv or [])),
+        pid_namespace=pid_namespace(),
         **identity(),
     )
     data = json.dumps(asdict(me), indent=2).encode()

@@ -21,6 +21,7 @@ from matteflow.pipelines.lock import (
     OutputLocked,
     acquire,
     output_lock,
+    pid_namespace,
     release,
 )
 from matteflow.pipelines.remove_background import main
@@ -48,6 +49,7 @@ def _write_lease(out: Path, **fields: object) -> None:
         "pid": os.getpid(),
         "started_at": "2026-12-01T09:00:00+00:00",
         "command": [],
+        "pid_namespace": pid_namespace(),
         **fields,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +122,17 @@ def test_a_lease_from_another_host_is_never_guessed_stale(tmp_path: Path) -> Non
     out = tmp_path / "out"
     _write_lease(out, host="worker-7.example", pid=1)
     with pytest.raises(OutputLocked, match=r"someone@worker-7\.example pid 1"):
+        acquire(str(out))
+
+
+@pytest.mark.parametrize("namespace", ["pid:[1]", ""])
+def test_a_dead_pid_of_another_pid_namespace_is_not_stale(tmp_path: Path, namespace: str) -> None:
+    """Another container with the same host name: its pids are not ours to check."""
+    out = tmp_path / "out"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(30)
+    _write_lease(out, pid=gone.pid, pid_namespace=namespace)
+    with pytest.raises(OutputLocked):
         acquire(str(out))
 
 
