@@ -91,9 +91,10 @@ def lock_uri(output: str) -> str:
 
 def _read(uri: str) -> bytes | None:
     try:
-        return read_bytes(uri)
+        data: bytes = read_bytes(uri)
     except NotFound:
         return None
+    return data
 
 
 def _alive(pid: int) -> bool:
