@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.io.aws import s3io
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp import gcsio
-from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, S3Options
 from google.api_core.exceptions import PreconditionFailed
 
 from matteflow.transforms.failures import BadRow, PermanentError, TransientError, classify
@@ -258,10 +258,13 @@ def _bucket_store(uri: str) -> _GcsStore | _S3Store:
     if not uri.startswith("gs://"):
         raise ValueError(f"{uri}: not a gs:// or s3:// object")
     options = FileSystems.get_filesystem(uri)._pipeline_options  # type: ignore[attr-defined]
-    stores: dict[int, _GcsStore] = _per_thread.__dict__.setdefault("gcs", {})
-    if id(options) not in stores:
-        stores[id(options)] = _GcsStore(options)
-    return stores[id(options)]
+    gcp = options.view_as(GoogleCloudOptions)
+    # What the client is built from: the credentials' flags, and the endpoint it reads then.
+    key = (gcp.project, gcp.impersonate_service_account, os.environ.get("STORAGE_EMULATOR_HOST"))
+    stores: dict[tuple[object, ...], _GcsStore] = _per_thread.__dict__.setdefault("gcs", {})
+    if key not in stores:
+        stores[key] = _GcsStore(options)
+    return stores[key]
 
 
 def _store(uri: str) -> _BeamStore | _S3Store:
