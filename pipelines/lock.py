@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 from matteflow.pipelines.audit import identity, redact_command
 from matteflow.transforms.failures import NotFound
+from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.storage import create_exclusive, delete, read_bytes
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
     "release",
 ]
 
-LOCK_NAME = ".matteflow-lock.json"
+LOCK_NAME = OutputLayout("out").lock.rsplit("/", 1)[-1]  # .matteflow-lock.json
 _LOG = logging.getLogger(__name__)
 
 
@@ -86,7 +87,8 @@ class Holder:
 
 def lock_uri(output: str) -> str:
     """Where the lease of an output prefix lives."""
-    return f"{output.rstrip('/')}/{LOCK_NAME}"
+    uri: str = OutputLayout(output).lock
+    return uri
 
 
 def _read(uri: str) -> bytes | None:
