@@ -41,6 +41,7 @@ from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = [
+    "OUTPUT_SUFFIXES",
     "ManifestError",
     "ManifestRows",
     "ReadManifest",
@@ -60,7 +61,8 @@ _MAX_SEGMENT_BYTES = 200
 # What the job appends to a key's last segment (outputs, state records). A folder segment ending
 # in one could be another key's file: keys `a` and `a.png/b` would need cutouts/a.png to be
 # a file and a folder at once, so such a segment is refused (any case: macOS, Windows).
-_OUTPUT_SUFFIXES = tuple(f".{ext}" for ext in (*FORMATS.values(), "psd", "json"))
+# tests/transforms/test_manifest.py checks that every output kind's extension is listed.
+OUTPUT_SUFFIXES = tuple(f".{ext}" for ext in (*FORMATS.values(), "psd", "xcf", "json"))
 _rows = Metrics.counter("matteflow.manifest", "rows")
 
 
@@ -178,10 +180,10 @@ def check_key(key: str) -> None:
         problem = "contains control characters"
     elif max(len(part.encode()) for part in parts) > _MAX_SEGMENT_BYTES:
         problem = f"has a segment over {_MAX_SEGMENT_BYTES} bytes"
-    elif any(part.lower().endswith(_OUTPUT_SUFFIXES) for part in parts[:-1]):
+    elif any(part.lower().endswith(OUTPUT_SUFFIXES) for part in parts[:-1]):
         problem = (
             "has a folder segment ending in an output file extension"
-            f" ({', '.join(_OUTPUT_SUFFIXES)}): it could collide with another key's file"
+            f" ({', '.join(OUTPUT_SUFFIXES)}): it could collide with another key's file"
         )
     if problem:
         raise BadRow(f"output key {key!r} {problem}", code="unsafe_key")

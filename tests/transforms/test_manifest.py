@@ -19,6 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from matteflow.transforms import manifest
 from matteflow.transforms.failures import BadRow
 from matteflow.transforms.manifest import (
+    OUTPUT_SUFFIXES,
     ManifestError,
     ReadManifest,
     check_key,
@@ -26,7 +27,9 @@ from matteflow.transforms.manifest import (
     count_rows,
     is_glob,
 )
+from matteflow.transforms.settings import OutputSettings
 from matteflow.transforms.types import Failed, ImageTask
+from matteflow.transforms.write import OUTPUT_KINDS
 
 # Beam's `**` matches across folders but the `/` after it is literal, so `imgs/**/*.png`
 # only matches files at least one folder below imgs/; every image here sits in a subfolder.
@@ -364,3 +367,14 @@ def test_ten_thousand_rows_are_read_by_the_runner(root: Path, suffix: str) -> No
     assert failed == []
     assert [t.id for t in tasks] == [f"row-{n:05d}" for n in range(10_000)]
     assert count_rows(uri) == 10_000
+
+
+def test_every_output_extension_is_refused_in_folder_segments() -> None:
+    """A new output kind or format must join OUTPUT_SUFFIXES, or keys could collide again."""
+    settings = [
+        OutputSettings(cutout_format=cutout, composite_format=composite)
+        for cutout in ("png", "webp", "tiff", "avif")
+        for composite in ("jpeg", "png")
+    ]
+    extensions = {f".{kind.extension(s)}" for kind in OUTPUT_KINDS for s in settings}
+    assert extensions | {".json"} <= set(OUTPUT_SUFFIXES)  # .json: the state records
