@@ -21,16 +21,14 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from matteflow.pipelines.lock import OutputLocked, output_lock
+from matteflow.transforms.write import OUTPUT_KINDS
 
 __all__ = ["KINDS", "Plan", "PurgeError", "main", "parse_age", "plan", "purge"]
 
-# What a run writes under its prefix (README, Output layout): folders, and run.json.
+# What a run writes under its prefix (README, Output layout): the output kinds' folders, the
+# records beside them, and run.json.
 KINDS = (
-    "cutouts",
-    "masks",
-    "composites",
-    "colors",
-    "psd",
+    *(kind.folder for kind in OUTPUT_KINDS),
     "state",
     "review",
     "reviews",
