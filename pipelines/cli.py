@@ -1,5 +1,5 @@
-"""The `matteflow` command: `run`, `eval`, `serve` and `models list | fetch | verify | convert`
-(`python -m matteflow` is the same)."""
+"""The `matteflow` command: `run`, `eval`, `serve`, `purge` and `models list | fetch | verify |
+convert` (`python -m matteflow` is the same)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,14 @@ def run_command(
     force: Annotated[
         bool, typer.Option("--force", help="redo rows whose outputs are already current")
     ] = False,
+    force_unlock: Annotated[
+        bool,
+        typer.Option(
+            "--force-unlock",
+            "--force_unlock",
+            help="take over the output's lock from a run that is gone (README: One run per output)",
+        ),
+    ] = False,
     max_failure_rate: Annotated[
         float | None,
         typer.Option(
@@ -164,6 +172,7 @@ def run_command(
     argv += [x for s in settings or [] for x in ("--set", s)]
     argv += [x for s in allow_source or [] for x in ("--allow_source", s)]
     argv += ["--force"] if force else []
+    argv += ["--force_unlock"] if force_unlock else []
     argv += [f"--max_failure_rate={max_failure_rate}"] if max_failure_rate is not None else []
     argv += ["--streaming"] if streaming else []
     argv += ["--subscription", subscription] if subscription else []
@@ -325,6 +334,37 @@ def serve_command(
     server = uvicorn.Server(uvicorn.Config(create_server(settings), host=host, port=port))
     server.run()
     raise typer.Exit(0 if server.started else 2)
+
+
+@app.command("purge", context_settings=_PASS_THROUGH)
+def purge_command(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Argument(help="output prefix of a run (local, gs://, s3://)")],
+    older_than: Annotated[
+        str | None, typer.Option(help="only objects older than this: 30d, 12h, 90m")
+    ] = None,
+    keep: Annotated[
+        list[str] | None, typer.Option(help="a kind to keep, e.g. metrics (repeatable)")
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="delete (default: only print the plan)")
+    ] = False,
+    force_unlock: Annotated[bool, typer.Option("--force-unlock")] = False,
+) -> None:
+    """Delete what runs stored under OUTPUT (see README, Data handling); a dry run without --yes.
+
+    Other flags are Beam storage options (--s3_endpoint_url, ...).
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from matteflow.pipelines.purge import main as purge_main
+
+    FileSystems.set_options(PipelineOptions(list(ctx.args)))
+    code = purge_main(
+        output, older_than=older_than, keep=keep or [], yes=yes, force_unlock=force_unlock
+    )
+    raise typer.Exit(code)
 
 
 def _fail(err: Exception) -> typer.Exit:

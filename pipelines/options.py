@@ -86,7 +86,7 @@ def _flag(text: str) -> bool:
 
 class MatteflowOptions(PipelineOptions):
     """--manifest, --output, --profile, --model, --force, --max_failure_rate, --set,
-    --subscription, --allow_source, --allow_private_sources."""
+    --subscription, --allow_source, --force_unlock, --allow_private_sources."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
@@ -134,6 +134,14 @@ class MatteflowOptions(PipelineOptions):
             metavar="PATTERN",
             help="a source URI pattern rows may read, e.g. 'gs://photos/*' or 'local'"
             " (repeatable; replaces the default: local, gs://*, s3://*; http(s) only if named)",
+        )
+        parser.add_argument(
+            "--force_unlock",
+            "--force-unlock",
+            dest="force_unlock",
+            action="store_true",
+            help="take over the output's lock from a run that is gone (see README, Data"
+            " handling): only once you are sure no other run writes to --output",
         )
         parser.add_argument(
             "--allow_private_sources",

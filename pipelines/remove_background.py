@@ -27,6 +27,7 @@ from matteflow.models.threads import inference_threads
 from matteflow.models.weights import WeightsError
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.interrupts import cancel_on_interrupt
+from matteflow.pipelines.lock import OutputLocked, output_lock
 from matteflow.pipelines.options import MatteflowOptions, RunnerKind
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
 from matteflow.pipelines.run_summary import summary_lines
@@ -123,7 +124,7 @@ def resume_for(cfg: RunConfig, options: PipelineOptions) -> Resume:
     (`compute_dtype`; model.torch_threads is marked in the config, issue 17)."""
     model = dataclasses.replace(cfg.model, dtype=compute_dtype(cfg, options))
     digest = settings_digest(get_spec(cfg.model.name), dataclasses.replace(cfg, model=model))
-    return Resume(cfg.output, digest, force=cfg.force)
+    return Resume(cfg.output, digest, force=cfg.force, kms_key=cfg.outputs.kms_key)
 
 
 def reader(cfg: RunConfig) -> Reader:
@@ -215,9 +216,15 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
             raise PreflightError(f"outputs.background {background}: no such image")
     except (ManifestError, RegistryError, WeightsError) as err:
         raise PreflightError(str(err)) from None
+    kms_key = cfg.outputs.kms_key
+    if kms_key and not cfg.output.startswith(("gs://", "s3://")):
+        raise PreflightError(
+            f"outputs.kms_key encrypts gs:// and s3:// objects; {cfg.output} is not in a bucket"
+            " (encrypt a local disk with the operating system's means)"
+        )
     probe = OutputLayout(cfg.output).probe()
-    try:
-        write_atomic(probe, b"probe")  # not empty: S3 refuses a multipart upload of no parts
+    try:  # with kms_key, this also proves the key can be used
+        write_atomic(probe, b"probe", kms_key=kms_key)  # not empty: S3 refuses 0-part uploads
         FileSystems.delete([probe])
     except Exception as err:
         raise PreflightError(f"output {cfg.output} is not writable: {err}") from None
@@ -247,19 +254,26 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, mf = parse_config(argv)
-    return launch(cfg, argv, mf.subscription)
+    return launch(cfg, argv, mf.subscription, force_unlock=mf.force_unlock)
 
 
 def launch(
-    cfg: RunConfig, argv: list[str] | None = None, subscription: str | None = None
+    cfg: RunConfig,
+    argv: list[str] | None = None,
+    subscription: str | None = None,
+    *,
+    force_unlock: bool = False,
 ) -> PipelineResult:
     """Preflight, run the job to completion and write run.json; with --streaming or
-    --no_wait_until_finish in `argv` (Beam options), start it instead (_start).
+    --no_wait_until_finish in `argv` (Beam options), start it instead (_start). A batch run
+    holds the output's lock (pipelines/lock.py); `force_unlock` takes it over.
 
-    Raises PreflightError before anything runs, and TooManyFailures (after run.json) when the
-    share of failed rows is over max_failure_rate.
+    Raises PreflightError before anything runs, OutputLocked when another run holds the
+    output's lock, and TooManyFailures (after run.json) when the share of failed rows is over
+    max_failure_rate.
     """
-    argv = [*cfg.beam.args, *(argv or [])]  # a profile's Beam options first: argv's win
+    command = list(argv or [])  # as given, for run.json's audit block
+    argv = [*cfg.beam.args, *command]  # a profile's Beam options first: argv's win
     kind = RunnerKind.of(PipelineOptions(argv))
     in_process = kind is RunnerKind.IN_PROCESS
     options = PipelineOptions([*argv, *local_worker_flags(argv)] if in_process else argv)
@@ -273,22 +287,30 @@ def launch(
             options,
             ReadArrivals(cfg.manifest, cfg.streaming, subscription, exclude=cfg.output),
         )
-    clear_previous_run(OutputLayout(cfg.output))
+    layout = OutputLayout(cfg.output)
     if options.view_as(StandardOptions).no_wait_until_finish and not in_process:
-        return _start(cfg, options)
-    runner = local_runner(options) if in_process else None
-    mode = options.view_as(DirectOptions).direct_running_mode
-    show_progress = in_process and mode != "multi_processing"
-    with progress_bar(
-        count_rows(cfg.manifest, cfg.output) if show_progress else 0, enabled=show_progress
-    ):
-        p = beam.Pipeline(runner=runner, options=options)
-        build(p, cfg)
-        result = p.run()
-        if not in_process:  # a job elsewhere: Ctrl-C cancels it (pipelines/interrupts.py)
-            cancel_on_interrupt(result)
-        result.wait_until_finish()
-    summary = write_summary(cfg, result, started, started_at)
+        clear_previous_run(layout)
+        return _start(cfg, options)  # no lock: this process does not see the job end
+    with output_lock(
+        cfg.output, force=force_unlock, argv=command, kms_key=cfg.outputs.kms_key
+    ):  # one run per output: OutputLocked if another holds it
+        clear_previous_run(layout)
+        runner = local_runner(options) if in_process else None
+        mode = options.view_as(DirectOptions).direct_running_mode
+        show_progress = in_process and mode != "multi_processing"
+        rows = count_rows(cfg.manifest, cfg.output) if show_progress else 0
+        with progress_bar(rows, enabled=show_progress):
+            p = beam.Pipeline(runner=runner, options=options)
+            build(p, cfg)
+            try:
+                result = p.run()
+                if not in_process:  # a job elsewhere: Ctrl-C cancels it (pipelines/interrupts.py)
+                    cancel_on_interrupt(result)
+                result.wait_until_finish()
+            except BaseException:
+                clear_previous_run(layout)  # what the failed sink left: metrics/ reads
+                raise
+        summary = write_summary(cfg, result, started, started_at, command)
     counts = summary["counts"]
     print("\n".join(summary_lines(summary)))
     if summary["failure_rate"] > cfg.max_failure_rate:
@@ -335,7 +357,7 @@ def exit_code(start: Callable[[], PipelineResult]) -> int:
     printed (README, "Exit codes")."""
     try:
         result = start()
-    except (ConfigError, PreflightError) as err:
+    except (ConfigError, PreflightError, OutputLocked) as err:
         print(f"matteflow: cannot start: {err}", file=sys.stderr)
         return 2
     except TooManyFailures as err:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import platform
+import os
+import posixpath
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from importlib.metadata import version
 from typing import Any
 
 import pyarrow as pa
@@ -20,12 +20,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
 from matteflow.models.registry import get_spec
+from matteflow.pipelines.audit import audit_record, versions
 from matteflow.pipelines.config import RunConfig
 from matteflow.transforms.csvfile import write_csv
 from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.manifest import absolute_uri, count_rows
 from matteflow.transforms.metrics import read_metrics
-from matteflow.transforms.storage import write_atomic
+from matteflow.transforms.storage import encrypt_in_place, write_atomic
 
 __all__ = ["clear_previous_run", "counter", "failure_codes", "write_review", "write_summary"]
 
@@ -34,7 +35,9 @@ _LOG = logging.getLogger(__name__)
 
 def clear_previous_run(layout: OutputLayout) -> None:
     """A run replaces the metrics, review list and run.json of the last one (state/ stays: it
-    is resume)."""
+    is resume). Everything under metrics/ goes, at any depth: a run that died while Beam wrote
+    the Parquet files (a full disk, say) leaves metrics/beam-temp-*/ behind, which would stop
+    `metrics/` from reading as one dataset."""
     stale = [
         m.path
         for pattern in layout.replaced_by_each_run
@@ -44,9 +47,13 @@ def clear_previous_run(layout: OutputLayout) -> None:
         stale.append(layout.run_json)
     if stale:
         FileSystems.delete(stale)
+    metrics = posixpath.dirname(layout.metrics_prefix)
+    for folder, _, _ in os.walk(metrics, topdown=False):  # local: the emptied folders
+        if folder != metrics and not os.listdir(folder):
+            os.rmdir(folder)
 
 
-def write_review(layout: OutputLayout, table: pa.Table) -> int:
+def write_review(layout: OutputLayout, table: pa.Table, kms_key: str = "") -> int:
     """Write the review manifest: the rows flagged needs_review, most uncertain first, as a
     manifest another run (a stronger model, a human tool) can take. Returns the count."""
     rows = [r for r in table.to_pylist() if r["needs_review"]]
@@ -66,6 +73,7 @@ def write_review(layout: OutputLayout, table: pa.Table) -> int:
             ]
             for r in rows
         ),
+        kms_key=kms_key,
     )
     return len(rows)
 
@@ -91,20 +99,29 @@ def failure_codes(table: pa.Table) -> dict[str, int]:
     return dict(sorted(counted.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _versions() -> dict[str, str]:
-    packages = ("matteflow", "apache-beam", "torch", "numpy", "pillow", "pyarrow")
-    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+def _encrypt_metrics(cfg: RunConfig, layout: OutputLayout) -> None:
+    """With outputs.kms_key, re-encrypt the Parquet files Beam's sink wrote (it cannot set a
+    key) under the customer's key, before run.json says the run is complete."""
+    if cfg.outputs.kms_key:
+        for meta in FileSystems.match([layout.metrics_glob])[0].metadata_list:
+            encrypt_in_place(meta.path, cfg.outputs.kms_key)
 
 
 def write_summary(
-    cfg: RunConfig, result: PipelineResult, started: float, started_at: str
+    cfg: RunConfig,
+    result: PipelineResult,
+    started: float,
+    started_at: str,
+    argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Count the metrics rows, reconcile them with the manifest, write the review list and
-    run.json (last); returns run.json's content. `started` is time.monotonic() at the start."""
+    run.json (last); returns run.json's content. `started` is time.monotonic() at the start;
+    `argv` the command's arguments, for the audit block."""
     layout = OutputLayout(cfg.output)
+    _encrypt_metrics(cfg, layout)
     table = read_metrics(cfg.output)
     statuses = table.column("status").to_pylist()
-    review = write_review(layout, table)
+    review = write_review(layout, table, cfg.outputs.kms_key)
     counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
     manifest_rows = counter(result, "matteflow.manifest", "rows")
     if manifest_rows is None:  # a runner without metrics: count the manifest itself
@@ -132,10 +149,12 @@ def write_summary(
             "dtype": cfg.model.dtype,
         },
         "config": dataclasses.asdict(cfg),
-        "versions": _versions(),
+        "versions": versions(),
+        "audit": audit_record(argv or [], get_spec(cfg.model.name).sha256 or None),
         "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - started, 3),
     }
-    write_atomic(layout.run_json, json.dumps(summary, indent=2).encode())
+    run_json = json.dumps(summary, indent=2).encode()
+    write_atomic(layout.run_json, run_json, kms_key=cfg.outputs.kms_key)
     return summary

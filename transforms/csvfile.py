@@ -41,11 +41,13 @@ def restore_cell(value: str) -> str:
     return value
 
 
-def write_csv(uri: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """Write a header and rows of text cells to uri (atomically), each cell through
-    neutral_cell."""
+def write_csv(
+    uri: str, header: Sequence[str], rows: Iterable[Sequence[str]], *, kms_key: str = ""
+) -> None:
+    """Write a header and rows of text cells to uri (atomically; encrypted with kms_key, see
+    storage.write_atomic), each cell through neutral_cell."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([neutral_cell(c) for c in header])
     writer.writerows([neutral_cell(c) for c in row] for row in rows)
-    write_atomic(uri, buf.getvalue().encode())
+    write_atomic(uri, buf.getvalue().encode(), kms_key=kms_key)

@@ -37,7 +37,7 @@ from matteflow.transforms.resume import AFFECTS_OUTPUT, Resume
 from matteflow.transforms.storage import check_deadline
 from matteflow.transforms.types import Clock, DecodedImage, Failed, ImageTask, Skipped, elapsed_ms
 
-__all__ = ["DecodeSettings", "FetchAndDecode", "decode", "orient"]
+__all__ = ["MAX_EXIF_BYTES", "DecodeSettings", "FetchAndDecode", "decode", "orient"]
 
 pillow_heif.register_heif_opener()
 
@@ -55,6 +55,12 @@ _HEADERS: tuple[tuple[bytes, int, str], ...] = (
     (b"GIF89a", 6, "<HH"),
     (b"\xff\xd8\xff", 0, ""),
 )
+# The most EXIF an output carries: one JPEG APP1 segment holds 65,527 bytes of it, and this
+# leaves room for the Software tag that encode adds. Larger blocks lose their largest entries
+# (a maker note, a user comment, a thumbnail-sized blob) until they fit: warning
+# decode/exif_too_large. A 5 MB EXIF would otherwise grow every output by 5 MB and make a JPEG
+# composite fail.
+MAX_EXIF_BYTES = 60_000
 _PNG_BIT_DEPTH = 24  # offset of the bit depth in a PNG (signature, IHDR length/type, W, H)
 _TIFF_BITS_PER_SAMPLE = 258
 
@@ -173,10 +179,30 @@ def _exif(img: Image.Image | Image.Exif) -> tuple[bytes, int, tuple[str, ...]]:
                 kept[tag] = source.get_ifd(tag)
         if len(kept):
             kept[_ORIENTATION_TAG] = 1
-        block = kept.tobytes() if len(kept) else b""
+        block, notes = _capped(kept)
     except Exception:  # Pillow raises many kinds on a malformed EXIF block
         return b"", 1, ("decode/corrupt_exif",)
-    return block, orientation if 1 <= orientation <= 8 else 1, ()
+    return block, orientation if 1 <= orientation <= 8 else 1, notes
+
+
+def _capped(exif: Image.Exif) -> tuple[bytes, tuple[str, ...]]:
+    """exif's bytes ("" when empty), its largest entries dropped until it fits MAX_EXIF_BYTES."""
+    block = exif.tobytes() if len(exif) else b""
+    if len(block) <= MAX_EXIF_BYTES:
+        return block, ()
+    entries: list[tuple[int, dict[int, object], int]] = []  # (size, directory, tag)
+    directories: list[dict[int, object]] = [exif]  # type: ignore[list-item]
+    directories += [exif[tag] for tag in _EXIF_DIRECTORIES if isinstance(exif.get(tag), dict)]
+    for directory in directories:
+        for tag, value in directory.items():
+            if isinstance(value, bytes | str | tuple):
+                entries.append((len(value), directory, tag))
+    for _, directory, tag in sorted(entries, key=lambda e: -e[0]):
+        del directory[tag]
+        block = exif.tobytes()
+        if len(block) <= MAX_EXIF_BYTES:
+            return block, ("decode/exif_too_large",)
+    return b"", ("decode/exif_too_large",)
 
 
 def _bits(img: Image.Image, data: bytes) -> int:

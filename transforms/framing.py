@@ -14,9 +14,14 @@ import numpy as np
 
 from matteflow.transforms.resize import resize_plane
 
-__all__ = ["FramingSettings", "check_framing", "frame", "subject_box"]
+__all__ = ["MAX_CANVAS_PIXELS", "FramingSettings", "check_framing", "frame", "subject_box"]
 
 _MODES = ("none", "crop", "canvas")
+# The largest canvas, in pixels: the default decode.max_pixels, so that framing never makes an
+# image larger than the largest source the job decodes (a per-row canvas=12000x12000 on a tiny
+# source would otherwise allocate 144 MP, about 1.7 GB). A larger one fails the row as
+# manifest/bad_setting before anything is read, or the run's config as a ConfigError.
+MAX_CANVAS_PIXELS = 100_000_000
 _ALIGNS = ("center", "bottom", "top")
 # Whole pixels ("40") or a percentage that may have decimals ("5%", "2.5%"); never negative.
 _LENGTH = re.compile(r"(?P<px>\d+)|(?P<pct>\d+(?:\.\d+)?)%")
@@ -88,6 +93,12 @@ def check_framing(settings: FramingSettings) -> None:
         size = getattr(settings, name)
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise ValueError(f"framing.{name}: expected a positive integer, got {size!r}")
+    canvas_pixels = settings.canvas_width * settings.canvas_height
+    if canvas_pixels > MAX_CANVAS_PIXELS:
+        raise ValueError(
+            f"framing.canvas: {settings.canvas_width}x{settings.canvas_height} is"
+            f" {canvas_pixels / 1e6:.0f} MP, over the {MAX_CANVAS_PIXELS / 1e6:.0f} MP limit"
+        )
     shorter = min(settings.canvas_width, settings.canvas_height)
     pad = _length_px(settings.padding, "padding", shorter)
     if shorter - 2 * pad < 1:

@@ -5,6 +5,7 @@
     {output}/metrics/part-*.parquet    one metrics row per manifest row (metrics.py)
     {output}/review/manifest.csv       rows flagged for review (pipelines/summary.py)
     {output}/run.json                  the run's summary, written last
+    {output}/.matteflow-lock.json      the lease of the batch run writing here (pipelines/lock.py)
 
 Below every stage: it imports nothing of ours.
 """
@@ -56,8 +57,14 @@ class OutputLayout:
 
     @property
     def replaced_by_each_run(self) -> tuple[str, ...]:
-        """Globs of what a new run replaces (state/ stays: it is resume)."""
-        return (f"{self.output}/metrics/*", f"{self.output}/review/*")
+        """Globs of what a new run replaces (state/ stays: it is resume): metrics/ at any depth
+        (a dead sink's beam-temp-*/ folders too)."""
+        return (f"{self.output}/metrics/**", f"{self.output}/review/*")
+
+    @property
+    def lock(self) -> str:
+        """The lease a batch run holds while it writes here (pipelines/lock.py)."""
+        return f"{self.output}/.matteflow-lock.json"
 
     def probe(self) -> str:
         """A fresh object name to test that the prefix is writable."""

@@ -31,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
 from matteflow.transforms.csvfile import restore_cell
+from matteflow.transforms.encode import FORMATS
 from matteflow.transforms.failures import BadRow, MatteflowError, redact
 from matteflow.transforms.framing import FramingSettings
 from matteflow.transforms.settings import (
@@ -44,6 +45,7 @@ from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = [
+    "OUTPUT_SUFFIXES",
     "ManifestError",
     "ManifestRows",
     "ReadManifest",
@@ -62,6 +64,11 @@ _KNOWN = ("uri", "id", "ground_truth_uri", "output_key")
 _DRIVE = re.compile(r"^[A-Za-z]:")  # C:, d:x (a Windows drive)
 # A file name is at most 255 bytes on common filesystems; room for ".png" and a temp suffix.
 _MAX_SEGMENT_BYTES = 200
+# What the job appends to a key's last segment (outputs, state records). A folder segment ending
+# in one could be another key's file: keys `a` and `a.png/b` would need cutouts/a.png to be
+# a file and a folder at once, so such a segment is refused (any case: macOS, Windows).
+# tests/transforms/test_manifest.py checks that every output kind's extension is listed.
+OUTPUT_SUFFIXES = tuple(f".{ext}" for ext in (*FORMATS.values(), "psd", "xcf", "json"))
 _rows = Metrics.counter("matteflow.manifest", "rows")
 
 
@@ -206,7 +213,8 @@ def read_records(uri: str) -> list[dict[str, Any]]:
 def check_key(key: str) -> None:
     """Raise BadRow (manifest/unsafe_key) unless key is a safe relative path for outputs: no
     scheme, drive or leading "/", no "", "." or ".." segment, no backslash, no control or
-    line-separator character, segments of at most 200 bytes."""
+    line-separator character, segments of at most 200 bytes, no segment but the last ending in
+    an output extension (.png, .json, ...: another key's file could be there)."""
     parts = key.split("/")
     problem = None
     if not key or key.startswith("/") or "://" in key or _DRIVE.match(key) or "\\" in key:
@@ -217,6 +225,11 @@ def check_key(key: str) -> None:
         problem = "contains control characters"
     elif max(len(part.encode()) for part in parts) > _MAX_SEGMENT_BYTES:
         problem = f"has a segment over {_MAX_SEGMENT_BYTES} bytes"
+    elif any(part.lower().endswith(OUTPUT_SUFFIXES) for part in parts[:-1]):
+        problem = (
+            "has a folder segment ending in an output file extension"
+            f" ({', '.join(OUTPUT_SUFFIXES)}): it could collide with another key's file"
+        )
     if problem:
         raise BadRow(f"output key {key!r} {problem}", code="unsafe_key")
 

@@ -8,6 +8,10 @@ exists; `force` redoes every row.
 Which settings change outputs is said where they are defined: a dataclass field marked
 `field(metadata=AFFECTS_OUTPUT)` (a whole settings table, or one setting of it) is part of the
 fingerprint; `output_settings` collects them, so a new setting is marked, never listed here.
+
+Outputs are recorded relative to the output prefix, so a copied or moved output folder, or the
+same folder named by another path, resumes against its own files. A record that is not what
+`record` writes (garbage, `null`, a list) means: redo the row.
 """
 
 from __future__ import annotations
@@ -23,17 +27,23 @@ from matteflow.transforms.failures import NotFound
 from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.storage import exists, read_bytes, write_atomic
 
-__all__ = ["AFFECTS_OUTPUT", "Resume", "output_settings", "settings_digest"]
+__all__ = ["AFFECTS_OUTPUT", "Resume", "output_settings", "plain_settings", "settings_digest"]
 
 RowSettings = tuple[tuple[str, str], ...]
 _FORMAT = 3  # bump when the output bytes change for the same inputs and settings
 AFFECTS_OUTPUT = {"affects_output": True}  # field metadata: the setting changes output bytes
 
 
-def _plain(value: Any) -> Any:
-    """A settings value as JSON-able data."""
+def plain_settings(value: Any) -> Any:
+    """A settings value as JSON-able data, as the fingerprint and the outputs' provenance XMP
+    record it: dataclass fields marked `metadata={"affects_output": False}` (how objects are
+    stored, not what they hold, e.g. outputs.kms_key) are left out."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        plain = dataclasses.asdict(value)
+        for f in dataclasses.fields(value):
+            if not f.metadata.get("affects_output", True):
+                del plain[f.name]
+        return plain
     return value
 
 
@@ -44,7 +54,7 @@ def output_settings(config: Any) -> dict[str, Any]:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.metadata.get("affects_output"):
-            found[f.name] = _plain(value)
+            found[f.name] = plain_settings(value)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             inner = output_settings(value)
             if inner:
@@ -70,6 +80,7 @@ class Resume:
     output: str
     settings: str  # settings_digest of the run
     force: bool = False
+    kms_key: str = ""  # outputs.kms_key: state records are encrypted like the outputs
 
     def fingerprint(self, source_sha256: str, row_settings: RowSettings = ()) -> str:
         """The identity of one row's outputs (source, run settings, the row's own settings)."""
@@ -91,10 +102,33 @@ class Resume:
             record = json.loads(read_bytes(self.state_uri(key)))
         except (NotFound, ValueError):  # absent or unreadable: the row is redone
             return None
+        if not isinstance(record, dict):  # null, [], "x": not a record of ours, redo the row
+            return None
         if record.get("fingerprint") != self.fingerprint(source_sha256, row_settings):
             return None
-        outputs: dict[str, str] = record.get("outputs", {})
-        return outputs if outputs and all(exists(uri) for uri in outputs.values()) else None
+        recorded = record.get("outputs")
+        if not isinstance(recorded, dict) or not recorded:
+            return None
+        outputs: dict[str, str] = {}
+        for column, path in recorded.items():
+            uri = self._resolve(path)
+            if uri is None or not exists(uri):
+                return None
+            outputs[str(column)] = uri
+        return outputs
+
+    def _resolve(self, path: object) -> str | None:
+        """A recorded output as a URI under this prefix; None when it is not one: outside the
+        prefix (an absolute path into another folder), a `..` segment."""
+        prefix = self.output.rstrip("/") + "/"
+        if not isinstance(path, str):
+            return None
+        if path.startswith(prefix):  # absolute, as earlier versions recorded
+            path = path[len(prefix) :]
+        parts = path.split("/")
+        if not path or "://" in path or path.startswith("/") or ".." in parts:
+            return None
+        return prefix + path
 
     def record(
         self,
@@ -103,10 +137,18 @@ class Resume:
         outputs: dict[str, str],
         row_settings: RowSettings = (),
     ) -> None:
-        """Record that key's `outputs` are complete (call after writing them)."""
+        """Record that key's `outputs` (URIs under the output prefix) are complete (call after
+        writing them); they are kept relative to the prefix."""
+        prefix = self.output.rstrip("/") + "/"
+        relative = {}
+        for column, uri in outputs.items():
+            if not uri.startswith(prefix):
+                raise ValueError(f"{uri}: not under the output prefix {prefix}")
+            relative[column] = uri[len(prefix) :]
         state = {
             "fingerprint": self.fingerprint(source_sha256, row_settings),
             "source_sha256": source_sha256,
-            "outputs": outputs,
+            "outputs": relative,
         }
-        write_atomic(self.state_uri(key), json.dumps(state, sort_keys=True).encode())
+        data = json.dumps(state, sort_keys=True).encode()
+        write_atomic(self.state_uri(key), data, kms_key=self.kms_key)

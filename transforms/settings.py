@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from matteflow.models.registry import get_spec
 from matteflow.transforms.encode import FORMATS
@@ -74,6 +74,11 @@ class OutputSettings:
     shadow_blur: float = 0.02
     shadow_offset_x: float = 0.0  # to the right
     shadow_offset_y: float = 0.02  # downwards
+    # Customer-managed key that encrypts every object written to a gs:// or s3:// output: a
+    # Cloud KMS key name (projects/P/locations/L/keyRings/R/cryptoKeys/K) or an AWS KMS key id,
+    # ARN or alias; "" = the bucket's default encryption. It changes how objects are stored, not
+    # their bytes, so it is not part of the resume fingerprint.
+    kms_key: str = field(default="", metadata={"affects_output": False})
 
     def __post_init__(self) -> None:
         if not any(getattr(self, kind) for kind in KINDS):

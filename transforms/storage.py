@@ -20,14 +20,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.error import HTTPError
 from urllib.parse import urlsplit
 
 from apache_beam.io.aws import s3io
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp import gcsio
 from apache_beam.metrics.metric import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, S3Options
+from google.api_core.exceptions import PreconditionFailed
 
 from matteflow.transforms.failures import BadRow, PermanentError, TransientError, classify
 from matteflow.transforms.sources import public_address
@@ -37,6 +39,9 @@ __all__ = [
     "check_deadline",
     "check_uri",
     "content_type",
+    "create_exclusive",
+    "delete",
+    "encrypt_in_place",
     "exists",
     "read_bytes",
     "write_atomic",
@@ -214,9 +219,100 @@ class _S3Store:
     def delete(self, uri: str) -> None:
         self._io.delete(uri)
 
+    def put_encrypted(self, uri: str, data: bytes, mime_type: str, kms_key: str) -> None:
+        """One PUT (atomic in S3) with SSE-KMS under kms_key."""
+        bucket, key = uri[len("s3://") :].split("/", 1)
+        self._io.client.client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=mime_type,
+            ServerSideEncryption="aws:kms",
+            SSEKMSKeyId=kms_key,
+        )
+
+    def create_exclusive(self, uri: str, data: bytes, mime_type: str, kms_key: str) -> bool:
+        """PUT only if no object is there (If-None-Match: *); False when one is."""
+        bucket, key = uri[len("s3://") :].split("/", 1)
+        sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}
+        try:
+            self._io.client.client.put_object(
+                Bucket=bucket, Key=key, Body=data, ContentType=mime_type, IfNoneMatch="*", **sse
+            )
+        except Exception as err:
+            code = getattr(err, "response", {}).get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def encrypt(self, uri: str, kms_key: str) -> None:
+        """Copy the object onto itself with SSE-KMS under kms_key (metadata kept)."""
+        bucket, key = uri[len("s3://") :].split("/", 1)
+        self._io.client.client.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": bucket, "Key": key},
+            MetadataDirective="COPY",
+            ServerSideEncryption="aws:kms",
+            SSEKMSKeyId=kms_key,
+        )
+
+
+class _GcsStore:
+    """gs:// objects written directly with google-cloud-storage, for what Beam's GcsIO cannot
+    set: a customer-managed encryption key (CMEK) per object. A server-side copy (Beam's rename)
+    would give the copy the bucket's default key instead."""
+
+    def __init__(self, options: PipelineOptions) -> None:
+        self._client = gcsio.create_storage_client(options)
+
+    def _blob(self, uri: str, kms_key: str | None = None) -> Any:
+        bucket, name = uri[len("gs://") :].split("/", 1)
+        return self._client.bucket(bucket).blob(name, kms_key_name=kms_key)
+
+    def put_encrypted(self, uri: str, data: bytes, mime_type: str, kms_key: str) -> None:
+        """One upload (atomic in GCS) encrypted with the Cloud KMS key kms_key."""
+        self._blob(uri, kms_key).upload_from_string(data, content_type=mime_type)
+
+    def create_exclusive(self, uri: str, data: bytes, mime_type: str, kms_key: str) -> bool:
+        """Upload only if no object is there (if_generation_match=0); False when one is."""
+        try:
+            self._blob(uri, kms_key or None).upload_from_string(
+                data, content_type=mime_type, if_generation_match=0
+            )
+        except PreconditionFailed:
+            return False
+        return True
+
+    def encrypt(self, uri: str, kms_key: str) -> None:
+        """Rewrite the object onto itself, encrypted with kms_key (metadata kept)."""
+        target, token = self._blob(uri, kms_key), None
+        while True:
+            token, _, _ = target.rewrite(self._blob(uri), token=token)
+            if token is None:
+                return
+
 
 _BEAM = _BeamStore()
 _per_thread = threading.local()
+
+
+def _bucket_store(uri: str) -> _GcsStore | _S3Store:
+    """The store that writes to a bucket directly (gs:// or s3:// only): with a KMS key, or
+    with a precondition."""
+    if uri.startswith("s3://"):
+        return _store(uri)  # type: ignore[return-value]
+    if not uri.startswith("gs://"):
+        raise ValueError(f"{uri}: not a gs:// or s3:// object")
+    options = FileSystems.get_filesystem(uri)._pipeline_options  # type: ignore[attr-defined]
+    gcp = options.view_as(GoogleCloudOptions)
+    # What the client is built from: the credentials' flags, and the endpoint it reads then.
+    key = (gcp.project, gcp.impersonate_service_account, os.environ.get("STORAGE_EMULATOR_HOST"))
+    stores: dict[tuple[object, ...], _GcsStore] = _per_thread.__dict__.setdefault("gcs", {})
+    if key not in stores:
+        stores[key] = _GcsStore(options)
+    return stores[key]
 
 
 def _store(uri: str) -> _BeamStore | _S3Store:
@@ -337,12 +433,21 @@ def exists(uri: str, retry: RetryPolicy = DEFAULT_RETRY) -> bool:
     return retry.call(lambda: _store(uri).exists(uri), "fetch", uri)
 
 
-def write_atomic(uri: str, data: bytes, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+def write_atomic(
+    uri: str, data: bytes, retry: RetryPolicy = DEFAULT_RETRY, *, kms_key: str = ""
+) -> None:
     """Write data to uri via a hidden temporary sibling and a rename; errors at stage write.
 
     Readers never see a partial object at uri: locally the rename is atomic; in buckets the
-    rename is a server-side copy of a complete object, then the temporary is deleted.
+    rename is a server-side copy of a complete object, then the temporary is deleted. With
+    `kms_key` (gs:// or s3:// only) the object is written in one request encrypted with that
+    customer-managed key (GCS CMEK, S3 SSE-KMS); a bucket upload is atomic by itself.
     """
+    if kms_key:
+        encrypting = _bucket_store(uri)
+        mime = content_type(uri)
+        retry.call(lambda: encrypting.put_encrypted(uri, data, mime, kms_key), "write", uri)
+        return
     folder, name = posixpath.split(uri)
     store = _store(uri)
 
@@ -358,3 +463,49 @@ def write_atomic(uri: str, data: bytes, retry: RetryPolicy = DEFAULT_RETRY) -> N
             raise
 
     retry.call(write, "write", uri)
+
+
+def delete(uri: str, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Delete the object at uri; one that is already gone is fine."""
+
+    def remove() -> None:
+        store = _store(uri)
+        if store.exists(uri):
+            store.delete(uri)
+
+    retry.call(remove, "write", uri)
+
+
+def encrypt_in_place(uri: str, kms_key: str, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Re-encrypt an object that another writer made (Beam's Parquet sink) with kms_key, by a
+    server-side copy onto itself (gs:// or s3://)."""
+    store = _bucket_store(uri)
+    retry.call(lambda: store.encrypt(uri, kms_key), "write", uri)
+
+
+def create_exclusive(
+    uri: str, data: bytes, retry: RetryPolicy = DEFAULT_RETRY, *, kms_key: str = ""
+) -> bool:
+    """Create the object at uri with data only if there is none; True when created, False when
+    an object was already there. Atomic where the storage offers it: O_EXCL locally, GCS
+    if_generation_match=0, S3 If-None-Match. Other Beam filesystems: exists-then-write."""
+    if uri.startswith(("gs://", "s3://")):
+        store = _bucket_store(uri)
+        mime = content_type(uri)
+        return retry.call(lambda: store.create_exclusive(uri, data, mime, kms_key), "write", uri)
+    if "://" not in uri or uri.startswith("file://"):
+        path = uri.removeprefix("file://")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    if exists(uri, retry):
+        return False
+    write_atomic(uri, data, retry)
+    return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,10 +49,10 @@ from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.manifest import check_key
 from matteflow.transforms.psd import encode_psd
 from matteflow.transforms.reader import Reader
-from matteflow.transforms.resume import Resume
+from matteflow.transforms.resume import Resume, plain_settings
 from matteflow.transforms.settings import KINDS, OutputSettings, background_colour, with_overrides
 from matteflow.transforms.shadow import cast_shadow, shade
-from matteflow.transforms.storage import write_atomic
+from matteflow.transforms.storage import delete, write_atomic
 from matteflow.transforms.types import Clock, Failed, ImageTask, Matte, Written, elapsed_ms
 from matteflow.transforms.xcf import encode_xcf
 
@@ -64,6 +65,8 @@ __all__ = [
     "quantise_alpha",
     "render",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 
 def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
@@ -238,7 +241,7 @@ def render(
         original = to_uint8(original)
         colour = to_uint8(colour) if clean else original
     rgb, alpha = frame(colour, matte.alpha, framing)
-    settings = {"outputs": dataclasses.asdict(outputs), "framing": dataclasses.asdict(framing)}
+    settings = {"outputs": plain_settings(outputs), "framing": plain_settings(framing)}
     xmp = provenance_xmp(
         {
             "model": matte.model,
@@ -271,6 +274,16 @@ def render(
     return Rendered(files, rgb.shape[1], rgb.shape[0])
 
 
+def _remove(uris: list[str]) -> None:
+    """Delete what a failed row wrote (best effort: a leftover is redone by the next run, as
+    the row has no state record)."""
+    for uri in uris:
+        try:
+            delete(uri)
+        except Exception as err:
+            _LOG.warning("%s: could not remove the output of a failed row: %s", uri, err)
+
+
 class _WriteFn(beam.DoFn):
     def __init__(
         self,
@@ -290,6 +303,7 @@ class _WriteFn(beam.DoFn):
 
     def process(self, matte: Matte) -> Iterator[Written | beam.pvalue.TaggedOutput[str, Failed]]:
         task = matte.image.task
+        written_uris: list[str] = []
         try:
             check_key(task.output_key)  # keys are checked when read; never write outside
             start = self._clock()
@@ -297,13 +311,15 @@ class _WriteFn(beam.DoFn):
             files, width, height = render(matte, outputs, framing, self._layout, self._reader)
             encoded = self._clock()
             for uri, data in files.values():
-                write_atomic(uri, data)
+                write_atomic(uri, data, kms_key=outputs.kms_key)
+                written_uris.append(uri)
             uris = {column: uri for column, (uri, _) in files.items()}
             self._resume.record(task.output_key, matte.image.source_sha256, uris, task.settings)
             written = self._clock()
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             where = f"{self._layout.output} (key {task.output_key})"
             failure = classify(err, "write", where)
+            _remove(written_uris)  # a failed row leaves no outputs behind
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
         timings = matte.timings.add(

@@ -133,6 +133,8 @@ class _State:
     injected: int = 0
     by_status: collections.Counter[int] = field(default_factory=collections.Counter)
     forwarded: int = 0
+    # every request as (method, path with query, its body's first 1 KB): what clients asked for
+    log: list[tuple[str, str, bytes]] = field(default_factory=list)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -201,6 +203,12 @@ class FaultProxy:
     def forwarded(self) -> int:
         return self._state.forwarded
 
+    @property
+    def requests(self) -> list[tuple[str, str, bytes]]:
+        """Every request received: (method, path with query, the first 1 KB of its body)."""
+        with self._state.lock:
+            return list(self._state.log)
+
     def reset(self) -> None:
         with self._state.lock:
             self._state.seen.clear()
@@ -256,6 +264,8 @@ def _handler(upstream_port: int, state: _State) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            with state.lock:
+                state.log.append((self.command, self.path, (body or b"")[:1024]))
             status = _fault_for(state, self.command, self.path)
             if status == 0:
                 self.close_connection = True

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from matteflow.transforms import framing
-from matteflow.transforms.framing import FramingSettings, check_framing, frame, subject_box
+from matteflow.transforms.framing import (
+    MAX_CANVAS_PIXELS,
+    FramingSettings,
+    check_framing,
+    frame,
+    subject_box,
+)
 
 
 def _cutout(
@@ -420,3 +426,10 @@ def test_frame_rejects_mismatched_arrays() -> None:
         frame(rgb, alpha[:, :5], FramingSettings())
     with pytest.raises(ValueError, match="uint8 or uint16"):
         frame(rgb.astype(np.float32), alpha, FramingSettings())
+
+
+def test_a_canvas_over_the_pixel_limit_is_refused() -> None:
+    assert MAX_CANVAS_PIXELS == 100_000_000
+    check_framing(FramingSettings(mode="canvas", canvas_width=10_000, canvas_height=10_000))
+    with pytest.raises(ValueError, match="12000x12000 is 144 MP, over the 100 MP limit"):
+        check_framing(FramingSettings(mode="canvas", canvas_width=12_000, canvas_height=12_000))

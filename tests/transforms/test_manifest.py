@@ -19,6 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from matteflow.transforms import manifest
 from matteflow.transforms.failures import BadRow
 from matteflow.transforms.manifest import (
+    OUTPUT_SUFFIXES,
     ManifestError,
     ReadManifest,
     check_key,
@@ -26,7 +27,9 @@ from matteflow.transforms.manifest import (
     count_rows,
     is_glob,
 )
+from matteflow.transforms.settings import OutputSettings
 from matteflow.transforms.types import Failed, ImageTask
+from matteflow.transforms.write import OUTPUT_KINDS
 
 # Beam's `**` matches across folders but the `/` after it is literal, so `imgs/**/*.png`
 # only matches files at least one folder below imgs/; every image here sits in a subfolder.
@@ -317,6 +320,9 @@ def test_allowed_row_settings_travel_with_the_task_and_bad_ones_fail(tmp_path: P
         "./a",
         "a/./b",
         "x" * 201,
+        "a.png/b",  # a folder where key "a" has its cutouts/a.png
+        "s.json/x",  # a folder where key "s" has its state/s.json
+        "shop/A.JPG/b",  # composites/shop/A.jpg on a case-insensitive disk
     ],
 )
 def test_check_key_refuses_unsafe_keys(key: str) -> None:
@@ -326,7 +332,18 @@ def test_check_key_refuses_unsafe_keys(key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["a", "shop/x-1", "deep/er/key.v2", "sku:123", "..a", "été/ü", "x" * 200]
+    "key",
+    [
+        "a",
+        "shop/x-1",
+        "deep/er/key.v2",
+        "sku:123",
+        "..a",
+        "été/ü",
+        "x" * 200,
+        "a/b.png",
+        "a.pngx/b",
+    ],
 )
 def test_check_key_accepts_relative_keys(key: str) -> None:
     check_key(key)
@@ -431,3 +448,14 @@ def test_a_glob_leaves_out_the_runs_own_outputs(root: Path) -> None:
     assert sorted(t.id for t in _SEEN.pop(tags)) == ["a/b/x", "c/y"]
     assert count_rows(glob, str(out)) == 2
     assert count_rows(glob) == 3
+
+
+def test_every_output_extension_is_refused_in_folder_segments() -> None:
+    """A new output kind or format must join OUTPUT_SUFFIXES, or keys could collide again."""
+    settings = [
+        OutputSettings(cutout_format=cutout, composite_format=composite)
+        for cutout in ("png", "webp", "tiff", "avif")
+        for composite in ("jpeg", "png")
+    ]
+    extensions = {f".{kind.extension(s)}" for kind in OUTPUT_KINDS for s in settings}
+    assert extensions | {".json"} <= set(OUTPUT_SUFFIXES)  # .json: the state records

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,12 @@ import pytest
 from matteflow.models.registry import get_spec
 from matteflow.pipelines.config import RunConfig
 from matteflow.transforms.decode import DecodeSettings
-from matteflow.transforms.resume import Resume, output_settings, settings_digest
+from matteflow.transforms.resume import (
+    Resume,
+    output_settings,
+    plain_settings,
+    settings_digest,
+)
 from matteflow.transforms.settings import OutputSettings
 
 
@@ -107,4 +114,67 @@ def test_output_settings_are_the_marked_fields() -> None:
         "raw_white_balance": "camera",
         "raw_exposure": 0.0,
     }
-    assert marked["outputs"] == dataclasses.asdict(OutputSettings())
+    assert marked["outputs"] == plain_settings(OutputSettings())  # all but kms_key
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '"x"', "5", "\x00\xff garbage", '{"outputs": []}'])
+def test_a_record_that_is_not_ours_means_redo(
+    done: tuple[Resume, dict[str, str]], text: str
+) -> None:
+    resume, _ = done
+    Path(resume.state_uri("shop/a")).write_text(text, errors="surrogateescape")
+    assert resume.current("shop/a", "sha-a") is None
+
+
+def test_outputs_are_recorded_relative_to_the_prefix(
+    done: tuple[Resume, dict[str, str]],
+) -> None:
+    resume, _ = done
+    record = json.loads(Path(resume.state_uri("shop/a")).read_text())
+    assert record["outputs"] == {"mask_uri": "masks/shop/a.png"}
+
+
+def test_a_copied_folder_resumes_against_its_own_files(
+    done: tuple[Resume, dict[str, str]], tmp_path: Path
+) -> None:
+    resume, _ = done
+    copy = tmp_path / "copy"
+    shutil.copytree(resume.output, copy)
+    in_copy = dataclasses.replace(resume, output=str(copy))
+    assert in_copy.current("shop/a", "sha-a") == {"mask_uri": str(copy / "masks/shop/a.png")}
+    (copy / "masks/shop/a.png").unlink()
+    assert in_copy.current("shop/a", "sha-a") is None  # the copy's mask is gone: redo
+    assert resume.current("shop/a", "sha-a") is not None  # the original is untouched
+
+
+def test_the_same_folder_by_another_path_resumes(
+    done: tuple[Resume, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resume, _ = done
+    monkeypatch.chdir(tmp_path)
+    relative = dataclasses.replace(resume, output="out/")
+    assert relative.current("shop/a", "sha-a") == {"mask_uri": "out/masks/shop/a.png"}
+
+
+def test_an_absolute_record_into_another_folder_is_redone(
+    done: tuple[Resume, dict[str, str]], tmp_path: Path
+) -> None:
+    """As earlier versions recorded a copied folder: its outputs point at the original."""
+    resume, outputs = done
+    copy = tmp_path / "copy"
+    shutil.copytree(resume.output, copy)
+    state = copy / "state/shop/a.json"
+    record = json.loads(state.read_text())
+    state.write_text(json.dumps({**record, "outputs": outputs}))  # absolute, into `out`
+    assert dataclasses.replace(resume, output=str(copy)).current("shop/a", "sha-a") is None
+    state.write_text(json.dumps({**record, "outputs": {"mask_uri": "../out/masks/shop/a.png"}}))
+    assert dataclasses.replace(resume, output=str(copy)).current("shop/a", "sha-a") is None
+
+
+def test_the_kms_key_changes_neither_the_fingerprint_nor_the_recorded_settings() -> None:
+    """It says how objects are stored, not what they hold (nor does it go into every XMP)."""
+    spec, keyed = get_spec("tiny-isnet"), OutputSettings(kms_key="projects/p/.../cryptoKeys/k")
+    cfg = RunConfig()
+    assert settings_digest(spec, _with(cfg, outputs=keyed)) == settings_digest(spec, cfg)
+    assert plain_settings(keyed) == plain_settings(OutputSettings())
+    assert "kms_key" not in plain_settings(keyed) and "png_compress_level" in plain_settings(keyed)
