@@ -59,7 +59,8 @@ def review_command(
     try:
         if export:
             rework, rejected, n_rework, n_rejected = export_decisions(output)
-            _out.print(f"wrote {rework} ({n_rework} rows) and {rejected} ({n_rejected} rows)")
+            counts = f"wrote {rework} ({n_rework} rows) and {rejected} ({n_rejected} rows)"
+            _out.print(counts, soft_wrap=True)
             return
         from matteflow.pipelines.review_server import serve
 

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import uuid
 from collections.abc import Mapping, Sequence
@@ -242,7 +243,8 @@ def _csv(rows: list[list[str]], header: list[str]) -> bytes:
 def export(output: str) -> tuple[str, str, int, int]:
     """Write `{output}/review/rework.csv` (rows whose standing decision is retry, as a manifest
     `id,uri,output_key,model`: the suggested model, else the run's) and
-    `{output}/review/rejected.csv` (`id,uri,output_key,score,reviewer,decided_at`).
+    `{output}/review/rejected.csv` (`id,uri,output_key,score,reviewer,decided_at`); relative
+    local sources are made absolute against the current folder.
     Returns both uris and their row counts. Raises ReviewError when output is not a run."""
     model = run_model(output)
     items = {i.id: i for i in load_items(output, all_rows=True)}
@@ -252,12 +254,15 @@ def export(output: str) -> tuple[str, str, int, int]:
         d, item = standing[item_id], items.get(item_id)
         if item is None:  # decided on a row the run no longer has
             continue
+        # A relative source was relative to where the run started (as for the server); the
+        # CSVs live in review/, where a relative path would resolve elsewhere.
+        uri = item.source_uri if "://" in item.source_uri else os.path.abspath(item.source_uri)
         if d.decision == "retry":
-            rework.append([item.id, item.source_uri, item.output_key, d.model_suggested or model])
+            rework.append([item.id, uri, item.output_key, d.model_suggested or model])
         elif d.decision == "reject":
             score = "" if d.score is None else str(d.score)
             when = d.decided_at.isoformat(timespec="seconds")
-            rejected.append([item.id, item.source_uri, item.output_key, score, d.reviewer, when])
+            rejected.append([item.id, uri, item.output_key, score, d.reviewer, when])
     prefix = f"{_prefix(output)}/review"
     write_atomic(f"{prefix}/rework.csv", _csv(rework, ["id", "uri", "output_key", "model"]))
     header = ["id", "uri", "output_key", "score", "reviewer", "decided_at"]

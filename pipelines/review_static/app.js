@@ -237,23 +237,33 @@
       box.appendChild(label);
     });
     $("models-title").textContent = "Retry " + item.id + " with another model";
-    $("models").returnValue = "";
     $("models").showModal();
     const checked = box.querySelector("input:checked");
     if (checked) checked.focus();
   }
 
+  // The retry is decided here, synchronously, not on the dialog's (queued) close event, so a
+  // key pressed right after Enter already applies to the next item.
+  function closeModels(retry) {
+    const checked = $("model-options").querySelector("input:checked");
+    $("models").close();
+    if (retry && checked) decideAndAdvance("retry", checked.value);
+    else show(state.index);
+  }
+
   $("models").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && event.target.type === "radio") {
       event.preventDefault();
-      $("models").close("retry");
+      closeModels(true);
     }
   });
-
-  $("models").addEventListener("close", () => {
-    const checked = $("model-options").querySelector("input:checked");
-    if ($("models").returnValue === "retry" && checked) decideAndAdvance("retry", checked.value);
-    else show(state.index);
+  $("models-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    closeModels(event.submitter !== null && event.submitter.value === "retry");
+  });
+  $("models").addEventListener("cancel", (event) => {
+    event.preventDefault();
+    closeModels(false);
   });
 
   $("help").addEventListener("close", () => show(state.index));
