@@ -15,11 +15,13 @@ import importlib.resources
 import io
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import BaseModel
@@ -53,6 +55,7 @@ _DETAIL_PX = 1600  # long side of images sent to the page unless a size is asked
 _EDGE_WINDOW = 192  # px of the cutout shown by the edge zoom, around its densest edge band
 _BROWSER_FORMATS = ("PNG", "JPEG", "WEBP")
 _DEFAULT_BRAND = "#1f5fbf"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class DecisionIn(BaseModel):
@@ -118,7 +121,9 @@ class _Workbench:
         self.decode_settings = DecodeSettings(**(config.get("decode") or {}))
         background = str((config.get("outputs") or {}).get("background") or "")
         self.brand = background if background_colour(background) else _DEFAULT_BRAND
-        self.render = functools.lru_cache(maxsize=256)(self._render)
+        # Derived images only (decoded sources, thumbnails, edge crops: small): outputs passed
+        # through as they are would hold whole cutouts in memory.
+        self._derived = functools.lru_cache(maxsize=256)(self._derive)
 
     def item_json(self, n: int, item: Item, standing: Decision | None) -> dict[str, object]:
         def url(kind: str, present: bool) -> str | None:
@@ -168,9 +173,18 @@ class _Workbench:
             raise ReviewError(f"{uri}: not under {self.output}")
         return read_bytes(uri)
 
-    def _render(self, n: int, kind: str, size: int) -> tuple[bytes, str]:
-        """An image of item n for the page (PNG or JPEG bytes, and its type); size 0: as is
-        when the browser can show it, else at most _DETAIL_PX on the long side."""
+    def render(self, n: int, kind: str, size: int) -> tuple[bytes, str]:
+        """An image of item n for the page (PNG or JPEG bytes, and its type); size 0: a cutout
+        or mask as it is when the browser can show it, anything else at most _DETAIL_PX on
+        the long side."""
+        if kind in ("cutout", "mask") and not size:
+            data = self._read_checked(self.items[n], kind)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format in _BROWSER_FORMATS:
+                    return data, Image.MIME[str(img.format)]
+        return self._derived(n, kind, size)  # type: ignore[no-any-return]
+
+    def _derive(self, n: int, kind: str, size: int) -> tuple[bytes, str]:
         item = self.items[n]
         if kind == "source":
             data = self._read_checked(item, "source")
@@ -189,10 +203,7 @@ class _Workbench:
             if cutout.size != mask.size:
                 cutout = cutout.resize(mask.size, Image.Resampling.BILINEAR)
             return _png(cutout.crop(_edge_crop(np.asarray(mask)))), "image/png"
-        data = self._read_checked(item, kind)
-        img = Image.open(io.BytesIO(data))
-        if not size and img.format in _BROWSER_FORMATS:
-            return data, Image.MIME[str(img.format)]
+        img = Image.open(io.BytesIO(self._read_checked(item, kind)))
         img = img.convert("RGBA" if kind == "cutout" else "L")
         img.thumbnail((size or _DETAIL_PX,) * 2, Image.Resampling.LANCZOS)
         return _png(img), "image/png"
@@ -206,11 +217,20 @@ def _static(name: str) -> bytes:
     )
 
 
-def create_app(output: str, *, all_rows: bool = False, reviewer: str | None = None) -> FastAPI:
+def create_app(
+    output: str,
+    *,
+    all_rows: bool = False,
+    reviewer: str | None = None,
+    hosts: Sequence[str] = _LOOPBACK,
+) -> FastAPI:
     """The workbench app over the finished run at output; raises ReviewError when output
-    holds none. reviewer defaults to the login name."""
+    holds none. reviewer defaults to the login name; requests naming another Host than
+    `hosts` ("*": any) are refused, so a web page cannot reach a loopback server through a
+    DNS name it controls."""
     bench = _Workbench(output, all_rows, reviewer or getpass.getuser())
     app = FastAPI(title="matteflow review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -262,6 +282,7 @@ def create_app(output: str, *, all_rows: bool = False, reviewer: str | None = No
 
 def serve(output: str, host: str, port: int, *, all_rows: bool, reviewer: str | None) -> None:
     """Serve the workbench until interrupted (uvicorn, one process)."""
-    app = create_app(output, all_rows=all_rows, reviewer=reviewer)
+    hosts = _LOOPBACK if host in _LOOPBACK else ("*",)
+    app = create_app(output, all_rows=all_rows, reviewer=reviewer, hosts=hosts)
     print(f"matteflow review: http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -389,3 +389,35 @@ def test_a_server_killed_mid_stream_leaves_no_partial_part_file(out: Path, tmp_p
         assert pq.read_table(part).schema.equals(SCHEMA)
     # Each acknowledged decision is on disk; at most the one in flight at the kill also is.
     assert acknowledged <= len(read_decisions(str(out))) <= acknowledged + 1
+
+
+def test_api_answers_loopback_host_names_only(out: Path) -> None:
+    with running_server(out) as url:
+        assert httpx.get(f"{url}/api/summary").status_code == 200
+        rebound = httpx.get(f"{url}/api/summary", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 400
+
+
+def test_matteflow_eval_reports_the_decisions_under_a_run(out: Path, tmp_path: Path) -> None:
+    from matteflow.pipelines.evaluate import main as eval_main
+
+    labelled = tmp_path / "labelled.csv"
+    with labelled.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["id", "uri", "ground_truth_uri", "category"])
+        for item, category in CATEGORIES.items():
+            src, mask = out.parent / "src" / f"{item}.png", out / "masks" / f"{item}.png"
+            writer.writerow([item, src, mask, category])
+    evaluation = tmp_path / "eval"
+    argv = ["--data", str(labelled), "--output", str(evaluation), "--sheet_rows", "0"]
+    argv += ["--predictions", str(out / "masks"), "--name", "masks"]
+    assert eval_main(argv) == 0
+    assert "human-review" not in (evaluation / "report" / "index.html").read_text()
+    run = str(evaluation / "runs" / "masks")
+    write_decisions(run, [_d("a", "accept", 0, 5, seconds=7.0), _d("b", "reject", 1, 2)])
+    assert eval_main(argv) == 0
+    page = (evaluation / "report" / "index.html").read_text()
+    row = page.split('<table id="human-review">')[1].split("</table>")[0]
+    assert "<tr><th>masks</th>" in row
+    assert '<td class="num">2</td><td class="num">2</td><td class="num">3.50</td>' in row
+    assert '<tr><th>shoes</th><td class="num">1 of 2 (50%)</td></tr>' in page
