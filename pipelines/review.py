@@ -17,6 +17,7 @@ import json
 import math
 import os
 import statistics
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = [
     "DECISIONS",
     "SCHEMA",
     "Decision",
+    "DecisionLog",
     "Item",
     "ReviewError",
     "ReviewStats",
@@ -186,17 +188,35 @@ def write_decisions(output: str, decisions: Sequence[Decision]) -> str:
     return uri
 
 
+class DecisionLog:
+    """The decisions under `{output}/reviews/`, read incrementally: a part file never changes
+    once renamed into place, so each call reads only the part files it has not read before.
+    Safe to share between threads."""
+
+    def __init__(self, output: str) -> None:
+        self._pattern = f"{_prefix(output)}/reviews/part-*.parquet"
+        self._read: set[str] = set()
+        self._decisions: list[Decision] = []
+        self._lock = threading.Lock()
+
+    def decisions(self) -> list[Decision]:
+        """Every decision so far, oldest first (ties: part file order). Temporary files of
+        writes in flight (hidden names) are not part files and are ignored."""
+        with self._lock:
+            listed = {m.path for m in FileSystems.match([self._pattern])[0].metadata_list}
+            new = sorted(listed - self._read)
+            for path in new:
+                table = pq.read_table(io.BytesIO(read_bytes(path)), schema=SCHEMA)
+                self._decisions.extend(Decision(**row) for row in table.to_pylist())
+            self._read.update(new)
+            if new:
+                self._decisions.sort(key=lambda d: d.decided_at)  # stable
+            return list(self._decisions)
+
+
 def read_decisions(output: str) -> list[Decision]:
-    """Every decision row under `{output}/reviews/`, oldest first (ties: part file order).
-    Temporary files of writes in flight (hidden names) are not part files and are ignored."""
-    pattern = f"{_prefix(output)}/reviews/part-*.parquet"
-    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    rows = []
-    for path in paths:
-        table = pq.read_table(io.BytesIO(read_bytes(path)), schema=SCHEMA)
-        rows.extend(table.to_pylist())
-    decisions = [Decision(**row) for row in rows]
-    return sorted(decisions, key=lambda d: d.decided_at)  # stable: ties keep file order
+    """Every decision row under `{output}/reviews/`, oldest first (DecisionLog.decisions)."""
+    return DecisionLog(output).decisions()
 
 
 def latest(decisions: Sequence[Decision]) -> dict[str, Decision]:

@@ -31,11 +31,11 @@ from matteflow.pipelines.review import (
     DECISIONS,
     UNDO,
     Decision,
+    DecisionLog,
     Item,
     ReviewError,
     latest,
     load_items,
-    read_decisions,
     run_model,
     summary,
     write_decisions,
@@ -79,12 +79,13 @@ def _under(uri: str, output: str) -> bool:
     return uri.startswith(output.rstrip("/") + "/") and "." not in segments and ".." not in segments
 
 
-def _edge_crop(mask: np.ndarray) -> tuple[int, int, int, int]:
+def _edge_crop(alpha: np.ndarray) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of a window of _EDGE_WINDOW px (or the whole image, when
     smaller) centred on the block with most edge-band pixels (0.1 < alpha < 0.9, as refine.py
-    counts the ambiguous band) of an H x W uint8 mask."""
-    h, w = mask.shape
-    band = ((mask > 25) & (mask < 230)).astype(np.int64)
+    counts the ambiguous band) of an H x W uint8 alpha (the cutout's own: a framed cutout
+    need not match the mask)."""
+    h, w = alpha.shape
+    band = ((alpha > 25) & (alpha < 230)).astype(np.int64)
     win = min(_EDGE_WINDOW, h, w)
     step = max(1, win // 2)
     best, at = -1, (0, 0)
@@ -110,6 +111,7 @@ class _Workbench:
         self.output = output.rstrip("/")
         self.reviewer = reviewer
         self.items = load_items(self.output, all_rows)
+        self.log = DecisionLog(self.output)
         self.by_id = {item.id: (n, item) for n, item in enumerate(self.items)}
         self.model = run_model(self.output)
         config: dict[str, Any] = json.loads(read_bytes(f"{self.output}/run.json")).get("config", {})
@@ -138,7 +140,7 @@ class _Workbench:
             "cutout": url("cutout", bool(item.cutout_uri)),
             "mask": url("mask", bool(item.mask_uri)),
             "source": url("source", bool(item.source_uri)),
-            "edge": url("edge", bool(item.cutout_uri and item.mask_uri)),
+            "edge": url("edge", bool(item.cutout_uri)),
             "decision": standing.decision if standing else None,
             "score": standing.score if standing else None,
             "model": standing.model_suggested if standing else None,
@@ -157,7 +159,7 @@ class _Workbench:
             item.id, item.output_key, body.decision, body.score, model, self.reviewer, body.seconds
         )
         write_decisions(self.output, [decision])
-        return self.item_json(n, item, latest(read_decisions(self.output)).get(item.id))
+        return self.item_json(n, item, latest(self.log.decisions()).get(item.id))
 
     def _read_checked(self, item: Item, kind: str) -> bytes:
         """The bytes of an item's cutout/mask (under OUT) or source (its run's policy)."""
@@ -198,11 +200,9 @@ class _Workbench:
             img.save(buf, "JPEG", quality=90)
             return buf.getvalue(), "image/jpeg"
         if kind == "edge":
-            mask = Image.open(io.BytesIO(self._read_checked(item, "mask"))).convert("L")
             cutout = Image.open(io.BytesIO(self._read_checked(item, "cutout"))).convert("RGBA")
-            if cutout.size != mask.size:
-                cutout = cutout.resize(mask.size, Image.Resampling.BILINEAR)
-            return _png(cutout.crop(_edge_crop(np.asarray(mask)))), "image/png"
+            box = _edge_crop(np.asarray(cutout.getchannel("A")))
+            return _png(cutout.crop(box)), "image/png"
         img = Image.open(io.BytesIO(self._read_checked(item, kind)))
         img = img.convert("RGBA" if kind == "cutout" else "L")
         img.thumbnail((size or _DETAIL_PX,) * 2, Image.Resampling.LANCZOS)
@@ -244,7 +244,7 @@ def create_app(
 
     @app.get("/api/items")
     def items() -> list[dict[str, object]]:
-        standing = latest(read_decisions(bench.output))
+        standing = latest(bench.log.decisions())
         return [bench.item_json(n, i, standing.get(i.id)) for n, i in enumerate(bench.items)]
 
     @app.post("/api/decisions")
@@ -256,7 +256,7 @@ def create_app(
 
     @app.get("/api/summary")
     def summary_route() -> dict[str, object]:
-        figures = summary(bench.items, read_decisions(bench.output))
+        figures = summary(bench.items, bench.log.decisions())
         return {**figures, "output": bench.output, "reviewer": bench.reviewer}
 
     @app.get("/api/models")

@@ -25,6 +25,7 @@ from matteflow.pipelines.report import RunResult, Sample, write_report
 from matteflow.pipelines.review import (
     SCHEMA,
     Decision,
+    DecisionLog,
     ReviewError,
     export,
     latest,
@@ -101,6 +102,16 @@ def test_latest_decision_wins_and_undo_takes_back_one(out: Path) -> None:
     write_decisions(str(out), [_d("c", "undo", 5)])  # nothing to take back: no effect
     standing = latest(read_decisions(str(out)))
     assert {i: d.decision for i, d in standing.items()} == {"a": "accept"}
+
+
+def test_a_decision_log_sees_what_other_writers_add(out: Path) -> None:
+    mine, theirs = DecisionLog(str(out)), DecisionLog(str(out))
+    assert mine.decisions() == []
+    write_decisions(str(out), [_d("a", "accept", 5)])
+    assert [d.id for d in mine.decisions()] == ["a"]
+    write_decisions(str(out), [_d("b", "reject", 1)])  # earlier, written later
+    assert [d.id for d in mine.decisions()] == ["b", "a"]
+    assert theirs.decisions() == mine.decisions() == read_decisions(str(out))
 
 
 @pytest.mark.parametrize(
