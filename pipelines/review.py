@@ -20,7 +20,7 @@ import statistics
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -36,6 +36,8 @@ from matteflow.transforms.storage import read_bytes, write_atomic
 __all__ = [
     "DECISIONS",
     "SCHEMA",
+    "SCORES",
+    "UNDO",
     "Decision",
     "DecisionLog",
     "Item",
@@ -89,7 +91,7 @@ class Item:
 
 @dataclass(frozen=True)
 class Decision:
-    """One SCHEMA row."""
+    """One SCHEMA row (the fields are its columns, in order)."""
 
     id: str
     output_key: str
@@ -115,10 +117,10 @@ def _prefix(output: str) -> str:
 
 def _run_json(output: str) -> dict[str, object]:
     try:
-        summary: dict[str, object] = json.loads(read_bytes(f"{_prefix(output)}/run.json"))
+        run: dict[str, object] = json.loads(read_bytes(f"{_prefix(output)}/run.json"))
     except NotFound:
         raise ReviewError(f"{output}: no run.json; review a finished run's output") from None
-    return summary
+    return run
 
 
 def run_model(output: str) -> str:
@@ -154,7 +156,10 @@ def load_items(output: str, all_rows: bool = False) -> list[Item]:
     if all_rows:
         items = [_item(r) for r in rows.values()]
         return sorted(items, key=lambda i: (-(i.uncertainty or 0.0), i.id))
-    text = read_bytes(f"{_prefix(output)}/review/manifest.csv").decode("utf-8")
+    try:
+        text = read_bytes(f"{_prefix(output)}/review/manifest.csv").decode("utf-8")
+    except NotFound:
+        raise ReviewError(f"{output}: no review/manifest.csv; --all reviews every row") from None
     listed = [r["id"] for r in csv.DictReader(io.StringIO(text))]
     return [_item(rows[i]) for i in listed if i in rows]
 
@@ -166,22 +171,7 @@ def write_decisions(output: str, decisions: Sequence[Decision]) -> str:
         raise ReviewError("no decisions to write")
     stamp = decisions[0].decided_at.strftime("%Y%m%dT%H%M%S%fZ")
     uri = f"{_prefix(output)}/reviews/part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-    table = pa.Table.from_pylist(
-        [
-            {
-                "id": d.id,
-                "output_key": d.output_key,
-                "decision": d.decision,
-                "score": d.score,
-                "model_suggested": d.model_suggested,
-                "reviewer": d.reviewer,
-                "seconds": d.seconds,
-                "decided_at": d.decided_at,
-            }
-            for d in decisions
-        ],
-        schema=SCHEMA,
-    )
+    table = pa.Table.from_pylist([asdict(d) for d in decisions], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     write_atomic(uri, buf.getvalue())

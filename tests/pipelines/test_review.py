@@ -432,3 +432,10 @@ def test_matteflow_eval_reports_the_decisions_under_a_run(out: Path, tmp_path: P
     assert "<tr><th>masks</th>" in row
     assert '<td class="num">2</td><td class="num">2</td><td class="num">3.50</td>' in row
     assert '<tr><th>shoes</th><td class="num">1 of 2 (50%)</td></tr>' in page
+
+
+def test_a_run_without_a_review_list_is_reviewed_with_all(out: Path) -> None:
+    (out / "review" / "manifest.csv").unlink()
+    with pytest.raises(ReviewError, match="--all"):
+        load_items(str(out))
+    assert len(load_items(str(out), all_rows=True)) == 6
