@@ -44,7 +44,7 @@ from matteflow.transforms.decode import DecodeSettings, decode
 from matteflow.transforms.failures import MatteflowError
 from matteflow.transforms.settings import background_colour
 from matteflow.transforms.sources import SourcePolicy, check_source
-from matteflow.transforms.storage import read_bytes
+from matteflow.transforms.storage import content_type, read_bytes
 from matteflow.transforms.types import ImageTask
 
 __all__ = ["DecisionIn", "create_app", "serve"]
@@ -53,7 +53,7 @@ _STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; cha
 _KINDS = ("cutout", "mask", "source", "edge")
 _DETAIL_PX = 1600  # long side of images sent to the page unless a size is asked for
 _EDGE_WINDOW = 192  # px of the cutout shown by the edge zoom, around its densest edge band
-_BROWSER_FORMATS = ("PNG", "JPEG", "WEBP")
+_BROWSER_TYPES = ("image/png", "image/jpeg", "image/webp", "image/avif")  # shown as they are
 _DEFAULT_BRAND = "#1f5fbf"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -80,10 +80,10 @@ def _under(uri: str, output: str) -> bool:
 
 
 def _edge_crop(alpha: np.ndarray) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of a window of _EDGE_WINDOW px (or the whole image, when
-    smaller) centred on the block with most edge-band pixels (0.1 < alpha < 0.9, as refine.py
-    counts the ambiguous band) of an H x W uint8 alpha (the cutout's own: a framed cutout
-    need not match the mask)."""
+    """(left, top, right, bottom) of the square window of _EDGE_WINDOW px (the image's short
+    side, when smaller), scanned in half-window steps, holding the most edge-band pixels
+    (0.1 < alpha < 0.9, the ambiguous band as refine.py counts it) of an H x W uint8 alpha
+    (the cutout's own: a framed cutout need not match the mask)."""
     h, w = alpha.shape
     band = ((alpha > 25) & (alpha < 230)).astype(np.int64)
     win = min(_EDGE_WINDOW, h, w)
@@ -179,11 +179,11 @@ class _Workbench:
         """An image of item n for the page (PNG or JPEG bytes, and its type); size 0: a cutout
         or mask as it is when the browser can show it, anything else at most _DETAIL_PX on
         the long side."""
+        item = self.items[n]
         if kind in ("cutout", "mask") and not size:
-            data = self._read_checked(self.items[n], kind)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.format in _BROWSER_FORMATS:
-                    return data, Image.MIME[str(img.format)]
+            uri = item.cutout_uri if kind == "cutout" else item.mask_uri
+            if content_type(uri) in _BROWSER_TYPES:
+                return self._read_checked(item, kind), content_type(uri)
         return self._derived(n, kind, size)  # type: ignore[no-any-return]
 
     def _derive(self, n: int, kind: str, size: int) -> tuple[bytes, str]:

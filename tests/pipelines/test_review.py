@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -439,3 +440,16 @@ def test_a_run_without_a_review_list_is_reviewed_with_all(out: Path) -> None:
     with pytest.raises(ReviewError, match="--all"):
         load_items(str(out))
     assert len(load_items(str(out), all_rows=True)) == 6
+
+
+def test_the_edge_zoom_shows_the_densest_soft_edge(out: Path) -> None:
+    # Opaque everywhere but a soft square in the bottom-right corner (the edge band).
+    alpha = np.full((300, 400), 255, np.uint8)
+    alpha[220:280, 300:380] = 128
+    rgb = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha])).save(out / "cutouts" / "a.png")
+    with running_server(out) as url:
+        edge = np.asarray(Image.open(io.BytesIO(httpx.get(f"{url}/img/0/edge").content)))
+    # 192 px windows in 96 px steps: the one at (192, 96) holds the whole soft square.
+    expected = np.dstack([rgb, alpha])[96:288, 192:384]
+    assert np.array_equal(edge, expected)
