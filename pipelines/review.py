@@ -132,7 +132,16 @@ def run_model(output: str) -> str:
     return str(name)
 
 
-def _item(row: dict[str, object]) -> Item:
+def _item(row: dict[str, object], written_to: str, output: str) -> Item:
+    """The item of a metrics row of a run written to `written_to` and now at `output`: its
+    output URIs are moved along with the run (a copied or synced run folder still shows)."""
+
+    def moved(column: str) -> str:
+        uri = str(row.get(column) or "")
+        if written_to and uri.startswith(f"{written_to}/"):
+            return f"{output}{uri[len(written_to) :]}"
+        return uri
+
     metadata = dict(row.get("metadata") or [])  # type: ignore[call-overload]
     uncertainty = row.get("uncertainty")
     return Item(
@@ -140,8 +149,8 @@ def _item(row: dict[str, object]) -> Item:
         output_key=str(row.get("output_key") or row["id"]),
         uncertainty=None if uncertainty is None else float(uncertainty),  # type: ignore[arg-type]
         source_uri=str(row.get("source_uri") or ""),
-        cutout_uri=str(row.get("cutout_uri") or ""),
-        mask_uri=str(row.get("mask_uri") or ""),
+        cutout_uri=moved("cutout_uri"),
+        mask_uri=moved("mask_uri"),
         status=str(row.get("status") or ""),
         category=str(metadata.get("category") or ""),
     )
@@ -151,17 +160,17 @@ def load_items(output: str, all_rows: bool = False) -> list[Item]:
     """The items of the finished run at output: the review list (`review/manifest.csv`, most
     uncertain first) or, with all_rows, every metrics row (most uncertain first, then by id).
     Raises ReviewError when output holds no finished run."""
-    _run_json(output)
+    written_to = _prefix(str(_run_json(output).get("output") or ""))
     rows = {str(r["id"]): r for r in read_metrics(output).to_pylist()}
     if all_rows:
-        items = [_item(r) for r in rows.values()]
+        items = [_item(r, written_to, _prefix(output)) for r in rows.values()]
         return sorted(items, key=lambda i: (-(i.uncertainty or 0.0), i.id))
     try:
         text = read_bytes(f"{_prefix(output)}/review/manifest.csv").decode("utf-8")
     except NotFound:
         raise ReviewError(f"{output}: no review/manifest.csv; --all reviews every row") from None
     listed = [r["id"] for r in csv.DictReader(io.StringIO(text))]
-    return [_item(rows[i]) for i in listed if i in rows]
+    return [_item(rows[i], written_to, _prefix(output)) for i in listed if i in rows]
 
 
 def write_decisions(output: str, decisions: Sequence[Decision]) -> str:

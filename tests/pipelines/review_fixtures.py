@@ -76,7 +76,7 @@ def make_run(root: Path, model: str = "tiny-isnet") -> Path:
                     "mask_uri",
                 )
                 writer.writerow([r[c] for c in columns])
-    run = {"status": "finished", "model": {"name": model}, "config": {}}
+    run = {"status": "finished", "output": str(out), "model": {"name": model}, "config": {}}
     (out / "run.json").write_text(json.dumps(run))
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -453,3 +454,12 @@ def test_the_edge_zoom_shows_the_densest_soft_edge(out: Path) -> None:
     # 192 px windows in 96 px steps: the one at (192, 96) holds the whole soft square.
     expected = np.dstack([rgb, alpha])[96:288, 192:384]
     assert np.array_equal(edge, expected)
+
+
+def test_a_moved_run_shows_its_own_outputs(tmp_path: Path) -> None:
+    moved = shutil.move(make_run(tmp_path / "first"), tmp_path / "moved")
+    item = load_items(str(moved))[0]
+    assert item.cutout_uri == str(Path(moved) / "cutouts" / "a.png")
+    with running_server(Path(moved)) as url:
+        answer = httpx.get(f"{url}/img/0/cutout")
+    assert answer.content == (Path(moved) / "cutouts" / "a.png").read_bytes()
