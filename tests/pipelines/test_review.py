@@ -463,3 +463,19 @@ def test_a_moved_run_shows_its_own_outputs(tmp_path: Path) -> None:
     with running_server(Path(moved)) as url:
         answer = httpx.get(f"{url}/img/0/cutout")
     assert answer.content == (Path(moved) / "cutouts" / "a.png").read_bytes()
+
+
+def test_the_cli_exports_and_refuses_a_folder_that_is_no_run(out: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from matteflow.pipelines.cli import app
+
+    write_decisions(str(out), [_d("a", "retry", 0), _d("b", "reject", 1)])
+    result = CliRunner().invoke(app, ["review", str(out), "--export"])
+    assert result.exit_code == 0, result.output
+    assert "(1 rows)" in result.output
+    assert len(_csv(out / "review" / "rework.csv")) == 1
+    assert len(_csv(out / "review" / "rejected.csv")) == 1
+    refused = CliRunner().invoke(app, ["review", str(tmp_path / "nothing"), "--export"])
+    assert refused.exit_code == 1
+    assert "no run.json" in refused.output
