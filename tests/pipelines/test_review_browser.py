@@ -158,6 +158,28 @@ def test_a_keyboard_only_session_is_recorded_as_parquet(browser: Any, tmp_path: 
     }
 
 
+def test_a_score_after_the_decision_is_a_new_row_and_undo_takes_it_back(
+    browser: Any, tmp_path: Path
+) -> None:
+    out = make_run(tmp_path)
+    with running_server(out) as url:
+        _open(browser, url)
+        _keys(browser, "a", "k", "5")  # accept a, back to a, score it
+        _settled(browser)
+        scored = _js(browser, "return document.getElementById('fact-score').textContent")
+        _keys(browser, "u")
+        _settled(browser)
+        badge = _js(browser, "return document.querySelector('#tile-0 .badge').textContent")
+    assert (scored, badge) == ("5", "accepted")
+    rows = read_decisions(str(out))
+    assert [(d.id, d.decision, d.score) for d in rows] == [
+        ("a", "accept", None),
+        ("a", "accept", 5),
+        ("a", "undo", None),
+    ]
+    assert latest(rows)["a"].score is None
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
 def test_no_wcag_aa_violation_and_a_visible_focus(browser: Any, tmp_path: Path, theme: str) -> None:
     out = make_run(tmp_path)
