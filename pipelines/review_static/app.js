@@ -156,67 +156,78 @@
     button.scrollIntoView({ block: "nearest" });
   }
 
-  function decide(n, decision, model) {
+  // Posts run one after another, in key order: a key that depends on what an earlier one
+  // saved (a score after a decision, undo) is worked out when the earlier posts are done.
+  function enqueue(task) {
+    state.inflight += 1;
+    document.body.dataset.inflight = String(state.inflight);
+    state.chain = state.chain.then(task).finally(() => {
+      state.inflight -= 1;
+      document.body.dataset.inflight = String(state.inflight);
+    });
+  }
+
+  function bodyFor(n, decision, model) {
     const item = state.items[n];
-    const score = decision === "undo"
-      ? null
-      : state.pendingScore.get(item.id) ?? item.score ?? null;
-    const body = {
+    const score = decision === "undo" ? null : state.pendingScore.get(item.id) ?? item.score ?? null;
+    return {
       id: item.id,
       decision: decision,
       score: score,
       seconds: (performance.now() - state.firstShown.get(item.id)) / 1000,
       model: model || null,
     };
-    state.inflight += 1;
-    document.body.dataset.inflight = String(state.inflight);
-    state.chain = state.chain.then(async () => {
-      try {
-        const updated = await api("/api/decisions", body);
-        Object.assign(item, updated);
-        state.pendingScore.delete(item.id);
-        updateTile(n);
-        updateProgress();
-        if (n === state.index) renderFacts(item);
-        announce(`${item.id}: ${decision === "undo" ? "undone, now " : ""}${decisionText(item)}`);
-      } catch (err) {
-        announce(`${item.id}: not saved: ${err.message}`);
-      } finally {
-        state.inflight -= 1;
-        document.body.dataset.inflight = String(state.inflight);
-      }
-    });
+  }
+
+  async function post(n, body) {
+    const item = state.items[n];
+    try {
+      Object.assign(item, await api("/api/decisions", body));
+    } catch (err) {
+      announce(`${item.id}: not saved: ${err.message}`);
+      return;
+    }
+    if (state.pendingScore.get(item.id) === body.score) state.pendingScore.delete(item.id);
+    if (body.decision !== "undo") state.history.push(n);
+    updateTile(n);
+    updateProgress();
+    if (n === state.index) renderFacts(item);
+    announce(`${item.id}: ${body.decision === "undo" ? "undone, now " : ""}${decisionText(item)}`);
   }
 
   function decideAndAdvance(decision, model) {
     const n = state.index;
-    state.history.push(n);
-    decide(n, decision, model);
+    const body = bodyFor(n, decision, model); // seconds up to the key press
+    enqueue(() => post(n, body));
     show(n + 1);
   }
 
   function scoreKey(score) {
-    const item = state.items[state.index];
-    if (item.decision) {
-      // A scored decision is a new row with the same decision: undo takes the score back.
-      state.pendingScore.set(item.id, score);
-      state.history.push(state.index);
-      decide(state.index, item.decision, item.model);
-    } else {
-      state.pendingScore.set(item.id, score);
-      announce(`${item.id}: score ${score}, saved with the decision`);
-    }
+    const n = state.index;
+    const item = state.items[n];
+    state.pendingScore.set(item.id, score);
     renderFacts(item);
+    enqueue(async () => {
+      if (state.pendingScore.get(item.id) !== score) return; // another score came after it
+      if (item.decision) {
+        // A scored decision is a new row with the same decision: undo takes the score back.
+        await post(n, bodyFor(n, item.decision, item.model));
+      } else {
+        announce(`${item.id}: score ${score}, saved with the decision`);
+      }
+    });
   }
 
   function undo() {
-    const n = state.history.pop();
-    if (n === undefined) {
-      announce("Nothing to undo");
-      return;
-    }
-    show(n);
-    decide(n, "undo");
+    enqueue(async () => {
+      const n = state.history.pop();
+      if (n === undefined) {
+        announce("Nothing to undo");
+        return;
+      }
+      show(n);
+      await post(n, bodyFor(n, "undo"));
+    });
   }
 
   function openModels() {
@@ -287,7 +298,7 @@
     else if (key === "k") show(state.index - 1);
     else if (key === "a") decideAndAdvance("accept");
     else if (key === "r") decideAndAdvance("reject");
-    else if (key >= "1" && key <= "5") scoreKey(Number(key));
+    else if (/^[1-5]$/.test(key)) scoreKey(Number(key));
     else if (key === "m") openModels();
     else if (key === "u") undo();
     else if (key === "b") {
