@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -326,7 +327,8 @@ def test_api_reads_no_output_outside_the_run(tmp_path: Path) -> None:
     assert "not under" in answer.json()["detail"]
 
 
-def test_two_concurrent_clients_lose_no_decision(out: Path) -> None:
+@pytest.mark.parametrize("servers", [1, 2], ids=["one-server", "a-server-each"])
+def test_two_concurrent_reviewers_lose_no_decision(out: Path, servers: int) -> None:
     per_client = 15
     ids = ["a", "b", "c", "d", "e"]
     errors: list[str] = []
@@ -339,16 +341,23 @@ def test_two_concurrent_clients_lose_no_decision(out: Path) -> None:
                 if answer.status_code != 200:
                     errors.append(f"{name}: {answer.status_code} {answer.text}")
 
-    with running_server(out) as url:
-        threads = [threading.Thread(target=client_posts, args=(url, f"c{k}")) for k in range(2)]
+    with ExitStack() as stack:
+        urls = [stack.enter_context(running_server(out, reviewer=f"r{k}")) for k in range(servers)]
+        threads = [
+            threading.Thread(target=client_posts, args=(urls[k % servers], f"c{k}"))
+            for k in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        # Each server sees every decision, its own and the other's.
+        seen = [httpx.get(f"{url}/api/summary").json()["reviewers"] for url in urls]
     assert errors == []
     decisions = read_decisions(str(out))
     assert len(decisions) == 2 * per_client
     assert sorted(d.seconds for d in decisions) == sorted([float(n) for n in range(per_client)] * 2)
+    assert seen == [[f"r{k}" for k in range(servers)]] * servers
 
 
 def test_a_server_killed_mid_stream_leaves_no_partial_part_file(out: Path, tmp_path: Path) -> None:
