@@ -198,12 +198,20 @@ def test_no_wcag_aa_violation_and_a_visible_focus(browser: Any, tmp_path: Path, 
             "return [document.activeElement.id, s.outlineStyle, parseFloat(s.outlineWidth)]",
         )
         page = _axe(browser)
-        # The help dialog, open: the page behind it is inert under a backdrop.
+        # Each dialog, open (the page behind it is inert under a backdrop), and its focus.
         _keys(browser, "?")
-        dialog = _axe(browser, "#help")
+        help_dialog = _axe(browser, "#help")
+        _keys(browser, "?", "m")
+        radio = _js(
+            browser,
+            "const s = getComputedStyle(document.activeElement);"
+            "return [document.activeElement.type, s.outlineStyle, parseFloat(s.outlineWidth)]",
+        )
+        models_dialog = _axe(browser, "#models")
     assert background == ("rgb(18, 18, 18)" if theme == "dark" else "rgb(255, 255, 255)")
     assert focus[0] == "tile-2" and focus[1] == "solid" and focus[2] >= 2
-    for results in (page, dialog):
+    assert radio[0] == "radio" and radio[1] == "solid" and radio[2] >= 2
+    for results in (page, help_dialog, models_dialog):
         violations = [(v["id"], [n["html"] for n in v["nodes"]]) for v in results["violations"]]
         assert violations == []
         checked = [rule["id"] for rule in results["passes"]]
