@@ -20,14 +20,21 @@ import uvicorn
 from PIL import Image
 
 from matteflow.pipelines.review_server import create_app
-from matteflow.transforms.metrics import SCHEMA, base_row
-from matteflow.transforms.types import ImageTask
+from matteflow.transforms.metrics import SCHEMA
 
-__all__ = ["CATEGORIES", "UNCERTAINTY", "free_port", "make_run", "running_server"]
+__all__ = ["CATEGORIES", "UNCERTAINTY", "free_port", "make_run", "metrics_record", "running_server"]
 
 # id -> uncertainty; rows at 0.5 or more are on the review list, most uncertain first.
 UNCERTAINTY = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.55, "f": 0.1}
 CATEGORIES = {"a": "shoes", "b": "shoes", "c": "bags", "d": "bags", "e": "", "f": "shoes"}
+
+
+def metrics_record(item_id: str, source_uri: str, **values: object) -> dict[str, object]:
+    """An ok metrics row as Parquet holds it (every SCHEMA column; the ones given set)."""
+    row: dict[str, object] = dict.fromkeys(SCHEMA.names)
+    row.update(id=item_id, source_uri=source_uri, output_key=item_id, status="ok", warnings=[])
+    row.update({"metadata": {}, "row_settings": {}, **values})
+    return row
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -50,10 +57,10 @@ def make_run(root: Path, model: str = "tiny-isnet") -> Path:
         (src / f"{item_id}.png").write_bytes(_png(rgb))
         (out / "cutouts" / f"{item_id}.png").write_bytes(_png(np.dstack([rgb, alpha])))
         (out / "masks" / f"{item_id}.png").write_bytes(_png(alpha))
-        metadata = (("category", CATEGORIES[item_id]),) if CATEGORIES[item_id] else ()
-        task = ImageTask(item_id, str(src / f"{item_id}.png"), item_id, metadata=metadata)
-        row = base_row(task, "ok")
-        row.update(
+        row = metrics_record(
+            item_id,
+            str(src / f"{item_id}.png"),
+            metadata={"category": CATEGORIES[item_id]} if CATEGORIES[item_id] else {},
             uncertainty=doubt,
             needs_review=doubt >= 0.5,
             model=model,

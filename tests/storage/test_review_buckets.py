@@ -19,8 +19,8 @@ from matteflow.pipelines.review import (
     read_decisions,
     write_decisions,
 )
-from matteflow.transforms.metrics import SCHEMA, base_row
-from matteflow.transforms.types import ImageTask
+from matteflow.transforms.metrics import SCHEMA
+from tests.pipelines.review_fixtures import metrics_record
 from tests.storage.conftest import Bucket
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -30,9 +30,9 @@ def _finished_run(bucket: Bucket) -> str:
     """Metrics, review list and run.json of a two-row run under out/; returns its uri."""
     rows = []
     for item_id, doubt in (("x", 0.9), ("y", 0.7)):
-        row = base_row(ImageTask(item_id, bucket.uri(f"src/{item_id}.png"), item_id), "ok")
-        row.update(uncertainty=doubt, needs_review=True, cutout_uri=bucket.uri(f"out/{item_id}"))
-        rows.append(row)
+        uri = bucket.uri(f"src/{item_id}.png")
+        cutout = bucket.uri(f"out/{item_id}")
+        rows.append(metrics_record(item_id, uri, uncertainty=doubt, cutout_uri=cutout))
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
     bucket.put("out/metrics/part-0.parquet", buf.getvalue())
