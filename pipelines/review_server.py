@@ -165,15 +165,17 @@ class _Workbench:
         """The bytes of an item's cutout/mask (under OUT) or source (its run's policy)."""
         if kind == "source":
             check_source(item.source_uri, self.policy)
-            return read_bytes(
+            source: bytes = read_bytes(
                 item.source_uri,
                 allow_private=self.policy.allow_private,
                 max_bytes=self.decode_settings.max_bytes,
             )
+            return source
         uri = item.cutout_uri if kind == "cutout" else item.mask_uri
         if not _under(uri, self.output):
             raise ReviewError(f"{uri}: not under {self.output}")
-        return read_bytes(uri)
+        output: bytes = read_bytes(uri)
+        return output
 
     def render(self, n: int, kind: str, size: int) -> tuple[bytes, str]:
         """An image of item n for the page (PNG or JPEG bytes, and its type); size 0: a cutout
@@ -184,7 +186,8 @@ class _Workbench:
             uri = item.cutout_uri if kind == "cutout" else item.mask_uri
             if content_type(uri) in _BROWSER_TYPES:
                 return self._read_checked(item, kind), content_type(uri)
-        return self._derived(n, kind, size)  # type: ignore[no-any-return]
+        derived: tuple[bytes, str] = self._derived(n, kind, size)
+        return derived
 
     def _derive(self, n: int, kind: str, size: int) -> tuple[bytes, str]:
         item = self.items[n]
