@@ -23,7 +23,7 @@ test: $(BIN)/matteflow
 	$(BIN)/pytest
 
 lint: $(BIN)/matteflow
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy pipelines transforms models
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy --strict pipelines transforms models
 
 clean:
 	rm -rf $(OUT)

@@ -23,6 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,13 @@ from PIL import Image
 
 from matteflow.models.registry import load
 from matteflow.transforms.inference import postprocess, preprocess
+from matteflow.transforms.matte import uncertainty
 from matteflow.transforms.quality import edge_band, scores
 from matteflow.transforms.refine import (
     RefineSettings,
     decontaminate,
     guided_filter,
     matting,
-    uncertainty,
 )
 
 Item = dict[str, object]
@@ -110,7 +111,7 @@ def main() -> None:
             start = time.perf_counter()
             alpha = refine(it["rgb"], it)  # type: ignore[arg-type]
             seconds += time.perf_counter() - start
-            per_image.append((it["row"]["category"], scores(alpha, it["gt"])))  # type: ignore[index, arg-type]
+            per_image.append((it["row"]["category"], asdict(scores(alpha, it["gt"]))))  # type: ignore[index, arg-type]
         mean = {k: float(np.mean([s[k] for _, s in per_image])) for k in ("iou", "mae", "edge_mae")}
         by_category = {
             c: float(np.mean([s["iou"] for cc, s in per_image if cc == c]))
@@ -181,7 +182,7 @@ def _halo(items: list[Item]) -> dict[str, float]:
 
 def _review(items: list[Item], threshold: float) -> dict[str, float]:
     """Recall and precision of needs_review for the worst-iou decile (raw alpha)."""
-    ious = np.array([scores(it["alpha"], it["gt"])["iou"] for it in items])  # type: ignore[arg-type]
+    ious = np.array([scores(it["alpha"], it["gt"]).iou for it in items])  # type: ignore[arg-type]
     flagged = np.array([float(it["u"]) >= threshold for it in items])  # type: ignore[arg-type]
     cut = float(np.sort(ious)[math.ceil(0.1 * len(ious)) - 1])
     worst = ious <= cut

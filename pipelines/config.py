@@ -19,6 +19,7 @@ from matteflow.transforms.decode import DecodeSettings
 from matteflow.transforms.framing import FramingSettings, check_framing
 from matteflow.transforms.matte import MatteSettings
 from matteflow.transforms.refine import RefineSettings
+from matteflow.transforms.resume import AFFECTS_OUTPUT
 from matteflow.transforms.settings import OutputSettings
 from matteflow.transforms.sources import SourcePolicy
 
@@ -43,12 +44,14 @@ class ModelSettings:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"; a missing GPU fails in preflight
     # "auto" (bfloat16 where the CPU or GPU computes it natively, else float16 on CUDA and
     # float32 on CPU) | "float32" | "bfloat16" | "float16"; reduced precision is autocast
-    dtype: str = "auto"
-    inference_size: int = 0  # square side the model runs at (multiple of 32); 0 = the model's
+    dtype: str = field(default="auto", metadata=AFFECTS_OUTPUT)
+    # square side the model runs at (multiple of 32); 0 = the model's
+    inference_size: int = field(default=0, metadata=AFFECTS_OUTPUT)
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
     torch_threads: int = 0  # per worker process; 0 = the CPU's cores / worker processes
     require_commercial_license: bool = False
-    flip_tta: bool = False  # also run each image mirrored and average (2x the model's time)
+    # also run each image mirrored and average (2x the model's time)
+    flip_tta: bool = field(default=False, metadata=AFFECTS_OUTPUT)
 
     def __post_init__(self) -> None:
         if self.inference_size % 32:
@@ -66,7 +69,8 @@ class BatchingSettings:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs besides runner options."""
+    """Everything a run needs besides runner options. Fields marked AFFECTS_OUTPUT (here and
+    in the tables) make the resume fingerprint (transforms/resume.py)."""
 
     manifest: str = ""
     output: str = ""
@@ -75,10 +79,10 @@ class RunConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
-    outputs: OutputSettings = field(default_factory=OutputSettings)
-    framing: FramingSettings = field(default_factory=FramingSettings)
-    matte: MatteSettings = field(default_factory=MatteSettings)
-    refine: RefineSettings = field(default_factory=RefineSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings, metadata=AFFECTS_OUTPUT)
+    framing: FramingSettings = field(default_factory=FramingSettings, metadata=AFFECTS_OUTPUT)
+    matte: MatteSettings = field(default_factory=MatteSettings, metadata=AFFECTS_OUTPUT)
+    refine: RefineSettings = field(default_factory=RefineSettings, metadata=AFFECTS_OUTPUT)
     streaming: StreamingSettings = field(default_factory=StreamingSettings)
     beam: BeamSettings = field(default_factory=BeamSettings)  # runner options (pipelines/options)
     sources: SourcePolicy = field(default_factory=SourcePolicy)
@@ -101,7 +105,7 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
             value = float(value)
         if expected is str and type(value) is int:  # a pixel length: margin = 40
             value = str(value)
-        if get_origin(expected) is tuple:  # a list of strings: sources.allow = ["gs://a/*"]
+        if get_origin(expected) is tuple:  # strings: sources.allow = ["gs://a/*"], [beam] args
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
             values[key] = tuple(value)
@@ -109,10 +113,6 @@ def _build(cls: type, table: dict[str, Any], path: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a table, got {value!r}")
             values[key] = _build(expected, value, where)  # type: ignore[arg-type]
-        elif get_origin(expected) is tuple:  # a list of strings: [beam] args
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-            values[key] = tuple(value)
         elif isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
             raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
         elif expected is int and value < (0 if key in _ZERO_MEANS_DEFAULT_OR_NONE else 1):

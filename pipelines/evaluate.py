@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import posixpath
 import re
 import sys
@@ -29,19 +28,16 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from matteflow.pipelines.remove_background import main as run_main
+from matteflow.pipelines.config import RunConfig, load_config
+from matteflow.pipelines.options import MatteflowOptions
+from matteflow.pipelines.remove_background import exit_code, launch
 from matteflow.pipelines.report import RunResult, Sample, write_report
 from matteflow.pipelines.review import read_decisions
 from matteflow.transforms.failures import MatteflowError, NotFound, ScoreError
-from matteflow.transforms.manifest import resolve_uri
-from matteflow.transforms.metrics import (
-    SCHEMA,
-    base_row,
-    failed_row,
-    load_ground_truth,
-    read_metrics,
-)
+from matteflow.transforms.manifest import read_records, resolve_uri
+from matteflow.transforms.metrics import SCHEMA, MetricsRow, metrics_row, read_metrics
 from matteflow.transforms.quality import scores
+from matteflow.transforms.reader import Reader
 from matteflow.transforms.storage import exists, read_bytes, write_atomic
 from matteflow.transforms.types import Failed, ImageTask
 
@@ -61,11 +57,7 @@ def run_name(text: str) -> str:
 def load_samples(data: str) -> list[Sample]:
     """The labelled images of a manifest (CSV/JSONL) or of a folder's manifest.csv."""
     manifest = data if data.endswith((".csv", ".jsonl")) else f"{data.rstrip('/')}/manifest.csv"
-    text = read_bytes(manifest).decode("utf-8-sig")
-    if manifest.endswith(".jsonl"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        records = list(csv.DictReader(io.StringIO(text)))
+    records = read_records(manifest)
     base = manifest[: manifest.rfind("/") + 1]
     samples = []
     for record in records:
@@ -92,6 +84,7 @@ def _timings(predictions: str) -> dict[str, float]:
 def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
     """Metrics rows (SCHEMA) scoring another tool's alpha or RGBA files against ground truth."""
     seconds = _timings(predictions)
+    reader = Reader()
     rows = []
     for sample in samples:
         task = ImageTask(
@@ -108,21 +101,26 @@ def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
         try:
             if found is None:
                 raise NotFound(f"no prediction for {sample.id} in {predictions}")
-            pred = load_ground_truth(read_bytes(found), found)
-            truth = load_ground_truth(read_bytes(sample.ground_truth_uri), sample.ground_truth_uri)
+            pred = reader.alpha(found)
+            truth = reader.alpha(sample.ground_truth_uri)
             if pred.shape != truth.shape:
                 shapes = f"{pred.shape[1]}x{pred.shape[0]}, not {truth.shape[1]}x{truth.shape[0]}"
                 raise ScoreError(f"{found}: {shapes}", code="size_mismatch")
         except MatteflowError as err:  # a missing prediction scores as a failure, too
-            rows.append(failed_row(Failed(task, "score", err.code, str(err))))
+            rows.append(metrics_row(Failed(task, "score", err.code, str(err))))
             continue
-        row = base_row(task, "ok")
-        row.update(mask_uri=found, height=pred.shape[0], width=pred.shape[1])
-        row.update(scores(pred, truth))
-        if sample.id in seconds:
-            row["total_ms"] = seconds[sample.id] * 1e3
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+        rows.append(
+            MetricsRow.of_task(
+                task,
+                "ok",
+                uris=(("mask_uri", found),),
+                height=pred.shape[0],
+                width=pred.shape[1],
+                scores=scores(pred, truth),
+                total_ms=seconds[sample.id] * 1e3 if sample.id in seconds else None,
+            )
+        )
+    return pa.Table.from_pylist([r.record() for r in rows], schema=SCHEMA)
 
 
 def _write_manifest(samples: list[Sample], uri: str) -> None:
@@ -159,6 +157,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_config(args: argparse.Namespace, rest: list[str], manifest: str, output: str) -> RunConfig:
+    """The config of our pipeline's run on the labelled set: the profile, --model, --refine
+    and the `matteflow run` flags among `rest` (--set, --allow_source, ...); always --force."""
+    mf = PipelineOptions(rest).view_as(MatteflowOptions)
+    refine = [f"refine.refine={args.refine}"] if args.refine else []
+    return load_config(
+        args.profile,
+        manifest=manifest,
+        output=output,
+        model=args.model,
+        force=True,
+        max_failure_rate=mf.max_failure_rate,
+        settings=[*refine, *(mf.settings or [])],
+        allow_sources=mf.allow_sources,
+        allow_private_sources=mf.allow_private_sources,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: add one run, rewrite the report; exit codes as `matteflow run`."""
     args, rest = _parser().parse_known_args(argv)
@@ -182,11 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         name = run_name(args.name or default_name)
         manifest = f"{output}/runs/{name}/eval-manifest.csv"
         _write_manifest(samples, manifest)
-        argv_run = ["--manifest", manifest, "--output", f"{output}/runs/{name}", "--force"]
-        argv_run += ["--model", args.model] if args.model else []
-        argv_run += ["--profile", args.profile] if args.profile else []
-        argv_run += ["--set", f"refine.refine={refine}"] if refine else []
-        code = run_main([*argv_run, *rest])  # reports its own errors; exit codes as `run`
+        code: int = exit_code(  # errors reported and exit codes as `matteflow run`
+            lambda: launch(_run_config(args, rest, manifest, f"{output}/runs/{name}"), rest)
+        )
         if code != 0:
             return code
     runs = _runs(output)

@@ -4,11 +4,38 @@ the command line or in a profile's `[beam]` table."""
 from __future__ import annotations
 
 import argparse
+import enum
 from dataclasses import dataclass
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
-__all__ = ["BeamSettings", "MatteflowOptions"]
+__all__ = ["BeamSettings", "MatteflowOptions", "RunnerKind"]
+
+_LOCAL_RUNNERS = {"directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
+
+
+class RunnerKind(enum.Enum):
+    """Where a run's steps, and so its model, run."""
+
+    IN_PROCESS = "in_process"  # no --runner: our FnApiRunner, on worker threads of this process
+    LOCAL = "local"  # a Beam local runner, or a portable one whose workers loop back here
+    REMOTE = "remote"  # workers elsewhere (Dataflow, Flink, Spark, ...)
+
+    @classmethod
+    def of(cls, options: PipelineOptions) -> RunnerKind:
+        """The kind of runner the options choose."""
+        runner = options.view_as(StandardOptions).runner
+        if runner is None:
+            return cls.IN_PROCESS
+        if runner.lower() in _LOCAL_RUNNERS:
+            return cls.LOCAL
+        loopback = options.view_as(PortableOptions).environment_type == "LOOPBACK"
+        return cls.LOCAL if loopback else cls.REMOTE
+
+    @property
+    def model_here(self) -> bool:
+        """Whether the model runs on this machine (so preflight checks its device here)."""
+        return self is not RunnerKind.REMOTE
 
 
 @dataclass(frozen=True)

@@ -1,47 +1,36 @@
 """The main job: manifest -> cutouts, masks and one Parquet metrics row per manifest row.
 
-ReadManifest -> FetchAndDecode -> Segment -> Score -> WriteOutputs -> WriteMetrics; every
-failure on the way becomes a failed metrics row. `run.json` is written last. With --streaming,
+ReadManifest -> FetchAndDecode -> Segment -> Refine -> Score -> WriteOutputs -> Rows ->
+WriteMetrics; every failure on the way becomes a failed metrics row. The launcher parses,
+checks (preflight) and hands over; summary.py writes `run.json`, last. With --streaming,
 ReadArrivals (new objects as they land) replaces ReadManifest and metrics are written per window.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import io
-import json
-import logging
 import os
-import platform
 import sys
 import time
-import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib.metadata import version
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import (
-    DirectOptions,
-    PipelineOptions,
-    PortableOptions,
-    StandardOptions,
-)
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from matteflow.models.registry import RegistryError, check, get_spec
 from matteflow.models.weights import WeightsError, native_weights
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
-from matteflow.pipelines.options import MatteflowOptions
+from matteflow.pipelines.options import MatteflowOptions, RunnerKind
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
+from matteflow.pipelines.summary import clear_previous_run, write_summary
 from matteflow.transforms.arrivals import ReadArrivals
 from matteflow.transforms.decode import FetchAndDecode
 from matteflow.transforms.inference import MatteModelHandler, Segment
+from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.manifest import (
     ManifestError,
     ReadManifest,
@@ -49,11 +38,14 @@ from matteflow.transforms.manifest import (
     count_rows,
     is_glob,
 )
-from matteflow.transforms.metrics import Score, WriteMetrics, failed_row, read_metrics
+from matteflow.transforms.metrics import MetricsRow, WriteMetrics, metrics_row
+from matteflow.transforms.reader import Reader
 from matteflow.transforms.refine import Refine
 from matteflow.transforms.resume import Resume, settings_digest
+from matteflow.transforms.score import Score
 from matteflow.transforms.settings import background_colour
 from matteflow.transforms.storage import exists, write_atomic
+from matteflow.transforms.types import ImageTask, Matte
 from matteflow.transforms.write import WriteOutputs
 
 __all__ = [
@@ -61,13 +53,14 @@ __all__ = [
     "PreflightError",
     "TooManyFailures",
     "build",
+    "exit_code",
+    "launch",
     "main",
     "preflight",
+    "reader",
     "run",
     "worker_torch_threads",
 ]
-
-_LOG = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -81,17 +74,18 @@ class TooManyFailures(RuntimeError):
 class Outputs(NamedTuple):
     """The job's named PCollections (for tests)."""
 
-    tasks: beam.PCollection
-    mattes: beam.PCollection
-    rows: beam.PCollection
+    tasks: beam.pvalue.PCollection[ImageTask]
+    mattes: beam.pvalue.PCollection[Matte]
+    rows: beam.pvalue.PCollection[MetricsRow]
 
 
 def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
     """Torch threads for each worker: the profile's, else, when the local runner starts several
     workers (--direct_num_workers, threads or processes), this machine's cores shared among
     them so that they do not oversubscribe it; 0 leaves torch's default (all cores)."""
-    if cfg.model.torch_threads:
-        return cfg.model.torch_threads
+    threads: int = cfg.model.torch_threads
+    if threads:
+        return threads
     workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
     return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
 
@@ -113,38 +107,33 @@ def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
 
 
 def _resume(cfg: RunConfig) -> Resume:
-    settings = settings_digest(
-        get_spec(cfg.model.name),
-        cfg.model.dtype,
-        cfg.outputs,
-        cfg.framing,
-        cfg.matte,
-        cfg.refine,
-        cfg.decode.intent,
-        cfg.model.flip_tta,
-        cfg.model.inference_size,
-    )
-    return Resume(cfg.output, settings, force=cfg.force)
+    return Resume(cfg.output, settings_digest(get_spec(cfg.model.name), cfg), force=cfg.force)
+
+
+def reader(cfg: RunConfig) -> Reader:
+    """The run's one Reader: its source policy and size limits, for every source it reads."""
+    return Reader(cfg.sources, cfg.decode.max_bytes, cfg.decode.max_pixels)
 
 
 def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
     """Add the job's steps to p: tasks from the manifest or, streaming, from `arrivals` (new
     objects as they land; their metrics rows are written per window)."""
-    resume = _resume(cfg)
+    resume, read = _resume(cfg), reader(cfg)
     if arrivals is None:
         manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
     else:
         manifest = p | "ReadArrivals" >> arrivals
-    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(
-        cfg.decode, resume, allow_private=cfg.sources.allow_private
-    )
+    decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume, read)
     segmented = decoded.ok | "Segment" >> Segment(_handler(cfg, p.options), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
-    scored = refined.ok | "Score" >> Score()
+    scored = refined.ok | "Score" >> Score(read)
     written = scored.ok | "WriteOutputs" >> WriteOutputs(
-        cfg.output, cfg.outputs, cfg.framing, resume
+        cfg.output, cfg.outputs, cfg.framing, resume, read
     )
-    failures = (
+    # Rows are made where each outcome leaves its stage, so no pixels travel past WriteOutputs.
+    ok_rows = written.ok | "OkRows" >> beam.Map(metrics_row)
+    skipped_rows = decoded.skipped | "SkippedRows" >> beam.Map(metrics_row)
+    failure_rows = (
         (
             manifest.failures,
             decoded.failures,
@@ -154,10 +143,10 @@ def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None
             written.failures,
         )
         | "CollectFailures" >> beam.Flatten()
-        | "FailureRows" >> beam.Map(failed_row)
+        | "FailureRows" >> beam.Map(metrics_row)
     )
-    rows = (written.ok, decoded.skipped, failures) | "AllRows" >> beam.Flatten()
-    _ = rows | "WriteMetrics" >> WriteMetrics(cfg.output)
+    rows = (ok_rows, skipped_rows, failure_rows) | "AllRows" >> beam.Flatten()
+    _ = rows | "WriteMetrics" >> WriteMetrics(OutputLayout(cfg.output))
     return Outputs(manifest.ok, segmented.ok, rows)
 
 
@@ -195,7 +184,7 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
             raise PreflightError(f"outputs.background {background}: no such image")
     except (ManifestError, RegistryError, WeightsError) as err:
         raise PreflightError(str(err)) from None
-    probe = f"{cfg.output.rstrip('/')}/.matteflow-probe-{uuid.uuid4().hex}"
+    probe = OutputLayout(cfg.output).probe()
     try:
         write_atomic(probe, b"probe")  # not empty: S3 refuses a multipart upload of no parts
         FileSystems.delete([probe])
@@ -203,122 +192,8 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
         raise PreflightError(f"output {cfg.output} is not writable: {err}") from None
 
 
-def _clear_previous_run(output: str) -> None:
-    """A run replaces the metrics, review list and run.json of the last one (state/ stays: it
-    is resume)."""
-    prefix = output.rstrip("/")
-    stale = [
-        m.path
-        for pattern in (f"{prefix}/metrics/*", f"{prefix}/review/*")
-        for m in FileSystems.match([pattern])[0].metadata_list
-    ]
-    run_json = f"{prefix}/run.json"
-    if FileSystems.exists(run_json):
-        stale.append(run_json)
-    if stale:
-        FileSystems.delete(stale)
-
-
-def _write_review(output: str, table: pa.Table) -> int:
-    """Write {output}/review/manifest.csv: the rows flagged needs_review, most uncertain first,
-    as a manifest another run (a stronger model, a human tool) can take. Returns the count."""
-    rows = [r for r in table.to_pylist() if r["needs_review"]]
-    rows.sort(key=lambda r: (-r["uncertainty"], r["id"]))  # ties by id: same list on any runner
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "uri", "output_key", "uncertainty", "cutout_uri", "mask_uri"])
-    for r in rows:
-        uncertain = f"{r['uncertainty']:.4f}"
-        outputs = [r["cutout_uri"] or "", r["mask_uri"] or ""]
-        writer.writerow([r["id"], r["source_uri"], r["output_key"], uncertain, *outputs])
-    write_atomic(f"{output.rstrip('/')}/review/manifest.csv", buf.getvalue().encode())
-    return len(rows)
-
-
-def _counter(result: PipelineResult, namespace: str, name: str) -> int | None:
-    """A Beam counter's committed value (a distribution's: its count), summed over steps; None
-    when the runner reports no such metric."""
-    try:
-        query = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))
-    except Exception as err:  # a runner without metrics, or its service failing: run.json stays
-        _LOG.warning("metrics unavailable from the runner (%s: %s)", type(err).__name__, err)
-        return None
-    values = [c.committed for c in query["counters"] if c.committed is not None]
-    values += [d.committed.count for d in query["distributions"] if d.committed is not None]
-    return sum(values) if values else None
-
-
-def _is_local(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None
-
-
-_LOCAL_RUNNERS = {"directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
-
-
-def _is_remote(options: PipelineOptions) -> bool:
-    """True when the model runs on workers elsewhere (Dataflow, Flink, Spark...), not here:
-    a runner other than Beam's local ones, unless its SDK workers loop back to this process."""
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    if runner in _LOCAL_RUNNERS:
-        return False
-    return options.view_as(PortableOptions).environment_type != "LOOPBACK"
-
-
-def _versions() -> dict[str, str]:
-    packages = ("matteflow", "apache-beam", "torch", "numpy", "pillow", "pyarrow")
-    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
-
-
-def _finish(
-    cfg: RunConfig, result: PipelineResult, started: float, started_at: str
-) -> dict[str, Any]:
-    """Count the metrics rows, reconcile them with the manifest, write run.json (last)."""
-    table = read_metrics(cfg.output)
-    statuses = table.column("status").to_pylist()
-    review = _write_review(cfg.output, table)
-    counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
-    manifest_rows = _counter(result, "matteflow.manifest", "rows")
-    if manifest_rows is None:  # a runner without metrics: count the manifest itself
-        manifest_rows = count_rows(cfg.manifest)
-    failure_rate = counts["failed"] / len(statuses) if statuses else 0.0
-    summary = {
-        "status": "finished",
-        "manifest": cfg.manifest,
-        "output": cfg.output,
-        "manifest_rows": manifest_rows,
-        "counts": counts,
-        "reconciled": len(statuses) == manifest_rows,
-        "failure_rate": round(failure_rate, 6),
-        "max_failure_rate": cfg.max_failure_rate,
-        "inferred_images": _counter(result, "matteflow.segment", "images"),
-        # RunInference's own record of each model load: one per worker process that segmented.
-        "model_loads": _counter(result, "matteflow.segment", "load_model_latency_milli_secs"),
-        "needs_review": review,
-        "model": {
-            "name": cfg.model.name,
-            "sha256": get_spec(cfg.model.name).sha256 or None,
-            "device": cfg.model.device,
-            "dtype": cfg.model.dtype,
-        },
-        "config": dataclasses.asdict(cfg),
-        "versions": _versions(),
-        "started_at": started_at,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_s": round(time.monotonic() - started, 3),
-    }
-    write_atomic(f"{cfg.output.rstrip('/')}/run.json", json.dumps(summary, indent=2).encode())
-    return summary
-
-
-def run(argv: list[str] | None = None) -> PipelineResult:
-    """Parse options (a profile's [beam] args, then argv), preflight, run the job to completion
-    and write run.json; with --streaming or --no_wait_until_finish, start it instead (_start).
-
-    Raises ConfigError or PreflightError before anything runs, and TooManyFailures (after
-    run.json) when the share of failed rows is over --max_failure_rate.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _config(argv: list[str]) -> tuple[RunConfig, MatteflowOptions]:
+    """The run's config from a profile and the command line (ConfigError when it is bad)."""
     mf = PipelineOptions(argv).view_as(MatteflowOptions)
     cfg = load_config(
         mf.profile,
@@ -331,27 +206,50 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         allow_sources=mf.allow_sources,
         allow_private_sources=mf.allow_private_sources,
     )
-    argv = [*cfg.beam.args, *argv]  # a profile's Beam options first: the command line's win
-    local = _is_local(PipelineOptions(argv))
-    options = PipelineOptions([*argv, *local_worker_flags(argv)] if local else argv)
+    return cfg, mf
+
+
+def run(argv: list[str] | None = None) -> PipelineResult:
+    """Parse options (a profile's [beam] args, then argv) and `launch` the job.
+
+    Raises ConfigError before anything runs, and what `launch` raises.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, mf = _config(argv)
+    return launch(cfg, argv, mf.subscription)
+
+
+def launch(
+    cfg: RunConfig, argv: list[str] | None = None, subscription: str | None = None
+) -> PipelineResult:
+    """Preflight, run the job to completion and write run.json; with --streaming or
+    --no_wait_until_finish in `argv` (Beam options), start it instead (_start).
+
+    Raises PreflightError before anything runs, and TooManyFailures (after run.json) when the
+    share of failed rows is over max_failure_rate.
+    """
+    argv = [*cfg.beam.args, *(argv or [])]  # a profile's Beam options first: argv's win
+    kind = RunnerKind.of(PipelineOptions(argv))
+    in_process = kind is RunnerKind.IN_PROCESS
+    options = PipelineOptions([*argv, *local_worker_flags(argv)] if in_process else argv)
     FileSystems.set_options(options)  # preflight reads buckets with the run's endpoint/credentials
     streaming = options.view_as(StandardOptions).streaming
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
-    preflight(cfg, not _is_remote(options), streaming=streaming)
+    preflight(cfg, kind.model_here, streaming=streaming)
     if streaming:
-        return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, mf.subscription))
-    _clear_previous_run(cfg.output)
-    if options.view_as(StandardOptions).no_wait_until_finish and not local:
+        return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, subscription))
+    clear_previous_run(OutputLayout(cfg.output))
+    if options.view_as(StandardOptions).no_wait_until_finish and not in_process:
         return _start(cfg, options)
-    runner = local_runner(options) if local else None
+    runner = local_runner(options) if in_process else None
     mode = options.view_as(DirectOptions).direct_running_mode
-    in_process = local and mode != "multi_processing"
-    with progress_bar(count_rows(cfg.manifest) if in_process else 0, enabled=in_process):
+    show_progress = in_process and mode != "multi_processing"
+    with progress_bar(count_rows(cfg.manifest) if show_progress else 0, enabled=show_progress):
         p = beam.Pipeline(runner=runner, options=options)
         build(p, cfg)
         result = p.run()
         result.wait_until_finish()
-    summary = _finish(cfg, result, started, started_at)
+    summary = write_summary(cfg, result, started, started_at)
     counts = summary["counts"]
     print(
         f"matteflow: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed"
@@ -393,8 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         MatteflowOptions._add_argparse_args(parser)
         parser.print_help()
         return 0
+    return exit_code(lambda: run(argv))
+
+
+def exit_code(start: Callable[[], PipelineResult]) -> int:
+    """Run `start` (run or launch) and say how it ended as the CLI's exit code, its errors
+    printed (README, "Exit codes")."""
     try:
-        result = run(argv)
+        result = start()
     except (ConfigError, PreflightError) as err:
         print(f"matteflow: cannot start: {err}", file=sys.stderr)
         return 2

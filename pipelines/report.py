@@ -25,8 +25,8 @@ from PIL import Image
 from matteflow.pipelines.review import Decision, review_stats
 from matteflow.transforms.decode import DecodeSettings, decode
 from matteflow.transforms.encode import Metadata, encode
-from matteflow.transforms.metrics import load_ground_truth
-from matteflow.transforms.storage import read_bytes, write_atomic
+from matteflow.transforms.reader import Reader
+from matteflow.transforms.storage import write_atomic
 from matteflow.transforms.types import ImageTask
 from matteflow.transforms.write import composite, quantise_alpha
 
@@ -39,6 +39,9 @@ __all__ = [
     "thumb_size",
     "write_report",
 ]
+
+# The report reads what runs wrote and the labelled set: the default policy and limits.
+_READER = Reader()
 
 # (metrics column, higher is better), in the summary's column order.
 _METRICS: tuple[tuple[str, bool], ...] = (
@@ -346,15 +349,10 @@ class _Sheet:
         try:
             image = decode(
                 ImageTask(sample.id, sample.image_uri, sample.id),
-                read_bytes(sample.image_uri),
+                _READER.read(sample.image_uri),
                 DecodeSettings(),
             )
-            gt = load_ground_truth(read_bytes(sample.ground_truth_uri), sample.ground_truth_uri)
-            if gt.shape != image.rgb.shape[:2]:
-                raise ValueError(
-                    f"{sample.ground_truth_uri}: ground truth is {gt.shape[1]}x{gt.shape[0]},"
-                    f" the image is {image.width}x{image.height}"
-                )
+            gt = _READER.shaped_alpha(sample.ground_truth_uri, image.height, image.width)
         except Exception as err:  # one unreadable sample must not sink the report
             span = len(self._runs) + 2
             return f'{tr}<td class="note" colspan="{span}">cannot show: {_esc(err)}</td></tr>'
@@ -392,12 +390,7 @@ class _Sheet:
         try:
             if not mask_uri:
                 raise ValueError("no mask_uri in the metrics row")
-            pred = load_ground_truth(read_bytes(mask_uri), mask_uri)
-            if pred.shape != gt.shape:
-                raise ValueError(
-                    f"mask is {pred.shape[1]}x{pred.shape[0]},"
-                    f" the image is {gt.shape[1]}x{gt.shape[0]}"
-                )
+            pred = _READER.shaped_alpha(mask_uri, *gt.shape)
         except Exception as err:
             return f'{td}<div class="note">no prediction to show: {_esc(err)}</div></td>'
         alpha8 = quantise_alpha(pred, np.uint8)

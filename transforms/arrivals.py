@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.metrics.metric import Metrics
 from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Timestamp
 
@@ -72,10 +74,10 @@ class _TaskFn(beam.DoFn):
 
     def setup(self) -> None:
         self._match = re.compile(FileSystem.translate_pattern(self._pattern))
-        self._ignored = beam.metrics.Metrics.counter(_NAMESPACE, "ignored")
-        self._arrived = beam.metrics.Metrics.counter(_NAMESPACE, "rows")
+        self._ignored = Metrics.counter(_NAMESPACE, "ignored")
+        self._arrived = Metrics.counter(_NAMESPACE, "rows")
 
-    def process(self, uri: str) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
+    def process(self, uri: str) -> Iterator[ImageTask | beam.pvalue.TaggedOutput[str, Failed]]:
         if not self._match.fullmatch(uri):
             self._ignored.inc()  # another prefix or extension on the same bucket notification
             return
@@ -87,7 +89,7 @@ class _TaskFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, err))
 
 
-class ReadArrivals(beam.PTransform):
+class ReadArrivals(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
     """PBegin -> ManifestRows(ok: an ImageTask per new object, failures: Failed), both in fixed
     windows of `settings.window_s`.
 
@@ -100,7 +102,7 @@ class ReadArrivals(beam.PTransform):
         pattern: str,
         settings: StreamingSettings,
         subscription: str | None = None,
-        uris: beam.PTransform | None = None,
+        uris: beam.PTransform[Any, Any] | None = None,
     ) -> None:
         super().__init__()
         self._pattern = pattern
@@ -108,28 +110,31 @@ class ReadArrivals(beam.PTransform):
         self._subscription = subscription
         self._uris = uris
 
-    def _source(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def _source(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.PCollection[str]:
+        uris: beam.pvalue.PCollection[str]
         if self._uris is not None:
-            return pbegin | "Uris" >> self._uris
-        if self._subscription:
-            return (
+            uris = pbegin | "Uris" >> self._uris
+        elif self._subscription:
+            uris = (
                 pbegin
                 | "Notifications"
                 >> beam.io.ReadFromPubSub(subscription=self._subscription, with_attributes=True)
                 | "Uris" >> beam.Map(notification_uri)
                 | "Finalized" >> beam.Filter(lambda uri: uri is not None)
             )
-        return (
-            pbegin
-            | "Watch"
-            >> fileio.MatchContinuously(
-                self._pattern,
-                interval=self._settings.poll_interval_s,
-                start_timestamp=Timestamp.now(),  # the default is the time Beam was imported
-                match_updated_files=True,  # a re-uploaded object is redone (or skipped: resume)
+        else:
+            uris = (
+                pbegin
+                | "Watch"
+                >> fileio.MatchContinuously(
+                    self._pattern,
+                    interval=self._settings.poll_interval_s,
+                    start_timestamp=Timestamp.now(),  # the default is the time Beam was imported
+                    match_updated_files=True,  # a re-uploaded object is redone (or skipped: resume)
+                )
+                | "Uris" >> beam.Map(lambda meta: meta.path)
             )
-            | "Uris" >> beam.Map(lambda meta: meta.path)
-        )
+        return uris
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ManifestRows:
         tasks = (

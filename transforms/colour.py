@@ -44,7 +44,7 @@ _CMS_ERRORS = (ImageCms.PyCMSError, OSError, ValueError, TypeError, RuntimeError
 
 def _describe(icc: bytes) -> str:
     profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-    return cast(str, ImageCms.getProfileDescription(profile)).strip()
+    return ImageCms.getProfileDescription(profile).strip()
 
 
 def _unusable(icc: bytes) -> str:

@@ -1,4 +1,4 @@
-"""FetchAndDecode: ImageTask -> DecodedImage (bytes via Beam FileSystems, Pillow, EXIF, sRGB).
+"""FetchAndDecode: ImageTask -> DecodedImage (bytes via the run's Reader, Pillow, EXIF, sRGB).
 
 Formats: whatever Pillow reads (JPEG, PNG, WebP, TIFF, BMP, GIF, AVIF, ...) plus HEIC/HEIF
 through pillow-heif; animated files give their first frame. 16-bit RGB PNG and TIFF, which
@@ -6,8 +6,8 @@ Pillow truncates, are read with imagecodecs and tifffile and keep 16 bits throug
 conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`.
 
 A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
-`skipped` metrics row. Failures leave on the "failures" tag as `Failed` records; no element
-kills the bundle.
+`Skipped` record (a `skipped` metrics row). Failures leave on the "failures" tag as `Failed`
+records; no element kills the bundle.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import struct
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 import imagecodecs
@@ -30,10 +30,9 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from matteflow.transforms.colour import INTENTS, SIXTEEN_BIT_GREY, to_srgb_rgb, wide_to_srgb
 from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
-from matteflow.transforms.metrics import skipped_row
-from matteflow.transforms.resume import Resume
-from matteflow.transforms.storage import read_bytes
-from matteflow.transforms.types import DecodedImage, Failed, ImageTask
+from matteflow.transforms.reader import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Reader, open_image
+from matteflow.transforms.resume import AFFECTS_OUTPUT, Resume
+from matteflow.transforms.types import Clock, DecodedImage, Failed, ImageTask, Skipped, elapsed_ms
 
 __all__ = ["DecodeSettings", "FetchAndDecode", "decode", "orient"]
 
@@ -61,11 +60,11 @@ _TIFF_BITS_PER_SAMPLE = 258
 class DecodeSettings:
     """Limits and colour handling applied while decoding."""
 
-    max_pixels: int = 100_000_000  # larger images fail as decode/too_many_pixels
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images fail as decode/too_many_pixels
     # larger files fail as fetch/too_large, read no further; 1 GiB holds any image of max_pixels
-    max_bytes: int = 1 << 30
+    max_bytes: int = DEFAULT_MAX_BYTES
     # ICC rendering intent: perceptual | relative | saturation | absolute
-    intent: str = "perceptual"
+    intent: str = field(default="perceptual", metadata=AFFECTS_OUTPUT)
 
     def __post_init__(self) -> None:
         if self.intent not in INTENTS:
@@ -98,19 +97,11 @@ def _open(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            if img.width * img.height > max_pixels:
-                raise DecodeError(
-                    f"{uri}: {img.width}x{img.height} is over the {max_pixels}-pixel limit",
-                    code="too_many_pixels",
-                )
+            img = open_image(data, uri, max_pixels)
             if img.format == "PNG":  # its getexif() loads the pixels; their errors count here
                 img.load()
             exif, orientation, notes = _exif(img)  # before load(): see _exif
             img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DecodeError(f"{uri}: {err}", code="too_many_pixels") from None
     except UnidentifiedImageError:
         for signature, offset, sizes in _HEADERS:
             if not data.startswith(signature):
@@ -252,29 +243,28 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
 
 class _DecodeFn(beam.DoFn):
     def __init__(
-        self, settings: DecodeSettings, resume: Resume, allow_private: bool = False
+        self,
+        settings: DecodeSettings,
+        resume: Resume,
+        reader: Reader | None = None,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self._settings = settings
         self._resume = resume
-        self._allow_private = allow_private
+        self._reader = reader or _reader(settings)
+        self._clock = clock
 
-    def setup(self) -> None:
-        # Our own pixel limit applies; Pillow's global bomb check would fire first otherwise.
-        Image.MAX_IMAGE_PIXELS = None
-
-    def process(self, task: ImageTask) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput]:
-        start = time.perf_counter()
+    def process(
+        self, task: ImageTask
+    ) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput[str, Skipped | Failed]]:
+        start = self._clock()
         try:
-            data = read_bytes(
-                task.source_uri,
-                allow_private=self._allow_private,
-                max_bytes=self._settings.max_bytes,
-            )
-            fetched = time.perf_counter()
+            data = self._reader.read(task.source_uri)
+            fetched = self._clock()
             source_sha256 = hashlib.sha256(data).hexdigest()
             done = self._resume.current(task.output_key, source_sha256, task.settings)
             if done is not None:
-                yield beam.pvalue.TaggedOutput("skipped", skipped_row(task, done, source_sha256))
+                yield beam.pvalue.TaggedOutput("skipped", Skipped(task, done, source_sha256))
                 return
             image = decode(task, data, self._settings)
         except Exception as err:  # classified errors pass through; the unforeseen get classified
@@ -282,24 +272,40 @@ class _DecodeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
         image.source_sha256 = source_sha256
-        image.timings_ms["fetch_ms"] = (fetched - start) * 1e3
-        image.timings_ms["decode_ms"] = (time.perf_counter() - fetched) * 1e3
+        image.timings = image.timings.add(
+            fetch_ms=elapsed_ms(start, fetched), decode_ms=elapsed_ms(fetched, self._clock())
+        )
         yield image
 
 
-class FetchAndDecode(beam.PTransform):
+def _reader(settings: DecodeSettings) -> Reader:
+    """The default policy's Reader with the settings' size limits."""
+    return Reader(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels)
+
+
+class FetchAndDecode(
+    beam.PTransform[beam.pvalue.PCollection[ImageTask], beam.pvalue.DoOutputsTuple]
+):
     """ImageTask -> DecodedImage (sRGB, EXIF applied); rows whose outputs are current ->
-    tag "skipped" (metrics rows); failures -> tag "failures". http(s) sources are read from
-    public addresses only, unless `allow_private` (see sources.py)."""
+    tag "skipped" (Skipped records); failures -> tag "failures". Sources are read by `reader`
+    (the run's source policy and size limits; default: the default policy, `settings`' limits).
+    """
 
     def __init__(
-        self, settings: DecodeSettings, resume: Resume, *, allow_private: bool = False
+        self,
+        settings: DecodeSettings,
+        resume: Resume,
+        reader: Reader | None = None,
+        clock: Clock = time.perf_counter,
     ) -> None:
         super().__init__()
         self._settings = settings
         self._resume = resume
-        self._allow_private = allow_private
+        self._reader = reader or _reader(settings)
+        self._clock = clock
 
-    def expand(self, tasks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _DecodeFn(self._settings, self._resume, self._allow_private)
-        return tasks | "Decode" >> beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")
+    def expand(self, tasks: beam.pvalue.PCollection[ImageTask]) -> beam.pvalue.DoOutputsTuple:
+        fn = _DecodeFn(self._settings, self._resume, self._reader, self._clock)
+        decode = beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")
+        outputs: beam.pvalue.DoOutputsTuple = tasks | "Decode" >> decode
+        return outputs

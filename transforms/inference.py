@@ -18,14 +18,14 @@ import apache_beam as beam
 import numpy as np
 import torch
 import torch.nn.functional as F
+from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
 from matteflow.transforms.failures import inference_failure, is_oom, redact
-from matteflow.transforms.matte import MatteSettings, apply_existing_alpha
-from matteflow.transforms.refine import uncertainty
-from matteflow.transforms.types import DecodedImage, Failed, Matte
+from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
+from matteflow.transforms.types import Clock, DecodedImage, Failed, Matte, elapsed_ms
 
 __all__ = ["MatteModelHandler", "Segment", "postprocess", "preprocess"]
 
@@ -47,7 +47,7 @@ def preprocess(
     size = size or spec.input_size
     factors = tuple(max(1, side // (2 * size)) for side in (rgb.shape[1], rgb.shape[0]))
     if factors != (1, 1):
-        rgb = np.array(Image.fromarray(rgb).reduce(factors))  # type: ignore[arg-type]
+        rgb = np.array(Image.fromarray(rgb).reduce(factors))
     x = torch.from_numpy(np.ascontiguousarray(rgb))
     if device.type == "cuda":
         x = x.pin_memory()
@@ -67,7 +67,7 @@ def postprocess(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 def _element_pixels(input_size: int, image: DecodedImage) -> int:
     """Batch weight of an element: the larger of its model tensor and its full-res alpha."""
-    return max(input_size * input_size, image.height * image.width)
+    return max(input_size * input_size, int(image.height) * int(image.width))
 
 
 class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel]):
@@ -87,6 +87,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         torch_threads: int = 0,
         require_commercial_license: bool = False,
         flip_tta: bool = False,
+        clock: Clock = time.perf_counter,
     ) -> None:
         spec = get_spec(model)
         self._size = inference_size or spec.input_size
@@ -105,6 +106,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         self._threads = torch_threads
         self._require_commercial = require_commercial_license
         self._flip_tta = flip_tta
+        self._clock = clock
 
     def load_model(self) -> LoadedModel:
         """Load the registry model once per worker process (verified weights). RunInference
@@ -120,7 +122,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         )
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
-        start = time.perf_counter()
+        start = self._clock()
         x = torch.stack([preprocess(im.rgb, model.spec, model.device, self._size) for im in batch])
         if self._flip_tta:  # the mirrored images in the same batch, averaged back
             both = model(torch.cat([x, x.flip(-1)]))
@@ -129,7 +131,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             alpha = model(x)
         doubts = [uncertainty(a[0].float().cpu().numpy()) for a in alpha]
         alphas = [postprocess(a, im.height, im.width) for im, a in zip(batch, alpha, strict=True)]
-        batch_ms = (time.perf_counter() - start) * 1e3
+        batch_ms = elapsed_ms(start, self._clock())
         mattes = [
             Matte(
                 image=image,
@@ -139,14 +141,14 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
                 device=str(model.device),
                 dtype=model.dtype_name,
                 batch_size=len(batch),
-                timings_ms={**image.timings_ms, "infer_ms": batch_ms / len(batch)},
+                timings=image.timings.add(infer_ms=batch_ms / len(batch)),
                 uncertainty=doubt,
             )
             for image, a, doubt in zip(batch, alphas, doubts, strict=True)
         ]
-        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
-        beam.metrics.Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
-        beam.metrics.Metrics.counter(_NAMESPACE, "images").inc(len(batch))
+        Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
+        Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
+        Metrics.counter(_NAMESPACE, "images").inc(len(batch))
         return mattes
 
     def run_inference(
@@ -170,7 +172,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             _LOG.warning(
                 "batch of %d failed (%s); retrying in halves", len(batch), redact(str(err))
             )
-            beam.metrics.Metrics.counter(_NAMESPACE, "batch_splits").inc()
+            Metrics.counter(_NAMESPACE, "batch_splits").inc()
             half = len(batch) // 2
             return [
                 *self.run_inference(batch[:half], model),
@@ -188,7 +190,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
 
 def _split(
     result: Matte | Failed, settings: MatteSettings
-) -> Iterable[Matte | beam.pvalue.TaggedOutput]:
+) -> Iterable[Matte | beam.pvalue.TaggedOutput[str, Failed]]:
     if isinstance(result, Failed):
         yield beam.pvalue.TaggedOutput("failures", result)
         return
@@ -197,7 +199,7 @@ def _split(
     yield dataclasses.replace(result, alpha=alpha)  # Beam elements are not changed in place
 
 
-class Segment(beam.PTransform):
+class Segment(beam.PTransform[beam.pvalue.PCollection[DecodedImage], beam.pvalue.DoOutputsTuple]):
     """DecodedImage -> Matte (alpha at full resolution, combined with the source's own
     transparency per `settings`); failures -> tag "failures"."""
 
@@ -206,9 +208,10 @@ class Segment(beam.PTransform):
         self._handler = handler
         self._settings = settings
 
-    def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
+    def expand(self, images: beam.pvalue.PCollection[DecodedImage]) -> beam.pvalue.DoOutputsTuple:
+        outputs: beam.pvalue.DoOutputsTuple = (
             images
             | "RunInference" >> RunInference(self._handler)
             | "Split" >> beam.FlatMap(_split, self._settings).with_outputs("failures", main="ok")
         )
+        return outputs

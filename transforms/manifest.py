@@ -3,16 +3,17 @@
 The runner reads the manifest in parallel (text and Parquet splits, or object matches); the
 launcher only checks its header. Column `uri` is required; `id`, `ground_truth_uri` and
 `output_key` are optional; other columns are carried to the metrics row as metadata. Relative
-URIs resolve against the manifest's folder. Ids default to the path relative to the rows'
-common folder, without extension. A row that cannot become a task (no uri, unsafe output key, a
-source the run may not read, an id or output key shared with another row, unparsable) leaves as
-a `Failed` record.
+URIs (images, ground truth, a row's background image) resolve against the manifest's folder.
+Ids default to the path relative to the rows' common folder, without extension. A row that
+cannot become a task (no uri, unsafe output key, a source the run may not read, an id or output
+key shared with another row, unparsable) leaves as a `Failed` record.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import posixpath
 import re
@@ -24,6 +25,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics
 
 from matteflow.transforms.failures import BadRow, MatteflowError
 from matteflow.transforms.framing import FramingSettings
@@ -34,6 +36,7 @@ from matteflow.transforms.settings import (
     with_overrides,
 )
 from matteflow.transforms.sources import DEFAULT_POLICY, SourcePolicy, check_source
+from matteflow.transforms.storage import read_bytes
 from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "check_manifest",
     "count_rows",
     "is_glob",
+    "read_records",
     "resolve_uri",
     "to_task",
 ]
@@ -52,7 +56,7 @@ _KNOWN = ("uri", "id", "ground_truth_uri", "output_key")
 _DRIVE = re.compile(r"^[A-Za-z]:")  # C:, d:x (a Windows drive)
 # A file name is at most 255 bytes on common filesystems; room for ".png" and a temp suffix.
 _MAX_SEGMENT_BYTES = 200
-_rows = beam.metrics.Metrics.counter("matteflow.manifest", "rows")
+_rows = Metrics.counter("matteflow.manifest", "rows")
 
 
 class ManifestError(ValueError):
@@ -62,8 +66,8 @@ class ManifestError(ValueError):
 class ManifestRows(NamedTuple):
     """ReadManifest's outputs: tasks to process, and rows that failed as manifest rows."""
 
-    ok: beam.PCollection
-    failures: beam.PCollection
+    ok: beam.pvalue.PCollection[ImageTask]
+    failures: beam.pvalue.PCollection[Failed]
 
 
 def is_glob(uri: str) -> bool:
@@ -135,6 +139,25 @@ def count_rows(uri: str) -> int:
     return lines - 1 if kind == "csv" and lines else lines
 
 
+def read_records(uri: str) -> list[dict[str, Any]]:
+    """Every record of a CSV, JSONL or Parquet manifest, read here in the launcher (for small
+    manifests, e.g. labelled sets; a run's manifest is read by the runner, in parallel).
+    Blank lines are not records; raises ManifestError for a line that is not a JSON object."""
+    kind = _kind(uri)
+    if kind == "glob":
+        return [{"uri": m.path} for m in FileSystems.match([uri])[0].metadata_list]
+    data = read_bytes(uri)  # errors classified (fetch/not_found, ...), transient ones retried
+    if kind == "parquet":
+        return list(pq.read_table(io.BytesIO(data)).to_pylist())
+    text = data.decode("utf-8-sig")
+    if kind == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not all(isinstance(r, dict) for r in records):
+        raise ManifestError(f"{uri}: every line must be a JSON object")
+    return records
+
+
 def check_key(key: str) -> None:
     """Raise BadRow (manifest/unsafe_key) unless key is a safe relative path for outputs: no
     scheme, drive or leading "/", no "", "." or ".." segment, no backslash, no control or
@@ -200,6 +223,9 @@ def to_task(
         raise BadRow(str(err), code="bad_setting") from None
     ground_truth = resolve_uri(base, _text(record.get("ground_truth_uri")))
     background = dict(settings).get("background", "")
+    if background and not background_colour(background):  # an image: relative like the rest
+        background = resolve_uri(base, background)
+        settings = tuple((n, background if n == "background" else v) for n, v in settings)
     for uri in (source, ground_truth, "" if background_colour(background) else background):
         if uri:
             check_source(uri, sources)
@@ -231,7 +257,9 @@ class _ParseFn(beam.DoFn):
     def __init__(self, kind: str, header: list[str]) -> None:
         self._kind, self._header = kind, header
 
-    def process(self, item: Any) -> Iterator[dict[str, Any] | beam.pvalue.TaggedOutput]:
+    def process(
+        self, item: Any
+    ) -> Iterator[dict[str, Any] | beam.pvalue.TaggedOutput[str, Failed]]:
         if isinstance(item, str):
             item = item.lstrip("\ufeff")
             if not item.strip():  # blank lines are not rows (count_rows skips them too)
@@ -256,7 +284,7 @@ class _ParseFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", _unparsable(str(item), err))
 
 
-class _CommonFolder(beam.CombineFn):  # type: ignore[misc]
+class _CommonFolder(beam.CombineFn):
     """The longest folder prefix ("" or ending in "/") shared by all non-empty uris."""
 
     def create_accumulator(self) -> str | None:
@@ -283,7 +311,7 @@ class _TaskFn(beam.DoFn):
 
     def process(
         self, record: dict[str, Any], folder: str
-    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
+    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput[str, Failed]]:
         try:
             yield to_task(record, self._base, folder, self._sources)
         except MatteflowError as err:
@@ -301,7 +329,7 @@ class _UniqueFn(beam.DoFn):
 
     def process(
         self, group: tuple[str, Iterable[ImageTask]]
-    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput]:
+    ) -> Iterator[ImageTask | beam.pvalue.TaggedOutput[str, Failed]]:
         value, tasks = group
         tasks = list(tasks)
         if len(tasks) == 1:
@@ -315,7 +343,7 @@ class _UniqueFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, error))
 
 
-class ReadManifest(beam.PTransform):
+class ReadManifest(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
     """PBegin -> ManifestRows(ok: ImageTask per usable row, failures: Failed per bad row);
     rows naming sources outside `sources` fail as manifest/source_not_allowed."""
 
@@ -325,13 +353,17 @@ class ReadManifest(beam.PTransform):
         self._kind = _kind(uri)
         self._sources = sources
 
-    def _source(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def _source(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.PCollection[Any]:
         if self._kind == "glob":
-            return pbegin | "Match" >> fileio.MatchFiles(self._uri)
-        if self._kind == "parquet":
-            return pbegin | "Parquet" >> beam.io.ReadFromParquet(self._uri)
-        skip = 1 if self._kind == "csv" else 0
-        return pbegin | "Lines" >> beam.io.ReadFromText(self._uri, skip_header_lines=skip)
+            read: beam.PTransform[Any, Any] = fileio.MatchFiles(self._uri)
+        elif self._kind == "parquet":
+            read = beam.io.ReadFromParquet(self._uri)
+        else:
+            skip = 1 if self._kind == "csv" else 0
+            read = beam.io.ReadFromText(self._uri, skip_header_lines=skip)
+        label = {"glob": "Match", "parquet": "Parquet"}.get(self._kind, "Lines")
+        records: beam.pvalue.PCollection[Any] = pbegin | label >> read
+        return records
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ManifestRows:
         header = _columns(self._uri, "csv") if self._kind == "csv" else []
@@ -342,7 +374,8 @@ class ReadManifest(beam.PTransform):
         folder = (
             parsed.ok
             | "Uris" >> beam.Map(lambda r: resolve_uri(base, _text(r.get("uri"))))
-            | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())
+            # CombineFn's untyped __init__ makes _CommonFolder() an untyped call
+            | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())  # type: ignore[no-untyped-call]
         )
         tasks = parsed.ok | "Tasks" >> beam.ParDo(
             _TaskFn(base, self._sources), folder=beam.pvalue.AsSingleton(folder)

@@ -1,4 +1,5 @@
-"""What becomes of the model's alpha when the source already has transparency.
+"""What becomes of the model's alpha when the source already has transparency, and how
+uncertain the model's alpha is (both applied in Segment, read by later stages).
 
 `existing_alpha`: "keep" writes the source's own alpha (the image was cut out already),
 "replace" ignores it and writes the model's, "combine" (the default) multiplies the two, so
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EXISTING_ALPHA", "MatteSettings", "apply_existing_alpha"]
+__all__ = ["EXISTING_ALPHA", "MatteSettings", "apply_existing_alpha", "uncertainty"]
 
 EXISTING_ALPHA = ("keep", "replace", "combine")
 
@@ -38,3 +39,10 @@ def apply_existing_alpha(
         return alpha
     source = source_alpha.astype(np.float32) / float(np.iinfo(source_alpha.dtype).max)
     return source if mode == "keep" else alpha * source
+
+
+def uncertainty(alpha: np.ndarray) -> float:
+    """Share of the subject's area in the ambiguous band 0.1 < alpha < 0.9 (1.0 if empty)."""
+    ambiguous = np.count_nonzero((alpha > 0.1) & (alpha < 0.9))
+    subject = np.count_nonzero(alpha >= 0.9) + ambiguous
+    return 1.0 if subject == 0 else ambiguous / subject

@@ -1,7 +1,6 @@
-"""Metrics: ground-truth scoring, one Parquet row per manifest row, and reading them back.
-
-Score (Matte -> Matte with iou/mae/edge_mae when the row has ground truth), then rows from
-`ok_row` / `failed_row` are written by WriteMetrics under `{output}/metrics/` with `SCHEMA`.
+"""Metrics, the flow's last step: each row's outcome (Written, Skipped or Failed) becomes one
+frozen MetricsRow, written by WriteMetrics under `{output}/metrics/` with SCHEMA, which is
+derived from MetricsRow's fields; `read_metrics` reads them back.
 """
 
 from __future__ import annotations
@@ -9,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -18,109 +17,133 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image, ImageOps
+from apache_beam.metrics.metric import Metrics
 
-from matteflow.transforms.failures import ScoreError, classify, redact
-from matteflow.transforms.quality import scores
+from matteflow.transforms.failures import redact
+from matteflow.transforms.layout import OutputLayout
+from matteflow.transforms.settings import KINDS
 from matteflow.transforms.storage import read_bytes
-from matteflow.transforms.types import Failed, ImageTask, Matte
+from matteflow.transforms.types import Failed, ImageTask, Scores, Skipped, Timings, Written
 
 __all__ = [
     "SCHEMA",
-    "Score",
+    "MetricsRow",
     "WriteMetrics",
-    "base_row",
-    "failed_row",
-    "load_ground_truth",
-    "ok_row",
+    "metrics_row",
     "read_metrics",
     "set_progress_listener",
-    "skipped_row",
 ]
 
-_TIMINGS = ["fetch_ms", "decode_ms", "infer_ms", "refine_ms", "score_ms", "encode_ms", "write_ms"]
+Pairs = tuple[tuple[str, str], ...]
+
+
+def _arrow(arrow: pa.DataType) -> dict[str, Any]:
+    """Field metadata of a MetricsRow field written as one column of type `arrow`."""
+    return {"arrow": arrow}
+
+
+def _floats(record: type) -> dict[str, Any]:
+    """Field metadata of a MetricsRow field written as one float64 column per field of
+    `record` (a dataclass)."""
+    return {"columns": [(f.name, pa.float64()) for f in dataclasses.fields(record)]}
+
+
+@dataclass(frozen=True)
+class MetricsRow:
+    """One manifest row's record: `ok`, `skipped` or `failed` (README, "Metrics schema").
+
+    Every field is a Parquet column, except `scores`, `timings` and `uris`, which are several:
+    the fields of Scores and Timings, and `{kind}_uri` for each output kind.
+    """
+
+    id: str = field(metadata=_arrow(pa.string()))
+    source_uri: str = field(metadata=_arrow(pa.string()))  # redacted
+    output_key: str = field(metadata=_arrow(pa.string()))
+    status: str = field(metadata=_arrow(pa.string()))  # ok | skipped | failed
+    source_sha256: str | None = field(default=None, metadata=_arrow(pa.string()))
+    error_stage: str | None = field(default=None, metadata=_arrow(pa.string()))
+    error_code: str | None = field(default=None, metadata=_arrow(pa.string()))
+    error_message: str | None = field(default=None, metadata=_arrow(pa.string()))  # redacted
+    width: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    height: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    source_format: str | None = field(default=None, metadata=_arrow(pa.string()))
+    exif_orientation: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    bit_depth: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    frames: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    source_alpha: bool | None = field(default=None, metadata=_arrow(pa.bool_()))
+    icc_description: str | None = field(default=None, metadata=_arrow(pa.string()))
+    warnings: tuple[str, ...] = field(default=(), metadata={"arrow": pa.list_(pa.string())})
+    model: str | None = field(default=None, metadata=_arrow(pa.string()))
+    model_sha256: str | None = field(default=None, metadata=_arrow(pa.string()))
+    device: str | None = field(default=None, metadata=_arrow(pa.string()))
+    dtype: str | None = field(default=None, metadata=_arrow(pa.string()))
+    batch_size: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    foreground_fraction: float | None = field(default=None, metadata=_arrow(pa.float64()))
+    uncertainty: float | None = field(default=None, metadata=_arrow(pa.float64()))
+    needs_review: bool | None = field(default=None, metadata=_arrow(pa.bool_()))
+    ground_truth_uri: str | None = field(default=None, metadata=_arrow(pa.string()))  # redacted
+    scores: Scores | None = field(default=None, metadata=_floats(Scores))
+    timings: Timings | None = field(default=None, metadata=_floats(Timings))
+    total_ms: float | None = field(default=None, metadata=_arrow(pa.float64()))
+    uris: Pairs = field(
+        default=(), metadata={"columns": [(f"{k}_uri", pa.string()) for k in KINDS]}
+    )
+    output_width: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    output_height: int | None = field(default=None, metadata=_arrow(pa.int32()))
+    output_bytes: int | None = field(default=None, metadata=_arrow(pa.int64()))
+    row_settings: Pairs = field(default=(), metadata={"arrow": pa.map_(pa.string(), pa.string())})
+    metadata: Pairs = field(default=(), metadata={"arrow": pa.map_(pa.string(), pa.string())})
+
+    @classmethod
+    def of_task(cls, task: ImageTask, status: str, **values: Any) -> MetricsRow:
+        """A row for `task` in `status` with `values` set; URIs are redacted (no credentials
+        or signed-URL tokens)."""
+        return cls(
+            id=task.id,
+            source_uri=redact(task.source_uri),
+            output_key=task.output_key,
+            status=status,
+            ground_truth_uri=task.ground_truth_uri and redact(task.ground_truth_uri),
+            metadata=task.metadata,
+            row_settings=task.settings,
+            **values,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The row as the Parquet writer takes it: one key per SCHEMA column."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "uris":
+                uris = dict(value)
+                out.update({column: uris.get(column) for column, _ in f.metadata["columns"]})
+            elif "columns" in f.metadata:
+                parts = {} if value is None else dataclasses.asdict(value)
+                out.update({column: parts.get(column) for column, _ in f.metadata["columns"]})
+            elif f.name == "warnings":
+                out[f.name] = list(value)
+            elif f.name in ("row_settings", "metadata"):
+                out[f.name] = dict(value)
+            else:
+                out[f.name] = value
+        return out
+
 
 SCHEMA = pa.schema(
     [
-        ("id", pa.string()),
-        ("source_uri", pa.string()),
-        ("output_key", pa.string()),
-        ("status", pa.string()),  # ok | skipped | failed
-        ("source_sha256", pa.string()),
-        ("error_stage", pa.string()),
-        ("error_code", pa.string()),
-        ("error_message", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("source_format", pa.string()),
-        ("exif_orientation", pa.int32()),
-        ("bit_depth", pa.int32()),
-        ("frames", pa.int32()),
-        ("source_alpha", pa.bool_()),
-        ("icc_description", pa.string()),
-        ("warnings", pa.list_(pa.string())),
-        ("model", pa.string()),
-        ("model_sha256", pa.string()),
-        ("device", pa.string()),
-        ("dtype", pa.string()),
-        ("batch_size", pa.int32()),
-        ("foreground_fraction", pa.float64()),
-        ("uncertainty", pa.float64()),
-        ("needs_review", pa.bool_()),
-        ("ground_truth_uri", pa.string()),
-        ("iou", pa.float64()),
-        ("mae", pa.float64()),
-        ("edge_mae", pa.float64()),
-        ("sad", pa.float64()),
-        ("mse", pa.float64()),
-        ("gradient_error", pa.float64()),
-        ("boundary_f", pa.float64()),
-        *[(name, pa.float64()) for name in _TIMINGS],
-        ("total_ms", pa.float64()),
-        ("cutout_uri", pa.string()),
-        ("mask_uri", pa.string()),
-        ("composite_uri", pa.string()),
-        ("color_uri", pa.string()),
-        ("psd_uri", pa.string()),
-        ("output_width", pa.int32()),
-        ("output_height", pa.int32()),
-        ("output_bytes", pa.int64()),
-        ("row_settings", pa.map_(pa.string(), pa.string())),
-        ("metadata", pa.map_(pa.string(), pa.string())),
+        column
+        for f in dataclasses.fields(MetricsRow)
+        for column in (f.metadata.get("columns") or [(f.name, f.metadata["arrow"])])
     ]
 )
 
 
-def base_row(task: ImageTask, status: str) -> dict[str, Any]:
-    """A metrics row (every SCHEMA column, None unless the task says) for `task` in `status`;
-    URIs are redacted (no credentials or signed-URL tokens)."""
-    row: dict[str, Any] = dict.fromkeys(SCHEMA.names)
-    row.update(
-        id=task.id,
-        source_uri=redact(task.source_uri),
-        output_key=task.output_key,
-        status=status,
-        ground_truth_uri=task.ground_truth_uri and redact(task.ground_truth_uri),
-        metadata=dict(task.metadata),
-        row_settings=dict(task.settings),
-        warnings=[],
-    )
-    return row
-
-
-def ok_row(
-    matte: Matte,
-    outputs: dict[str, str],
-    output_bytes: int,
-    timings: dict[str, float],
-    output_size: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """The metrics row of a processed image; `outputs` maps uri columns to written URIs and
-    `output_size` is the written images' (width, height)."""
+def _ok(written: Written) -> MetricsRow:
+    matte = written.matte
     image = matte.image
-    row = base_row(image.task, "ok")
-    width, height = output_size or (None, None)
-    row.update(
+    return MetricsRow.of_task(
+        image.task,
+        "ok",
         width=image.width,
         height=image.height,
         source_format=image.source_format,
@@ -128,11 +151,11 @@ def ok_row(
         bit_depth=image.bit_depth,
         frames=image.frames,
         source_alpha=image.source_alpha is not None,
-        output_width=width,
-        output_height=height,
+        output_width=written.width,
+        output_height=written.height,
         icc_description=image.icc_description,
         source_sha256=image.source_sha256 or None,
-        warnings=list(image.warnings),
+        warnings=image.warnings,
         model=matte.model,
         model_sha256=matte.model_sha256,
         device=matte.device,
@@ -141,73 +164,33 @@ def ok_row(
         foreground_fraction=float(np.mean(matte.alpha)),
         uncertainty=matte.uncertainty,
         needs_review=matte.needs_review,
-        output_bytes=output_bytes,
-        total_ms=sum(timings.get(name, 0.0) for name in _TIMINGS),
-        **{name: timings.get(name) for name in _TIMINGS},
-        **matte.scores,
-        **outputs,
+        output_bytes=written.output_bytes,
+        timings=matte.timings,
+        total_ms=matte.timings.total_ms,
+        scores=matte.scores,
+        uris=tuple(written.uris.items()),
     )
-    return row
 
 
-def skipped_row(task: ImageTask, outputs: dict[str, str], source_sha256: str) -> dict[str, Any]:
-    """The metrics row of a row whose outputs were current: nothing was redone."""
-    row = base_row(task, "skipped")
-    row.update(source_sha256=source_sha256, **outputs)
-    return row
-
-
-def failed_row(failed: Failed) -> dict[str, Any]:
-    """The metrics row of a row that failed; error columns say where and why."""
-    row = base_row(failed.task, "failed")
-    row.update(
-        error_stage=failed.stage, error_code=failed.code, error_message=redact(failed.message)
+def metrics_row(outcome: Written | Skipped | Failed) -> MetricsRow:
+    """The one place rows are made: a written row is `ok`; a row whose outputs were current is
+    `skipped`; a failed one names where and why (error columns, message redacted)."""
+    if isinstance(outcome, Written):
+        return _ok(outcome)
+    if isinstance(outcome, Skipped):
+        return MetricsRow.of_task(
+            outcome.task,
+            "skipped",
+            source_sha256=outcome.source_sha256,
+            uris=tuple(outcome.outputs.items()),
+        )
+    return MetricsRow.of_task(
+        outcome.task,
+        "failed",
+        error_stage=outcome.stage,
+        error_code=outcome.code,
+        error_message=redact(outcome.message),
     )
-    return row
-
-
-def load_ground_truth(data: bytes, uri: str) -> np.ndarray:
-    """Ground-truth alpha bytes -> H x W float32 in [0, 1] (alpha channel if it has one)."""
-    try:
-        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            return np.asarray(img, dtype=np.float32) / 65535.0
-        band = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
-        return np.asarray(band, dtype=np.float32) / 255.0
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ScoreError(f"{uri}: cannot decode ground truth: {err}") from None
-
-
-class _ScoreFn(beam.DoFn):
-    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
-        task = matte.image.task
-        if not task.ground_truth_uri:
-            yield matte
-            return
-        start = time.perf_counter()
-        try:
-            gt = load_ground_truth(read_bytes(task.ground_truth_uri), task.ground_truth_uri)
-            if gt.shape != matte.alpha.shape:
-                raise ScoreError(
-                    f"{task.ground_truth_uri}: ground truth is {gt.shape[1]}x{gt.shape[0]},"
-                    f" the image is {matte.alpha.shape[1]}x{matte.alpha.shape[0]}",
-                    code="size_mismatch",
-                )
-            values = scores(matte.alpha, gt)
-        except Exception as err:
-            failure = classify(err, "score", task.ground_truth_uri)
-            failure.stage = "score"  # a missing ground truth is a scoring failure, not a fetch
-            yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
-            return
-        timings = {**matte.timings_ms, "score_ms": (time.perf_counter() - start) * 1e3}
-        yield dataclasses.replace(matte, scores=values, timings_ms=timings)
-
-
-class Score(beam.PTransform):
-    """Matte -> Matte with iou/mae/edge_mae for rows with ground truth; failures -> "failures"."""
-
-    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return mattes | "Score" >> beam.ParDo(_ScoreFn()).with_outputs("failures", main="ok")
 
 
 _listener_lock = threading.Lock()
@@ -223,45 +206,47 @@ def set_progress_listener(listener: Callable[[str], None] | None) -> None:
 
 class _CountFn(beam.DoFn):
     """Counts rows by status (rows_ok, rows_skipped, rows_failed) and failed rows by code
-    (failed/STAGE/CODE), and records each stage's time per image (milliseconds) as a Beam
-    distribution in namespace matteflow.stages, so a runner's UI shows where time goes."""
+    (failed/STAGE/CODE), records each stage's time per image (milliseconds) as a Beam
+    distribution in namespace matteflow.stages, so a runner's UI shows where time goes, and
+    passes each row on as its Parquet record."""
 
     def __init__(self) -> None:
         self._rows = {
-            s: beam.metrics.Metrics.counter("matteflow.metrics", f"rows_{s}")
+            s: Metrics.counter("matteflow.metrics", f"rows_{s}")
             for s in ("ok", "skipped", "failed")
         }
+        names = [f.name for f in dataclasses.fields(Timings)]
         self._stages = {
-            name: beam.metrics.Metrics.distribution("matteflow.stages", name)
-            for name in (*_TIMINGS, "total_ms")
+            name: Metrics.distribution("matteflow.stages", name) for name in (*names, "total_ms")
         }
 
-    def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        self._rows[row["status"]].inc()
-        if row["status"] == "failed":
-            code = f"failed/{row['error_stage']}/{row['error_code']}"
-            beam.metrics.Metrics.counter("matteflow.metrics", code).inc()
+    def process(self, row: MetricsRow) -> Iterator[dict[str, Any]]:
+        self._rows[row.status].inc()
+        if row.status == "failed":
+            code = f"failed/{row.error_stage}/{row.error_code}"
+            Metrics.counter("matteflow.metrics", code).inc()
+        record = row.record()
         for name, distribution in self._stages.items():
-            if row.get(name) is not None:
-                distribution.update(round(row[name]))
+            if record.get(name) is not None:
+                distribution.update(round(record[name]))
         listener = _listener
         if listener is not None:
-            listener(row["status"])
-        yield row
+            listener(row.status)
+        yield record
 
 
-class WriteMetrics(beam.PTransform):
-    """Metrics rows -> `{output}/metrics/part-*.parquet` with SCHEMA."""
+class WriteMetrics(beam.PTransform[beam.pvalue.PCollection[MetricsRow], beam.pvalue.PDone]):
+    """MetricsRows -> `{output}/metrics/part-*.parquet` with SCHEMA."""
 
-    def __init__(self, output: str) -> None:
+    def __init__(self, layout: OutputLayout) -> None:
         super().__init__()
-        self._prefix = f"{output.rstrip('/')}/metrics/part"
+        self._prefix = layout.metrics_prefix
 
-    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
+    def expand(self, rows: beam.pvalue.PCollection[MetricsRow]) -> beam.pvalue.PDone:
         # Unbounded (streaming) rows come in fixed windows: each window's files are named by
         # its UTC start and end, e.g. part-2026-11-27T09-00-00-2026-11-27T09-01-00-00000-of-00001.
         shards = None if rows.is_bounded else "-V-SSSSS-of-NNNNN"
-        return (
+        done: beam.pvalue.PDone = (
             rows
             | "Count" >> beam.ParDo(_CountFn())
             | "Parquet"
@@ -269,12 +254,12 @@ class WriteMetrics(beam.PTransform):
                 self._prefix, SCHEMA, file_name_suffix=".parquet", shard_name_template=shards
             )
         )
+        return done
 
 
 def read_metrics(output: str) -> pa.Table:
     """All metrics rows under `{output}/metrics/` as one table (any Beam filesystem)."""
-    pattern = f"{output.rstrip('/')}/metrics/*.parquet"
     tables = []
-    for meta in FileSystems.match([pattern])[0].metadata_list:
+    for meta in FileSystems.match([OutputLayout(output).metrics_glob])[0].metadata_list:
         tables.append(pq.read_table(io.BytesIO(read_bytes(meta.path)), schema=SCHEMA))
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()

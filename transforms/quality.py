@@ -29,6 +29,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from matteflow.transforms.types import Scores
+
 __all__ = [
     "boundary",
     "boundary_f",
@@ -98,8 +100,10 @@ def _cross_step(mask: np.ndarray, grow: bool) -> np.ndarray:
     up, down = padded[:-2, 1:-1], padded[2:, 1:-1]
     left, right = padded[1:-1, :-2], padded[1:-1, 2:]
     if grow:
-        return centre | up | down | left | right
-    return centre & up & down & left & right
+        grown: np.ndarray = centre | up | down | left | right
+        return grown
+    shrunk: np.ndarray = centre & up & down & left & right
+    return shrunk
 
 
 def edge_band(gt: np.ndarray) -> np.ndarray:
@@ -158,15 +162,15 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def scores(pred: np.ndarray, gt: np.ndarray) -> Scores:
     """iou, mae, edge_mae, sad, mse, gradient_error and boundary_f of pred against gt (same
-    H x W); the keys are the metrics columns of the same names."""
-    return {
-        "iou": iou(pred, gt),
-        "mae": mae(pred, gt),
-        "edge_mae": edge_mae(pred, gt),
-        "sad": sad(pred, gt),
-        "mse": mse(pred, gt),
-        "gradient_error": gradient_error(pred, gt),
-        "boundary_f": boundary_f(pred, gt),
-    }
+    H x W); a new metric is one function here and one field of Scores."""
+    return Scores(
+        iou=iou(pred, gt),
+        mae=mae(pred, gt),
+        edge_mae=edge_mae(pred, gt),
+        sad=sad(pred, gt),
+        mse=mse(pred, gt),
+        gradient_error=gradient_error(pred, gt),
+        boundary_f=boundary_f(pred, gt),
+    )

@@ -8,9 +8,10 @@ uncertainty score.
   of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
 - `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
   estimator, in tiles), so a cutout over any background shows no halo of the old one.
-- `uncertainty` in [0, 1]: the share of the subject's area (alpha > 0.5 plus the ambiguous band
-  0.1 < alpha < 0.9) that is ambiguous, on the model's own output; 1.0 when nothing is found.
-  `needs_review` is uncertainty >= `review_threshold`.
+- `uncertainty` (matte.py; measured in Segment) in [0, 1]: the share of the subject's area
+  (alpha > 0.5 plus the ambiguous band 0.1 < alpha < 0.9) that is ambiguous, on the
+  model's own output; 1.0 when nothing is found. `needs_review`: uncertainty >= the
+  `review_threshold`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from scipy import ndimage
 
 from matteflow.transforms.failures import RefineError, classify
 from matteflow.transforms.resize import resize_plane
-from matteflow.transforms.types import Failed, Matte
+from matteflow.transforms.types import Clock, Failed, Matte, elapsed_ms
 
 __all__ = [
     "REFINE_MODES",
@@ -37,7 +38,6 @@ __all__ = [
     "guided_filter",
     "matting",
     "trimap",
-    "uncertainty",
 ]
 
 REFINE_MODES = ("none", "guided", "matting")
@@ -69,19 +69,14 @@ class RefineSettings:
             raise ValueError(f"guided_eps: expected a positive number, got {self.guided_eps}")
 
 
-def uncertainty(alpha: np.ndarray) -> float:
-    """Share of the subject's area in the ambiguous band 0.1 < alpha < 0.9 (1.0 if empty)."""
-    ambiguous = np.count_nonzero((alpha > 0.1) & (alpha < 0.9))
-    subject = np.count_nonzero(alpha >= 0.9) + ambiguous
-    return 1.0 if subject == 0 else ambiguous / subject
-
-
 def _box(x: np.ndarray, radius: int) -> np.ndarray:
-    return ndimage.uniform_filter(x, size=2 * radius + 1, mode="reflect")
+    boxed: np.ndarray = ndimage.uniform_filter(x, size=2 * radius + 1, mode="reflect")
+    return boxed
 
 
 def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    return resize_plane(x, height, width, Image.Resampling.BILINEAR)
+    resized: np.ndarray = resize_plane(x, height, width, Image.Resampling.BILINEAR)
+    return resized
 
 
 def guided_filter(
@@ -111,7 +106,8 @@ def guided_filter(
     out = _resize(_box(b, radius), height, width).copy()
     for c in range(3):
         out += _resize(_box(a[..., c], radius), height, width) * guide[..., c]
-    return np.clip(out, 0.0, 1.0)
+    clipped: np.ndarray = np.clip(out, 0.0, 1.0)
+    return clipped
 
 
 def trimap(alpha: np.ndarray, low: float = 0.05, high: float = 0.95) -> np.ndarray:
@@ -182,12 +178,13 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 class _RefineFn(beam.DoFn):
-    def __init__(self, settings: RefineSettings) -> None:
+    def __init__(self, settings: RefineSettings, clock: Clock = time.perf_counter) -> None:
         self._settings = settings
+        self._clock = clock
 
-    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput]:
+    def process(self, matte: Matte) -> Iterator[Matte | beam.pvalue.TaggedOutput[str, Failed]]:
         s = self._settings
-        start = time.perf_counter()
+        start = self._clock()
         try:
             image = matte.image
             colour = image.rgb16 if image.rgb16 is not None else image.rgb
@@ -212,18 +209,22 @@ class _RefineFn(beam.DoFn):
             alpha=alpha,
             foreground=foreground,
             needs_review=matte.uncertainty >= s.review_threshold,
-            timings_ms={**matte.timings_ms, "refine_ms": (time.perf_counter() - start) * 1e3},
+            timings=matte.timings.add(refine_ms=elapsed_ms(start, self._clock())),
         )
 
 
-class Refine(beam.PTransform):
+class Refine(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutputsTuple]):
     """Matte -> Matte with the refined alpha, foreground colour and needs_review; failures ->
     tag "failures"."""
 
-    def __init__(self, settings: RefineSettings) -> None:
+    def __init__(self, settings: RefineSettings, clock: Clock = time.perf_counter) -> None:
         super().__init__()
         self._settings = settings
+        self._clock = clock
 
-    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _RefineFn(self._settings)
-        return mattes | "Refine" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+    def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
+        fn = _RefineFn(self._settings, self._clock)
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Refine" >> beam.ParDo(fn).with_outputs(
+            "failures", main="ok"
+        )
+        return outputs

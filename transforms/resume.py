@@ -2,8 +2,12 @@
 
 `{output}/state/{key}.json` is written after the key's outputs, so it exists only for complete
 outputs. A rerun skips a row when the record's fingerprint (sha256 of the source bytes, the
-model's identity and the output settings) matches and every output it lists still exists;
-`force` redoes every row.
+model's identity and the settings that change outputs) matches and every output it lists still
+exists; `force` redoes every row.
+
+Which settings change outputs is said where they are defined: a dataclass field marked
+`field(metadata=AFFECTS_OUTPUT)` (a whole settings table, or one setting of it) is part of the
+fingerprint; `output_settings` collects them, so a new setting is marked, never listed here.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from typing import Any
 
 from matteflow.models.registry import ModelSpec
 from matteflow.transforms.failures import NotFound
+from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.storage import exists, read_bytes, write_atomic
 
-__all__ = ["Resume", "settings_digest"]
+__all__ = ["AFFECTS_OUTPUT", "Resume", "output_settings", "settings_digest"]
 
 RowSettings = tuple[tuple[str, str], ...]
 _FORMAT = 2  # bump when the output bytes change for the same inputs and settings
+AFFECTS_OUTPUT = {"affects_output": True}  # field metadata: the setting changes output bytes
 
 
 def _plain(value: Any) -> Any:
@@ -31,14 +37,28 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def settings_digest(spec: ModelSpec, dtype: str, *settings: Any) -> str:
-    """Digest of everything besides the source that decides the output bytes: the model, its
-    precision, and the settings given (dataclasses or JSON values: outputs, framing, ...)."""
+def output_settings(config: Any) -> dict[str, Any]:
+    """The settings of a config dataclass that change outputs, by field name: fields marked
+    AFFECTS_OUTPUT whole, and the marked fields of nested dataclasses (empty ones left out)."""
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("affects_output"):
+            found[f.name] = _plain(value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            inner = output_settings(value)
+            if inner:
+                found[f.name] = inner
+    return found
+
+
+def settings_digest(spec: ModelSpec, config: Any) -> str:
+    """Digest of everything besides the source that decides the output bytes: the model's
+    registry entry and `output_settings(config)` (a run's config)."""
     identity = {
         "format": _FORMAT,
         "model": dataclasses.asdict(spec),
-        "dtype": dtype,
-        "settings": [_plain(s) for s in settings],
+        "settings": output_settings(config),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -58,7 +78,8 @@ class Resume:
 
     def state_uri(self, key: str) -> str:
         """Where the state record of output key `key` lives."""
-        return f"{self.output.rstrip('/')}/state/{key}.json"
+        uri: str = OutputLayout(self.output).state(key)
+        return uri
 
     def current(
         self, key: str, source_sha256: str, row_settings: RowSettings = ()

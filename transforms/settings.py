@@ -88,7 +88,8 @@ class OutputSettings:
     @property
     def extension(self) -> str:
         """File extension of cutouts and colour images."""
-        return FORMATS[self.cutout_format]
+        extension: str = FORMATS[self.cutout_format]
+        return extension
 
 
 def with_overrides(
@@ -122,7 +123,11 @@ def with_overrides(
         frame_changes.update(canvas_width=int(size.group(1)), canvas_height=int(size.group(2)))
     try:
         new_outputs = dataclasses.replace(outputs, **changes)  # type: ignore[arg-type]
-        new_framing = dataclasses.replace(framing, **frame_changes)  # type: ignore[arg-type]
+        # unused-ignore: mypy types FramingSettings only when it resolves matteflow.* imports
+        new_framing = dataclasses.replace(
+            framing,
+            **frame_changes,  # type: ignore[arg-type, unused-ignore]
+        )
         check_framing(new_framing)
     except ValueError as err:
         raise ValueError(f"row setting {err}") from None

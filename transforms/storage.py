@@ -22,9 +22,9 @@ from typing import BinaryIO, TypeVar
 from urllib.error import HTTPError
 from urllib.parse import urlsplit
 
-import apache_beam as beam
 from apache_beam.io.aws import s3io
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from matteflow.transforms.failures import BadRow, PermanentError, TransientError, classify
@@ -36,7 +36,7 @@ T = TypeVar("T")
 _BUCKET_URI = re.compile(r"^(gs|s3)://[^/]+/[^/].*$")
 _HTTP_URI = re.compile(r"^https?://[^/?#]+")
 _HTTP_TIMEOUT_S = 60
-_retries = beam.metrics.Metrics.counter("matteflow.storage", "retries")
+_retries = Metrics.counter("matteflow.storage", "retries")
 
 
 class RetryPolicy:
@@ -118,10 +118,10 @@ class _BeamStore:
     """Objects through Beam FileSystems (local paths, gs://, and whatever else is installed)."""
 
     def open(self, uri: str) -> BinaryIO:
-        return FileSystems.open(uri)  # type: ignore[no-any-return]
+        return FileSystems.open(uri)
 
     def create(self, uri: str, mime_type: str) -> BinaryIO:
-        return FileSystems.create(uri, mime_type=mime_type)  # type: ignore[no-any-return]
+        return FileSystems.create(uri, mime_type=mime_type)
 
     def rename(self, src: str, dst: str) -> None:
         FileSystems.rename([src], [dst])

@@ -1,4 +1,4 @@
-"""WriteOutputs: Matte -> files under the output prefix, its resume state, then an `ok` row.
+"""WriteOutputs: Matte -> files under the output prefix and its resume state -> Written.
 
 Per row (the run's OutputSettings and FramingSettings, changed by the row's allowed settings):
 
@@ -7,6 +7,9 @@ Per row (the run's OutputSettings and FramingSettings, changed by the row's allo
     {output}/composites/{key}.{jpg|png}          the subject over a colour or an image
     {output}/colors/{key}.{ext}                  opaque colour (+ the mask: a colour/matte pair)
     {output}/psd/{key}.psd                       layered: original, and cutout with its mask
+
+One table, OUTPUT_KINDS, says for each kind its setting (the OutputSettings flag of its name),
+folder, format, metrics column and renderer: a new kind is one entry there (and its flag).
 
 Colour is the decontaminated foreground when Refine made one (the PSD's "Original" layer keeps
 the source's). Every file is framed alike, carries the sRGB profile, the source's EXIF (see
@@ -19,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -39,21 +43,31 @@ from matteflow.transforms.encode import (
 )
 from matteflow.transforms.failures import classify
 from matteflow.transforms.framing import FramingSettings, frame
+from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.manifest import check_key
-from matteflow.transforms.metrics import ok_row
 from matteflow.transforms.psd import encode_psd
+from matteflow.transforms.reader import Reader
 from matteflow.transforms.resume import Resume
-from matteflow.transforms.settings import OutputSettings, background_colour, with_overrides
-from matteflow.transforms.storage import read_bytes, write_atomic
-from matteflow.transforms.types import Failed, ImageTask, Matte
+from matteflow.transforms.settings import KINDS, OutputSettings, background_colour, with_overrides
+from matteflow.transforms.storage import write_atomic
+from matteflow.transforms.types import Clock, Failed, ImageTask, Matte, Written, elapsed_ms
 
-__all__ = ["Rendered", "WriteOutputs", "composite", "quantise_alpha", "render"]
+__all__ = [
+    "OUTPUT_KINDS",
+    "OutputKind",
+    "Rendered",
+    "WriteOutputs",
+    "composite",
+    "quantise_alpha",
+    "render",
+]
 
 
 def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """H x W float alpha in [0, 1] -> uint8 or uint16 (rounded)."""
     top = float(np.iinfo(dtype).max)
-    return np.rint(np.clip(alpha, 0.0, 1.0) * top).astype(dtype)
+    quantised: np.ndarray = np.rint(np.clip(alpha, 0.0, 1.0) * top).astype(dtype)
+    return quantised
 
 
 def composite(rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -61,29 +75,116 @@ def composite(rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.
     composite a cutout; same dtype as `rgb`."""
     a = alpha[..., None].astype(np.float32)
     out = rgb.astype(np.float32) * a + np.asarray(background, np.float32) * (1.0 - a)
-    return np.rint(out).astype(rgb.dtype)
+    over: np.ndarray = np.rint(out).astype(rgb.dtype)
+    return over
 
 
 @lru_cache(maxsize=4)
-def _background_image(uri: str) -> Image.Image:
-    """A background image, read once per worker process (sRGB, upright)."""
-    image = decode(ImageTask(uri, uri, uri), read_bytes(uri), DecodeSettings())
+def _background_image(uri: str, reader: Reader) -> Image.Image:
+    """A background image, read once per worker process (sRGB, upright), under the run's
+    source policy and size limits."""
+    limits = DecodeSettings(max_pixels=reader.max_pixels, max_bytes=reader.max_bytes)
+    image = decode(ImageTask(uri, uri, uri), reader.read(uri), limits)
     return Image.fromarray(image.rgb)
 
 
-def _background(spec: str, height: int, width: int, dtype: np.dtype) -> np.ndarray:
+def _background(spec: str, height: int, width: int, dtype: np.dtype, reader: Reader) -> np.ndarray:
     """The background colour, or the background image scaled to cover H x W and centred."""
     colour = background_colour(spec)
     scale = 257 if dtype == np.uint16 else 1
     if colour is not None:
         return np.asarray(colour, np.float32) * scale
-    img = _background_image(spec)
+    img = _background_image(spec, reader)
     ratio = max(width / img.width, height / img.height)
     size = (max(width, round(img.width * ratio)), max(height, round(img.height * ratio)))
     left, top = (size[0] - width) // 2, (size[1] - height) // 2
     box = (left, top, left + width, top + height)
     covered = img.resize(size, Image.Resampling.LANCZOS).crop(box)
     return np.asarray(covered, np.float32) * scale
+
+
+@dataclass(frozen=True)
+class _Canvas:
+    """What every renderer of one row draws from: framed colour and alpha, the settings, and
+    the encoder with the row's metadata."""
+
+    matte: Matte
+    outputs: OutputSettings
+    framing: FramingSettings
+    original: np.ndarray  # the source's colour (16 or 8 bits, per keep_16_bit), unframed
+    rgb: np.ndarray  # framed colour: decontaminated when Refine made it
+    alpha: np.ndarray  # framed float alpha
+    alpha_px: np.ndarray  # framed alpha, quantised to rgb's dtype
+    meta: Metadata  # sRGB profile, EXIF and provenance XMP
+    reader: Reader
+
+    def encode(self, pixels: np.ndarray, fmt: str, metadata: Metadata | None = None) -> bytes:
+        """pixels in `fmt` with the run's encoder settings (and the row's metadata)."""
+        data: bytes = encode(
+            pixels,
+            fmt,
+            self.meta if metadata is None else metadata,
+            quality=self.outputs.quality,
+            lossless=self.outputs.lossless,
+            compress_level=self.outputs.png_compress_level,
+        )
+        return data
+
+
+def _cutout(c: _Canvas) -> bytes:
+    return c.encode(np.dstack([c.rgb, c.alpha_px]), c.outputs.cutout_format)
+
+
+def _mask(c: _Canvas) -> bytes:
+    # grey: an RGB profile does not apply, EXIF describes the photo
+    return c.encode(c.alpha_px, "png", Metadata(xmp=c.meta.xmp))
+
+
+def _composite(c: _Canvas) -> bytes:
+    height, width = c.rgb.shape[:2]
+    background = _background(c.outputs.background, height, width, c.rgb.dtype, c.reader)
+    return c.encode(composite(c.rgb, c.alpha, background), c.outputs.composite_format)
+
+
+def _color(c: _Canvas) -> bytes:
+    return c.encode(c.rgb, c.outputs.cutout_format)
+
+
+def _psd(c: _Canvas) -> bytes:
+    # the original layer as shot; the cutout layer with its clean colour
+    clean = c.matte.foreground is not None
+    framed_original = frame(c.original, c.matte.alpha, c.framing)[0] if clean else c.rgb
+    data: bytes = encode_psd(
+        to_uint8(framed_original),
+        quantise_alpha(c.alpha, np.uint8),
+        SRGB_ICC,
+        cutout=to_uint8(c.rgb),
+    )
+    return data
+
+
+class OutputKind(NamedTuple):
+    """One kind of output file: written when the OutputSettings flag `name` is set."""
+
+    name: str  # the OutputSettings flag, a ROW_SETTINGS `outputs` value
+    folder: str  # under the output prefix
+    extension: Callable[[OutputSettings], str]  # file extension, from the settings
+    render: Callable[[_Canvas], bytes]  # the encoded file
+
+    @property
+    def column(self) -> str:
+        """The metrics column that gets the written file's URI."""
+        return f"{self.name}_uri"
+
+
+OUTPUT_KINDS = (
+    OutputKind("cutout", "cutouts", lambda o: o.extension, _cutout),
+    OutputKind("mask", "masks", lambda o: "png", _mask),
+    OutputKind("composite", "composites", lambda o: FORMATS[o.composite_format], _composite),
+    OutputKind("color", "colors", lambda o: o.extension, _color),
+    OutputKind("psd", "psd", lambda o: "psd", _psd),
+)
+assert tuple(k.name for k in OUTPUT_KINDS) == KINDS  # one kind per OutputSettings flag
 
 
 class Rendered(NamedTuple):
@@ -95,18 +196,22 @@ class Rendered(NamedTuple):
 
 
 def render(
-    matte: Matte, outputs: OutputSettings, framing: FramingSettings, output: str
+    matte: Matte,
+    outputs: OutputSettings,
+    framing: FramingSettings,
+    layout: OutputLayout,
+    reader: Reader | None = None,
 ) -> Rendered:
-    """Every output the settings select, encoded, with their (framed) size."""
+    """Every output the settings select, encoded, with their (framed) size; background
+    images are read by `reader` (default: the default policy and limits)."""
     image = matte.image
     original = image.rgb16 if image.rgb16 is not None else image.rgb
     clean = matte.foreground is not None  # decontaminated colour from Refine
-    colour = matte.foreground if clean else original
+    colour = original if matte.foreground is None else matte.foreground
     if not outputs.keep_16_bit:
         original = to_uint8(original)
         colour = to_uint8(colour) if clean else original
     rgb, alpha = frame(colour, matte.alpha, framing)
-    alpha_px = quantise_alpha(alpha, rgb.dtype.type)
     settings = {"outputs": dataclasses.asdict(outputs), "framing": dataclasses.asdict(framing)}
     xmp = provenance_xmp(
         {
@@ -119,97 +224,95 @@ def render(
     exif = output_exif(
         image.exif, strip_gps=outputs.strip_gps, strip_metadata=outputs.strip_metadata
     )
-    meta = Metadata(icc=SRGB_ICC, exif=exif, xmp=xmp)
-
-    def encoded(pixels: np.ndarray, fmt: str, metadata: Metadata = meta) -> bytes:
-        return encode(
-            pixels,
-            fmt,
-            metadata,
-            quality=outputs.quality,
-            lossless=outputs.lossless,
-            compress_level=outputs.png_compress_level,
-        )
-
-    key, prefix, ext = image.task.output_key, output.rstrip("/"), outputs.extension
-    files: dict[str, tuple[str, bytes]] = {}
-    if outputs.cutout:
-        rgba = np.dstack([rgb, alpha_px])
-        files["cutout_uri"] = (
-            f"{prefix}/cutouts/{key}.{ext}",
-            encoded(rgba, outputs.cutout_format),
-        )
-    if outputs.mask:  # grey: an RGB profile does not apply, EXIF describes the photo
-        files["mask_uri"] = (
-            f"{prefix}/masks/{key}.png",
-            encoded(alpha_px, "png", Metadata(xmp=xmp)),
-        )
-    if outputs.composite:
-        background = _background(outputs.background, rgb.shape[0], rgb.shape[1], rgb.dtype)
-        fmt = outputs.composite_format
-        uri = f"{prefix}/composites/{key}.{FORMATS[fmt]}"
-        files["composite_uri"] = (uri, encoded(composite(rgb, alpha, background), fmt))
-    if outputs.color:
-        files["color_uri"] = (f"{prefix}/colors/{key}.{ext}", encoded(rgb, outputs.cutout_format))
-    if outputs.psd:  # the original layer as shot; the cutout layer with its clean colour
-        framed_original = frame(original, matte.alpha, framing)[0] if clean else rgb
-        data = encode_psd(
-            to_uint8(framed_original),
-            quantise_alpha(alpha, np.uint8),
-            SRGB_ICC,
-            cutout=to_uint8(rgb),
-        )
-        files["psd_uri"] = (f"{prefix}/psd/{key}.psd", data)
+    canvas = _Canvas(
+        matte,
+        outputs,
+        framing,
+        original,
+        rgb,
+        alpha,
+        quantise_alpha(alpha, rgb.dtype.type),
+        Metadata(icc=SRGB_ICC, exif=exif, xmp=xmp),
+        reader or Reader(),
+    )
+    key = image.task.output_key
+    files = {
+        kind.column: (layout.file(kind.folder, key, kind.extension(outputs)), kind.render(canvas))
+        for kind in OUTPUT_KINDS
+        if getattr(outputs, kind.name)
+    }
     return Rendered(files, rgb.shape[1], rgb.shape[0])
 
 
 class _WriteFn(beam.DoFn):
     def __init__(
-        self, output: str, outputs: OutputSettings, framing: FramingSettings, resume: Resume
+        self,
+        output: str,
+        outputs: OutputSettings,
+        framing: FramingSettings,
+        resume: Resume,
+        reader: Reader | None = None,
+        clock: Clock = time.perf_counter,
     ) -> None:
-        self._output = output.rstrip("/")
+        self._layout = OutputLayout(output)
         self._outputs = outputs
         self._framing = framing
         self._resume = resume
+        self._reader = reader or Reader()
+        self._clock = clock
 
-    def process(self, matte: Matte) -> Iterator[dict[str, object] | beam.pvalue.TaggedOutput]:
+    def process(self, matte: Matte) -> Iterator[Written | beam.pvalue.TaggedOutput[str, Failed]]:
         task = matte.image.task
         try:
             check_key(task.output_key)  # keys are checked when read; never write outside
-            start = time.perf_counter()
+            start = self._clock()
             outputs, framing = with_overrides(self._outputs, self._framing, dict(task.settings))
-            files, width, height = render(matte, outputs, framing, self._output)
-            encoded = time.perf_counter()
+            files, width, height = render(matte, outputs, framing, self._layout, self._reader)
+            encoded = self._clock()
             for uri, data in files.values():
                 write_atomic(uri, data)
             uris = {column: uri for column, (uri, _) in files.items()}
             self._resume.record(task.output_key, matte.image.source_sha256, uris, task.settings)
-            written = time.perf_counter()
+            written = self._clock()
         except Exception as err:  # classified errors pass through; the unforeseen get classified
-            failure = classify(err, "write", f"{self._output} (key {task.output_key})")
+            where = f"{self._layout.output} (key {task.output_key})"
+            failure = classify(err, "write", where)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))
             return
-        timings = {
-            **matte.timings_ms,
-            "encode_ms": (encoded - start) * 1e3,
-            "write_ms": (written - encoded) * 1e3,
-        }
-        output_bytes = sum(len(data) for _, data in files.values())
-        yield ok_row(matte, uris, output_bytes, timings, (width, height))
+        timings = matte.timings.add(
+            encode_ms=elapsed_ms(start, encoded), write_ms=elapsed_ms(encoded, written)
+        )
+        yield Written(
+            dataclasses.replace(matte, timings=timings),
+            uris,
+            sum(len(data) for _, data in files.values()),
+            width,
+            height,
+        )
 
 
-class WriteOutputs(beam.PTransform):
-    """Matte -> the selected output files, then an `ok` metrics row; failures -> "failures"."""
+class WriteOutputs(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutputsTuple]):
+    """Matte -> the selected output files and the row's resume state -> Written; failures ->
+    "failures". Background images are read by `reader`."""
 
     def __init__(
-        self, output: str, outputs: OutputSettings, framing: FramingSettings, resume: Resume
+        self,
+        output: str,
+        outputs: OutputSettings,
+        framing: FramingSettings,
+        resume: Resume,
+        reader: Reader | None = None,
     ) -> None:
         super().__init__()
         self._output = output
         self._outputs = outputs
         self._framing = framing
         self._resume = resume
+        self._reader = reader
 
-    def expand(self, mattes: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = _WriteFn(self._output, self._outputs, self._framing, self._resume)
-        return mattes | "Write" >> beam.ParDo(fn).with_outputs("failures", main="ok")
+    def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
+        fn = _WriteFn(self._output, self._outputs, self._framing, self._resume, self._reader)
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Write" >> beam.ParDo(fn).with_outputs(
+            "failures", main="ok"
+        )
+        return outputs

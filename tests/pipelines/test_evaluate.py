@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_predictions_are_scored_like_our_masks(labelled: Path, tmp_path: Path) -
     assert table.schema == SCHEMA
     rows = {r["id"]: r for r in table.to_pylist()}
     truth = _truth().astype(np.float32) / 255
-    expected = scores(grey.astype(np.float32) / 255, truth)
+    expected = dataclasses.asdict(scores(grey.astype(np.float32) / 255, truth))
     assert {k: rows["a"][k] for k in expected} == pytest.approx(expected)
     assert (rows["a"]["total_ms"], rows["b"]["total_ms"]) == (500.0, None)
     assert rows["b"]["iou"] == 1.0 and rows["b"]["mae"] == 0.0

@@ -25,7 +25,7 @@ from matteflow.pipelines.remove_background import (
     run,
     worker_torch_threads,
 )
-from matteflow.transforms.metrics import read_metrics
+from matteflow.transforms.metrics import MetricsRow, read_metrics
 from tests.images import encode, oriented, pattern
 
 SIZES = {"a": (17, 11), "b": (40, 23), "nested/c": (31, 64)}
@@ -111,9 +111,9 @@ def test_pipeline_accounts_for_every_row(sample: str, tmp_path: Path) -> None:
 def _status_pairs():  # type: ignore[no-untyped-def]
     import apache_beam as beam
 
-    def pair(row: dict) -> tuple:  # type: ignore[type-arg]
-        code = f"{row['error_stage']}/{row['error_code']}" if row["error_code"] else None
-        return row["id"], row["status"], code
+    def pair(row: MetricsRow) -> tuple:  # type: ignore[type-arg]
+        code = f"{row.error_stage}/{row.error_code}" if row.error_code else None
+        return row.id, row.status, code
 
     return beam.Map(pair)
 

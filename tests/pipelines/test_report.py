@@ -3,6 +3,7 @@ headless Chromium renders it from the file system."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import statistics
@@ -26,8 +27,8 @@ from matteflow.pipelines.report import (
     thumb_size,
     write_report,
 )
-from matteflow.transforms.metrics import load_ground_truth
 from matteflow.transforms.quality import scores
+from matteflow.transforms.reader import load_alpha
 
 W, H = 64, 48
 THUMB = 32  # below the image size, so every thumbnail is a real downscale
@@ -106,13 +107,13 @@ def _build(root: Path, run_names: list[str], **kwargs: Any) -> Fixture:
                 )
                 continue
             mask = _write_alpha(root / f"run{j}" / f"{k}.png", _disc_alpha(RADIUS + delta))
-            pred = load_ground_truth(Path(mask).read_bytes(), mask)
-            gt = load_ground_truth(Path(sample.ground_truth_uri).read_bytes(), "gt")
+            pred = load_alpha(Path(mask).read_bytes(), mask)
+            gt = load_alpha(Path(sample.ground_truth_uri).read_bytes(), "gt")
             rows.append(
                 {
                     "id": sample.id,
                     "status": "ok",
-                    **scores(pred, gt),
+                    **dataclasses.asdict(scores(pred, gt)),
                     # Not computed here: the report only averages them.
                     "sad": 10.0 * (k + 1) + j,
                     "mse": 0.01 * (k + 1) * (j + 1),

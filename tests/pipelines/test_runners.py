@@ -34,7 +34,7 @@ from apache_beam.runners.runner import create_runner
 from apache_beam.transforms.environments import DockerEnvironment, python_sdk_dependencies
 
 from matteflow.pipelines.config import RunConfig, load_config
-from matteflow.pipelines.options import MatteflowOptions
+from matteflow.pipelines.options import MatteflowOptions, RunnerKind
 from matteflow.pipelines.remove_background import build, run
 from matteflow.transforms.arrivals import ReadArrivals
 from tests.conftest import REPO
@@ -203,3 +203,19 @@ def test_flex_template_parameters_are_job_flags_with_working_regexes() -> None:
     )
     assert flags.settings == ["outputs.cutout_format=webp"]
     assert options.view_as(WorkerOptions).sdk_container_image == WORKER_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("flags", "kind"),
+    [
+        ([], RunnerKind.IN_PROCESS),
+        (["--runner=DirectRunner"], RunnerKind.LOCAL),
+        (["--runner=FnApiRunner"], RunnerKind.LOCAL),
+        (["--runner=PortableRunner", "--environment_type=LOOPBACK"], RunnerKind.LOCAL),
+        (["--runner=PortableRunner", "--environment_type=DOCKER"], RunnerKind.REMOTE),
+        (["--runner=DataflowRunner"], RunnerKind.REMOTE),
+        (["--runner=FlinkRunner"], RunnerKind.REMOTE),
+    ],
+)
+def test_runner_kind_says_where_the_model_runs(flags: list[str], kind: RunnerKind) -> None:
+    assert RunnerKind.of(PipelineOptions(flags)) is kind

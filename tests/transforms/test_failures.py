@@ -20,7 +20,7 @@ from matteflow.transforms.failures import (
     is_oom,
     redact,
 )
-from matteflow.transforms.metrics import failed_row
+from matteflow.transforms.metrics import metrics_row
 from matteflow.transforms.types import Failed, ImageTask
 
 SIGNED = "https://cdn.example.com/p/a.jpg?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA123"
@@ -85,7 +85,7 @@ def test_every_error_message_is_redacted() -> None:
 
 def test_failed_metrics_rows_carry_no_tokens() -> None:
     task = ImageTask("a", SIGNED, "a", ground_truth_uri=SIGNED + "&gt=1")
-    row = failed_row(Failed(task, "fetch", "forbidden", f"{SIGNED}: denied"))
+    row = metrics_row(Failed(task, "fetch", "forbidden", f"{SIGNED}: denied")).record()
     text = " ".join(str(v) for v in row.values())
     assert "Signature" not in text and "AKIA" not in text
     assert row["source_uri"] == row["ground_truth_uri"] == "https://cdn.example.com/p/a.jpg"

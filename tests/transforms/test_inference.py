@@ -16,7 +16,7 @@ from matteflow.models.registry import LoadedModel, get_spec
 from matteflow.transforms import inference
 from matteflow.transforms.inference import MatteModelHandler, Segment, postprocess, preprocess
 from matteflow.transforms.matte import MatteSettings
-from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
+from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte, Timings
 from tests.images import pattern
 
 MODEL = "tiny-isnet"  # 64-pixel input; never the real 1024-pixel model here
@@ -28,7 +28,7 @@ SIZES = {"a": (17, 11), "b": (40, 23), "c": (31, 64)}  # id -> (width, height)
 def _image(name: str, width: int, height: int) -> DecodedImage:
     rgb = np.array(pattern(width, height))
     return DecodedImage(
-        ImageTask(name, f"mem://{name}.png", name), rgb, "PNG", timings_ms={"decode_ms": 1.5}
+        ImageTask(name, f"mem://{name}.png", name), rgb, "PNG", timings=Timings(decode_ms=1.5)
     )
 
 
@@ -197,7 +197,7 @@ def test_batch_gives_full_size_mattes(handler: MatteModelHandler, pinned: Loaded
             3,
         )
         assert matte.model_sha256 == pinned.weights_sha256
-        assert matte.timings_ms["decode_ms"] == 1.5 and matte.timings_ms["infer_ms"] >= 0
+        assert matte.timings.decode_ms == 1.5 and matte.timings.infer_ms >= 0
 
 
 def test_batch_results_match_single_runs(handler: MatteModelHandler, model: LoadedModel) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from io import BytesIO
+import dataclasses
 from pathlib import Path
 
 import apache_beam as beam
@@ -11,23 +11,20 @@ import pyarrow as pa
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline  # not collected
-from apache_beam.testing.util import assert_that, equal_to
-from PIL import Image
 
 from matteflow.transforms import metrics
-from matteflow.transforms.failures import ScoreError
-from matteflow.transforms.metrics import (
-    SCHEMA,
-    Score,
-    WriteMetrics,
-    _ScoreFn,
-    failed_row,
-    load_ground_truth,
-    ok_row,
-    read_metrics,
+from matteflow.transforms.layout import OutputLayout
+from matteflow.transforms.metrics import SCHEMA, MetricsRow, WriteMetrics, metrics_row, read_metrics
+from matteflow.transforms.types import (
+    DecodedImage,
+    Failed,
+    ImageTask,
+    Matte,
+    Scores,
+    Skipped,
+    Timings,
+    Written,
 )
-from matteflow.transforms.quality import scores
-from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
 from tests.images import pattern
 
 W, H = 17, 11
@@ -62,21 +59,12 @@ def _matte(task: ImageTask, alpha: np.ndarray | None = None) -> Matte:
         "cpu",
         "float32",
         4,
-        timings_ms={"fetch_ms": 1.0, "decode_ms": 2.0},
+        timings=Timings(fetch_ms=1.0, decode_ms=2.0),
     )
 
 
-def _gt_png(path: Path, alpha8: np.ndarray) -> str:
-    Image.fromarray(alpha8).save(path, format="PNG")
-    return str(path)
-
-
-def _ground_truth(width: int = W, height: int = H) -> np.ndarray:
-    """8-bit ground truth: a hard square plus one soft pixel."""
-    gt = np.zeros((height, width), np.uint8)
-    gt[2:8, 5:13] = 255
-    gt[9, 2] = 100
-    return gt
+def _written(matte: Matte, uris: dict[str, str], size: int = 10) -> Written:
+    return Written(matte, uris, size, matte.image.width, matte.image.height)
 
 
 def test_all_names_exist() -> None:
@@ -86,13 +74,80 @@ def test_all_names_exist() -> None:
 # --- rows ---------------------------------------------------------------------------------
 
 
+# The Parquet schema as released: MetricsRow's fields must keep deriving exactly this.
+RELEASED_SCHEMA = [
+    ("id", "string"),
+    ("source_uri", "string"),
+    ("output_key", "string"),
+    ("status", "string"),
+    ("source_sha256", "string"),
+    ("error_stage", "string"),
+    ("error_code", "string"),
+    ("error_message", "string"),
+    ("width", "int32"),
+    ("height", "int32"),
+    ("source_format", "string"),
+    ("exif_orientation", "int32"),
+    ("bit_depth", "int32"),
+    ("frames", "int32"),
+    ("source_alpha", "bool"),
+    ("icc_description", "string"),
+    ("warnings", "list<item: string>"),
+    ("model", "string"),
+    ("model_sha256", "string"),
+    ("device", "string"),
+    ("dtype", "string"),
+    ("batch_size", "int32"),
+    ("foreground_fraction", "double"),
+    ("uncertainty", "double"),
+    ("needs_review", "bool"),
+    ("ground_truth_uri", "string"),
+    *[
+        (name, "double")
+        for name in ("iou", "mae", "edge_mae", "sad", "mse", "gradient_error", "boundary_f")
+    ],
+    *[
+        (name, "double")
+        for name in (
+            "fetch_ms",
+            "decode_ms",
+            "infer_ms",
+            "refine_ms",
+            "score_ms",
+            "encode_ms",
+            "write_ms",
+            "total_ms",
+        )
+    ],
+    *[(f"{kind}_uri", "string") for kind in ("cutout", "mask", "composite", "color", "psd")],
+    ("output_width", "int32"),
+    ("output_height", "int32"),
+    ("output_bytes", "int64"),
+    ("row_settings", "map<string, string>"),
+    ("metadata", "map<string, string>"),
+]
+
+
+def test_schema_derived_from_the_row_is_the_released_one() -> None:
+    assert [(f.name, str(f.type)) for f in SCHEMA] == RELEASED_SCHEMA
+
+
+def test_rows_are_frozen() -> None:
+    row = metrics_row(Failed(_task(), "decode", "truncated", "cut off"))
+    assert isinstance(row, MetricsRow)
+    with pytest.raises(AttributeError):
+        row.status = "ok"  # type: ignore[misc]
+
+
 def test_ok_row_has_exactly_the_schema_columns() -> None:
-    matte = _matte(_task("gt.png"))
-    matte.scores = {"iou": 0.5, "mae": 0.25, "edge_mae": 0.125}
-    matte.uncertainty, matte.needs_review = 0.25, True
-    timings = {"fetch_ms": 1.0, "decode_ms": 2.0, "infer_ms": 4.0, "write_ms": 8.0}
+    scored = Scores(0.5, 0.25, 0.125, 1.0, 0.0625, 2.0, 0.75)
+    timings = Timings(fetch_ms=1.0, decode_ms=2.0, infer_ms=4.0, write_ms=8.0)
+    matte = dataclasses.replace(
+        _matte(_task("gt.png")), scores=scored, timings=timings, uncertainty=0.25
+    )
+    matte.needs_review = True
     outputs = {"cutout_uri": "o/cutouts/k/x.png", "mask_uri": "o/masks/k/x.png"}
-    row = ok_row(matte, outputs, 1234, timings, (8, 5))
+    row = metrics_row(Written(matte, outputs, 1234, 8, 5)).record()
     assert list(row) == SCHEMA.names
     assert row == {
         **dict.fromkeys(SCHEMA.names),
@@ -121,6 +176,10 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "iou": 0.5,
         "mae": 0.25,
         "edge_mae": 0.125,
+        "sad": 1.0,
+        "mse": 0.0625,
+        "gradient_error": 2.0,
+        "boundary_f": 0.75,
         "fetch_ms": 1.0,
         "decode_ms": 2.0,
         "infer_ms": 4.0,
@@ -137,7 +196,7 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
 
 
 def test_failed_row_has_exactly_the_schema_columns() -> None:
-    row = failed_row(Failed(_task(), "decode", "truncated", "mem://x.png: cut off"))
+    row = metrics_row(Failed(_task(), "decode", "truncated", "mem://x.png: cut off")).record()
     assert list(row) == SCHEMA.names
     assert row == {
         **dict.fromkeys(SCHEMA.names),
@@ -154,10 +213,28 @@ def test_failed_row_has_exactly_the_schema_columns() -> None:
     }
 
 
+def test_skipped_row_keeps_the_recorded_outputs() -> None:
+    outputs = {"mask_uri": "o/masks/k/x.png"}
+    row = metrics_row(Skipped(_task(), outputs, "ab" * 32)).record()
+    assert row == {
+        **dict.fromkeys(SCHEMA.names),
+        "id": "x",
+        "source_uri": "mem://x.png",
+        "output_key": "k/x",
+        "status": "skipped",
+        "source_sha256": "ab" * 32,
+        "mask_uri": "o/masks/k/x.png",
+        "warnings": [],
+        "row_settings": {},
+        "metadata": {"shop": "s", "sku": "7"},
+    }
+
+
 def test_rows_convert_with_the_schema() -> None:
+    matte = dataclasses.replace(_matte(_task()), timings=Timings(infer_ms=1.5))
     rows = [
-        ok_row(_matte(_task()), {"mask_uri": "m.png"}, 10, {"infer_ms": 1.5}),
-        failed_row(Failed(_task(name="y"), "fetch", "not_found", "gone")),
+        metrics_row(_written(matte, {"mask_uri": "m.png"})).record(),
+        metrics_row(Failed(_task(name="y"), "fetch", "not_found", "gone")).record(),
     ]
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     assert table.schema == SCHEMA and table.num_rows == 2
@@ -168,103 +245,16 @@ def test_rows_convert_with_the_schema() -> None:
     assert (back[1]["error_code"], back[1]["width"]) == ("not_found", None)
 
 
-# --- ground truth ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("img", "expected"),
-    [
-        (Image.fromarray(np.array([[0, 51], [255, 102]], np.uint8)), [[0, 0.2], [1, 0.4]]),
-        # RGBA: the alpha channel, not the colour.
-        (
-            Image.fromarray(
-                np.dstack(
-                    [np.full((2, 2, 3), 255, np.uint8), np.array([[0, 51], [255, 102]], np.uint8)]
-                )
-            ),
-            [[0, 0.2], [1, 0.4]],
-        ),
-        (
-            Image.fromarray(np.array([[0, 65535], [13107, 32768]], np.uint16)),
-            [[0, 1], [0.2, 32768 / 65535]],
-        ),
-    ],
-    ids=["grey", "rgba", "16-bit"],
-)
-def test_load_ground_truth(img: Image.Image, expected: list[list[float]]) -> None:
-    buf = BytesIO()
-    img.save(buf, format="PNG")
-    gt = load_ground_truth(buf.getvalue(), "gt.png")
-    assert gt.dtype == np.float32
-    assert np.allclose(gt, expected, rtol=0, atol=1e-7)
-
-
-def test_unreadable_ground_truth_is_a_score_error() -> None:
-    with pytest.raises(ScoreError) as info:
-        load_ground_truth(b"<html>", "gt.png")
-    assert (info.value.stage, info.value.code) == ("score", "bad_ground_truth")
-
-
-# --- the scoring DoFn ----------------------------------------------------------------------
-
-
-def test_score_fn_computes_the_quality_scores(tmp_path: Path) -> None:
-    gt8 = _ground_truth()
-    matte = _matte(_task(_gt_png(tmp_path / "gt.png", gt8)))
-    [scored] = list(_ScoreFn().process(matte))
-    assert isinstance(scored, Matte)
-    expected = scores(matte.alpha, gt8.astype(np.float32) / 255)
-    assert scored.scores == pytest.approx(expected, rel=1e-12)
-    assert 0 < expected["iou"] < 1 and expected["mae"] > 0 and expected["edge_mae"] > 0
-    assert scored.timings_ms["score_ms"] >= 0 and scored.timings_ms["decode_ms"] == 2.0
-    assert matte.scores == {}  # the input element is not mutated
-
-
-def test_score_fn_passes_rows_without_ground_truth() -> None:
-    matte = _matte(_task(None))
-    assert list(_ScoreFn().process(matte)) == [matte]
-
-
-@pytest.mark.parametrize(
-    ("setup", "code"),
-    [("wrong-size", "size_mismatch"), ("missing", "not_found"), ("garbage", "bad_ground_truth")],
-)
-def test_score_fn_failures(tmp_path: Path, setup: str, code: str) -> None:
-    path = tmp_path / "gt.png"
-    if setup == "wrong-size":
-        _gt_png(path, _ground_truth(H, W))  # transposed: 11 x 17 instead of 17 x 11
-    elif setup == "garbage":
-        path.write_bytes(b"not a png")
-    matte = _matte(_task(str(path)))
-    [out] = list(_ScoreFn().process(matte))
-    assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "failures"
-    assert isinstance(out.value, Failed)
-    assert (out.value.task, out.value.stage, out.value.code) == (matte.image.task, "score", code)
-    assert str(path) in out.value.message
-
-
 # --- the transforms -------------------------------------------------------------------------
-
-
-def test_score_in_a_pipeline(tmp_path: Path) -> None:
-    gt8 = _ground_truth()
-    gt = _gt_png(tmp_path / "gt.png", gt8)
-    mattes = [_matte(_task(gt, "a")), _matte(_task(None, "b")), _matte(_task("/gone.png", "c"))]
-    expected_iou = scores(_alpha(), gt8.astype(np.float32) / 255)["iou"]
-    with BeamPipeline(runner="FnApiRunner") as p:
-        outputs = p | "Mattes" >> beam.Create(mattes) | "Score" >> Score()
-        ious = outputs.ok | "Iou" >> beam.Map(lambda m: (m.image.task.id, m.scores.get("iou")))
-        failures = outputs.failures | "Codes" >> beam.Map(lambda f: (f.task.id, f.stage, f.code))
-        assert_that(ious, equal_to([("a", expected_iou), ("b", None)]), label="CheckScores")
-        assert_that(failures, equal_to([("c", "score", "not_found")]), label="CheckFailures")
 
 
 def test_write_metrics_round_trips_through_parquet(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    rows = [ok_row(_matte(_task(name=n)), {"mask_uri": f"m/{n}.png"}, 5, {}) for n in "abc"]
-    rows.append(failed_row(Failed(_task(name="d"), "decode", "truncated", "cut off")))
+    rows = [metrics_row(_written(_matte(_task(name=n)), {"mask_uri": f"m/{n}.png"})) for n in "abc"]
+    rows.append(metrics_row(Failed(_task(name="d"), "decode", "truncated", "cut off")))
     p = BeamPipeline(runner="FnApiRunner")
-    _ = p | "Rows" >> beam.Create(rows) | "WriteMetrics" >> WriteMetrics(out + "/")
+    layout = OutputLayout(out + "/")
+    _ = p | "Rows" >> beam.Create(rows) | "WriteMetrics" >> WriteMetrics(layout)
     result = p.run()
     result.wait_until_finish()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -174,7 +176,7 @@ def test_scores_of_a_shifted_square() -> None:
     pred = _square(40, 50, 10, 13, 15)  # one column to the right: 30 pixels wrong by 1
     band = _reference_band(gt, 3)
     assert band[10:25, 12].all() and band[10:25, 27].all()  # both wrong columns lie in the band
-    result = scores(pred, gt)
+    result = dataclasses.asdict(scores(pred, gt))
     assert set(result) == SCORE_KEYS
     assert result["iou"] == pytest.approx(14 * 15 / (16 * 15), rel=1e-12)
     assert result["mae"] == pytest.approx(30 / 2000, rel=1e-12)
@@ -188,7 +190,7 @@ def test_scores_of_a_shifted_square() -> None:
 def test_scores_are_the_single_metrics() -> None:
     gt = _blobs(60, 80, seed=1)
     pred = np.clip(gt + 0.3 * _blobs(60, 80, seed=2) - 0.1, 0, 1).astype(np.float32)
-    result = scores(pred, gt)
+    result = dataclasses.asdict(scores(pred, gt))
     assert list(result) == ["iou", "mae", "edge_mae", "sad", "mse", "gradient_error", "boundary_f"]
     single = {name: getattr(quality, name)(pred, gt) for name in SCORE_KEYS}
     assert result == single

@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from scipy import ndimage
 
 from matteflow.transforms import refine
+from matteflow.transforms.matte import uncertainty
 from matteflow.transforms.refine import (
     _TILE,
     Refine,
@@ -21,9 +22,8 @@ from matteflow.transforms.refine import (
     guided_filter,
     matting,
     trimap,
-    uncertainty,
 )
-from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
+from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte, Timings
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
@@ -70,7 +70,7 @@ def _matte(
         "cpu",
         "float32",
         1,
-        timings_ms={"decode_ms": 2.0, "infer_ms": 3.0},
+        timings=Timings(decode_ms=2.0, infer_ms=3.0),
         uncertainty=uncertainty,
     )
 
@@ -421,7 +421,7 @@ def test_dofn_refines_and_times(mode: str, decon: bool) -> None:
     settings = RefineSettings(refine=mode, decontaminate=decon, guided_radius=3, guided_eps=1e-3)
     [out] = list(_RefineFn(settings).process(matte))
     assert isinstance(out, Matte)
-    assert out.timings_ms["refine_ms"] >= 0 and out.timings_ms["infer_ms"] == 3.0
+    assert out.timings.refine_ms >= 0 and out.timings.infer_ms == 3.0
     assert (out.alpha.shape, out.alpha.dtype) == (truth.shape, np.float32)
     assert np.array_equal(out.alpha, expected)
     if mode == "matting":  # the blurred edge is pulled towards the true one
@@ -480,12 +480,12 @@ def test_dofn_does_not_modify_its_input_element() -> None:
     alpha = matte.alpha
     before = alpha.copy()
     [out] = list(_RefineFn(RefineSettings(refine="guided")).process(matte))
-    assert out.needs_review and out.foreground is not None and "refine_ms" in out.timings_ms
+    assert out.needs_review and out.foreground is not None and out.timings.refine_ms is not None
     same = out is matte
     assert not same, "process() yielded its input element, modified in place"
     assert matte.alpha is alpha and np.array_equal(matte.alpha, before)
     assert matte.foreground is None and matte.needs_review is False
-    assert "refine_ms" not in matte.timings_ms
+    assert matte.timings.refine_ms is None
 
 
 # --- the transform ---------------------------------------------------------------------
@@ -508,7 +508,7 @@ def test_refine_in_a_pipeline() -> None:
                 m.needs_review,
                 m.alpha.shape,
                 None if m.foreground is None else str(m.foreground.dtype),
-                "refine_ms" in m.timings_ms,
+                m.timings.refine_ms is not None,
             )
         )
         failures = outputs.failures | "Codes" >> beam.Map(lambda f: (f.task.id, f.stage))

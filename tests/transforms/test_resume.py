@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from matteflow.models.registry import get_spec
-from matteflow.transforms.resume import Resume, settings_digest
+from matteflow.pipelines.config import RunConfig
+from matteflow.transforms.decode import DecodeSettings
+from matteflow.transforms.resume import Resume, output_settings, settings_digest
 from matteflow.transforms.settings import OutputSettings
 
 
@@ -61,13 +63,37 @@ def test_an_unreadable_record_is_not_done(done: tuple[Resume, dict[str, str]]) -
 
 
 def test_settings_digest_follows_model_dtype_and_outputs() -> None:
-    spec = get_spec("tiny-isnet")
-    base = settings_digest(spec, "float32", OutputSettings())
-    assert base == settings_digest(spec, "float32", OutputSettings())
+    spec, cfg = get_spec("tiny-isnet"), RunConfig()
+    base = settings_digest(spec, cfg)
+    assert base == settings_digest(spec, RunConfig())
     others = {
-        settings_digest(get_spec("isnet-general-use"), "float32", OutputSettings()),
-        settings_digest(spec, "bfloat16", OutputSettings()),
-        settings_digest(spec, "float32", OutputSettings(png_compress_level=6)),
-        settings_digest(dataclasses.replace(spec, seed=1), "float32", OutputSettings()),
+        settings_digest(get_spec("isnet-general-use"), cfg),
+        settings_digest(spec, _with(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))),
+        settings_digest(spec, _with(cfg, outputs=OutputSettings(png_compress_level=6))),
+        settings_digest(dataclasses.replace(spec, seed=1), cfg),
+        settings_digest(spec, _with(cfg, decode=DecodeSettings(intent="relative"))),
+        settings_digest(spec, _with(cfg, model=dataclasses.replace(cfg.model, flip_tta=True))),
     }
-    assert base not in others and len(others) == 4
+    assert base not in others and len(others) == 6
+
+
+def _with(cfg: RunConfig, **changes: object) -> RunConfig:
+    return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+
+
+def test_only_settings_marked_as_affecting_outputs_change_the_digest() -> None:
+    spec, cfg = get_spec("tiny-isnet"), RunConfig()
+    unchanged = [
+        _with(cfg, manifest="other.csv", output="elsewhere", force=True),
+        _with(cfg, model=dataclasses.replace(cfg.model, device="cuda", torch_threads=3)),
+        _with(cfg, decode=DecodeSettings(max_pixels=10, max_bytes=10)),
+    ]
+    assert {settings_digest(spec, c) for c in unchanged} == {settings_digest(spec, cfg)}
+
+
+def test_output_settings_are_the_marked_fields() -> None:
+    marked = output_settings(RunConfig())
+    assert set(marked) == {"model", "decode", "outputs", "framing", "matte", "refine"}
+    assert marked["model"] == {"dtype": "auto", "inference_size": 0, "flip_tta": False}
+    assert marked["decode"] == {"intent": "perceptual"}
+    assert marked["outputs"] == dataclasses.asdict(OutputSettings())

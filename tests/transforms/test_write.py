@@ -15,10 +15,10 @@ from PIL import Image
 from matteflow.transforms import write
 from matteflow.transforms.encode import Metadata, encode
 from matteflow.transforms.framing import FramingSettings
-from matteflow.transforms.metrics import SCHEMA
+from matteflow.transforms.metrics import SCHEMA, metrics_row
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.settings import OutputSettings
-from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
+from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte, Timings, Written
 from matteflow.transforms.write import WriteOutputs, _WriteFn, quantise_alpha
 from tests.images import pattern
 
@@ -37,7 +37,7 @@ def _matte(key: str = "shop/x", width: int = 17, height: int = 11) -> Matte:
         rgb,
         "PNG",
         orientation=6,
-        timings_ms={"decode_ms": 2.0},
+        timings=Timings(decode_ms=2.0),
     )
     return Matte(
         image,
@@ -47,7 +47,7 @@ def _matte(key: str = "shop/x", width: int = 17, height: int = 11) -> Matte:
         "cpu",
         "float32",
         2,
-        timings_ms={"decode_ms": 2.0, "infer_ms": 3.0},
+        timings=Timings(decode_ms=2.0, infer_ms=3.0),
     )
 
 
@@ -105,7 +105,8 @@ def test_dofn_writes_cutout_and_mask_and_yields_the_ok_row(tmp_path: Path) -> No
             str(out) + "/", OutputSettings(), NO_FRAMING, Resume(str(out), "settings")
         ).process(matte)
     )
-    assert isinstance(row, dict)
+    assert isinstance(row, Written)
+    row = metrics_row(row).record()
 
     # The state record comes last, once the outputs it lists are complete.
     assert _files(tmp_path) == [
@@ -151,7 +152,8 @@ def test_dofn_writes_only_enabled_outputs(
         ).process(_matte("k"))
     )
     assert _files(tmp_path) == written
-    assert isinstance(row, dict)
+    assert isinstance(row, Written)
+    row = metrics_row(row).record()
     assert row["output_bytes"] == (tmp_path / written[0]).stat().st_size
     assert [row["cutout_uri"] is None, row["mask_uri"] is None] == [
         not settings.cutout,
@@ -209,12 +211,12 @@ def test_write_outputs_in_a_pipeline(tmp_path: Path) -> None:
             >> WriteOutputs(out, OutputSettings(), NO_FRAMING, Resume(out, "settings"))
         )
         rows = outputs.ok | "Uris" >> beam.Map(
-            lambda r: (r["output_key"], r["status"], r["mask_uri"])
+            lambda w: (w.matte.image.task.output_key, w.uris.get("mask_uri"))
         )
         failures = outputs.failures | "Codes" >> beam.Map(lambda f: (f.task.output_key, f.code))
         assert_that(
             rows,
-            equal_to([("a", "ok", f"{out}/masks/a.png"), ("b/c", "ok", f"{out}/masks/b/c.png")]),
+            equal_to([("a", f"{out}/masks/a.png"), ("b/c", f"{out}/masks/b/c.png")]),
             label="CheckRows",
         )
         assert_that(failures, equal_to([("../escape", "unsafe_key")]), label="CheckFailures")

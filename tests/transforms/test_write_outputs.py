@@ -19,9 +19,11 @@ from psd_tools import PSDImage
 from matteflow.transforms.colour import SRGB_ICC
 from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.framing import FramingSettings
+from matteflow.transforms.layout import OutputLayout
+from matteflow.transforms.metrics import metrics_row
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.settings import OutputSettings, with_overrides
-from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
+from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte, Written
 from matteflow.transforms.write import _WriteFn, quantise_alpha, render
 from tests.images import pattern, sixteen_bit_rgb
 
@@ -84,7 +86,7 @@ def _matte(
 def _render(
     matte: Matte, outputs: OutputSettings, framing: FramingSettings = NO_FRAMING
 ) -> dict[str, tuple[str, bytes]]:
-    return render(matte, outputs, framing, "out/").files
+    return render(matte, outputs, framing, OutputLayout("out/")).files
 
 
 def _open(data: bytes) -> Image.Image:
@@ -116,8 +118,8 @@ def _xmp_attributes(img: Image.Image) -> dict[str, str]:
 def _write(tmp_path: Path, matte: Matte, outputs: OutputSettings) -> dict[str, object]:
     out = str(tmp_path / "out")
     [row] = list(_WriteFn(out, outputs, NO_FRAMING, Resume(out, "settings")).process(matte))
-    assert isinstance(row, dict), row
-    return row
+    assert isinstance(row, Written), row
+    return metrics_row(row).record()
 
 
 # --- every kind at once -------------------------------------------------------------------
@@ -396,7 +398,8 @@ def test_row_settings_choose_kinds_and_framing(tmp_path: Path) -> None:
             _matte("k", settings=row_settings)
         )
     )
-    assert isinstance(row, dict)
+    assert isinstance(row, Written)
+    row = metrics_row(row).record()
     assert _files(tmp_path) == ["out/masks/k.png", "out/psd/k.psd", "out/state/k.json"]
     assert (row["cutout_uri"], row["mask_uri"], row["psd_uri"]) == (
         None,
