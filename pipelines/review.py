@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from scipy.stats import rankdata
 
 from matteflow.transforms.failures import NotFound
+from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.metrics import read_metrics
 from matteflow.transforms.storage import read_bytes, write_atomic
 
@@ -49,6 +51,7 @@ __all__ = [
     "read_decisions",
     "review_stats",
     "run_model",
+    "run_summary",
     "summary",
     "write_decisions",
 ]
@@ -111,13 +114,10 @@ class Decision:
             raise ReviewError(f"seconds: expected a non-negative number, got {self.seconds}")
 
 
-def _prefix(output: str) -> str:
-    return output.rstrip("/")
-
-
-def _run_json(output: str) -> dict[str, object]:
+def run_summary(output: str) -> dict[str, Any]:
+    """The run.json of the finished run at output; raises ReviewError without one."""
     try:
-        run: dict[str, object] = json.loads(read_bytes(f"{_prefix(output)}/run.json"))
+        run: dict[str, Any] = json.loads(read_bytes(OutputLayout(output).run_json))
     except NotFound:
         raise ReviewError(f"{output}: no run.json; review a finished run's output") from None
     return run
@@ -125,7 +125,7 @@ def _run_json(output: str) -> dict[str, object]:
 
 def run_model(output: str) -> str:
     """The model name the run at output used (run.json); raises ReviewError without one."""
-    model = _run_json(output).get("model")
+    model = run_summary(output).get("model")
     name = model.get("name") if isinstance(model, dict) else None
     if not name:
         raise ReviewError(f"{output}/run.json names no model")
@@ -160,17 +160,18 @@ def load_items(output: str, all_rows: bool = False) -> list[Item]:
     """The items of the finished run at output: the review list (`review/manifest.csv`, most
     uncertain first) or, with all_rows, every metrics row (most uncertain first, then by id).
     Raises ReviewError when output holds no finished run."""
-    written_to = _prefix(str(_run_json(output).get("output") or ""))
+    layout = OutputLayout(output)
+    written_to = str(run_summary(output).get("output") or "").rstrip("/")
     rows = {str(r["id"]): r for r in read_metrics(output).to_pylist()}
     if all_rows:
-        items = [_item(r, written_to, _prefix(output)) for r in rows.values()]
+        items = [_item(r, written_to, layout.output) for r in rows.values()]
         return sorted(items, key=lambda i: (-(i.uncertainty or 0.0), i.id))
     try:
-        text = read_bytes(f"{_prefix(output)}/review/manifest.csv").decode("utf-8")
+        text = read_bytes(layout.review_manifest).decode("utf-8")
     except NotFound:
         raise ReviewError(f"{output}: no review/manifest.csv; --all reviews every row") from None
     listed = [r["id"] for r in csv.DictReader(io.StringIO(text))]
-    return [_item(rows[i], written_to, _prefix(output)) for i in listed if i in rows]
+    return [_item(rows[i], written_to, layout.output) for i in listed if i in rows]
 
 
 def write_decisions(output: str, decisions: Sequence[Decision]) -> str:
@@ -179,7 +180,7 @@ def write_decisions(output: str, decisions: Sequence[Decision]) -> str:
     if not decisions:
         raise ReviewError("no decisions to write")
     stamp = decisions[0].decided_at.strftime("%Y%m%dT%H%M%S%fZ")
-    uri = f"{_prefix(output)}/reviews/part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+    uri: str = OutputLayout(output).review_part(f"{stamp}-{uuid.uuid4().hex[:12]}")
     table = pa.Table.from_pylist([asdict(d) for d in decisions], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -193,7 +194,7 @@ class DecisionLog:
     Safe to share between threads."""
 
     def __init__(self, output: str) -> None:
-        self._pattern = f"{_prefix(output)}/reviews/part-*.parquet"
+        self._pattern = OutputLayout(output).reviews_glob
         self._read: set[str] = set()
         self._decisions: list[Decision] = []
         self._lock = threading.Lock()
@@ -282,11 +283,12 @@ def export(output: str) -> tuple[str, str, int, int]:
             score = "" if d.score is None else str(d.score)
             when = d.decided_at.isoformat(timespec="seconds")
             rejected.append([item.id, uri, item.output_key, score, d.reviewer, when])
-    prefix = f"{_prefix(output)}/review"
-    write_atomic(f"{prefix}/rework.csv", _csv(rework, ["id", "uri", "output_key", "model"]))
+    layout = OutputLayout(output)
+    rework_uri, rejected_uri = layout.review_export("rework"), layout.review_export("rejected")
+    write_atomic(rework_uri, _csv(rework, ["id", "uri", "output_key", "model"]))
     header = ["id", "uri", "output_key", "score", "reviewer", "decided_at"]
-    write_atomic(f"{prefix}/rejected.csv", _csv(rejected, header))
-    return f"{prefix}/rework.csv", f"{prefix}/rejected.csv", len(rework), len(rejected)
+    write_atomic(rejected_uri, _csv(rejected, header))
+    return rework_uri, rejected_uri, len(rework), len(rejected)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import functools
 import getpass
 import importlib.resources
 import io
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -37,13 +36,15 @@ from matteflow.pipelines.review import (
     latest,
     load_items,
     run_model,
+    run_summary,
     summary,
     write_decisions,
 )
 from matteflow.transforms.decode import DecodeSettings, decode
 from matteflow.transforms.failures import MatteflowError
+from matteflow.transforms.reader import Reader
 from matteflow.transforms.settings import background_colour
-from matteflow.transforms.sources import SourcePolicy, check_source
+from matteflow.transforms.sources import SourcePolicy
 from matteflow.transforms.storage import content_type, read_bytes
 from matteflow.transforms.types import ImageTask
 
@@ -114,13 +115,16 @@ class _Workbench:
         self.log = DecisionLog(self.output)
         self.by_id = {item.id: (n, item) for n, item in enumerate(self.items)}
         self.model = run_model(self.output)
-        config: dict[str, Any] = json.loads(read_bytes(f"{self.output}/run.json")).get("config", {})
+        config: dict[str, Any] = run_summary(self.output).get("config") or {}
         sources = config.get("sources") or {}
-        self.policy = SourcePolicy(
+        policy = SourcePolicy(
             tuple(sources.get("allow", SourcePolicy.allow)),
             bool(sources.get("allow_private", False)),
         )
         self.decode_settings = DecodeSettings(**(config.get("decode") or {}))
+        # Sources are read as the run read them: its policy and limits.
+        s = self.decode_settings
+        self.reader = Reader(policy, s.max_bytes, s.max_pixels)
         background = str((config.get("outputs") or {}).get("background") or "")
         self.brand = background if background_colour(background) else _DEFAULT_BRAND
         # Derived images only (decoded sources, thumbnails, edge crops: small): outputs passed
@@ -164,12 +168,7 @@ class _Workbench:
     def _read_checked(self, item: Item, kind: str) -> bytes:
         """The bytes of an item's cutout/mask (under OUT) or source (its run's policy)."""
         if kind == "source":
-            check_source(item.source_uri, self.policy)
-            source: bytes = read_bytes(
-                item.source_uri,
-                allow_private=self.policy.allow_private,
-                max_bytes=self.decode_settings.max_bytes,
-            )
+            source: bytes = self.reader.read(item.source_uri)
             return source
         uri = item.cutout_uri if kind == "cutout" else item.mask_uri
         if not _under(uri, self.output):
