@@ -31,6 +31,9 @@ HELPERS = (
     "matte",
     "quality",
     "psd",
+    "xcf",
+    "shadow",
+    "raw",
 )
 
 

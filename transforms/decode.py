@@ -3,7 +3,8 @@
 Formats: whatever Pillow reads (JPEG, PNG, WebP, TIFF, BMP, GIF, AVIF, ...) plus HEIC/HEIF
 through pillow-heif; animated files give their first frame. 16-bit RGB PNG and TIFF, which
 Pillow truncates, are read with imagecodecs and tifffile and keep 16 bits through colour
-conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`.
+conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`. Camera
+RAW files are rendered by LibRaw to 16-bit sRGB (raw.py).
 
 A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
 `Skipped` record (a `skipped` metrics row). Failures leave on the "failures" tag as `Failed`
@@ -30,6 +31,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from matteflow.transforms.colour import INTENTS, SIXTEEN_BIT_GREY, to_srgb_rgb, wide_to_srgb
 from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
+from matteflow.transforms.raw import RAW_WHITE_BALANCES, is_raw, render_raw
 from matteflow.transforms.reader import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Reader, open_image
 from matteflow.transforms.resume import AFFECTS_OUTPUT, Resume
 from matteflow.transforms.types import Clock, DecodedImage, Failed, ImageTask, Skipped, elapsed_ms
@@ -65,10 +67,21 @@ class DecodeSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     # ICC rendering intent: perceptual | relative | saturation | absolute
     intent: str = field(default="perceptual", metadata=AFFECTS_OUTPUT)
+    # camera RAW: camera | auto | daylight (see raw.py)
+    raw_white_balance: str = field(default="camera", metadata=AFFECTS_OUTPUT)
+    # camera RAW: stops brighter than LibRaw's rendering, -2..+3
+    raw_exposure: float = field(default=0.0, metadata=AFFECTS_OUTPUT)
 
     def __post_init__(self) -> None:
         if self.intent not in INTENTS:
             raise ValueError(f"intent: expected one of {', '.join(INTENTS)}, got {self.intent!r}")
+        if self.raw_white_balance not in RAW_WHITE_BALANCES:
+            raise ValueError(
+                f"raw_white_balance: expected one of {', '.join(RAW_WHITE_BALANCES)},"
+                f" got {self.raw_white_balance!r}"
+            )
+        if not -2.0 <= self.raw_exposure <= 3.0:  # LibRaw's exp_shift range, 0.25x..8x
+            raise ValueError(f"raw_exposure: expected -2..3 stops, got {self.raw_exposure}")
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -132,8 +145,9 @@ def _riff_cut_short(data: bytes) -> bool:
     return data[:4] == b"RIFF" and len(data) < 8 + int.from_bytes(data[4:8], "little")
 
 
-def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
-    """(the EXIF block outputs keep, the orientation to apply, warnings).
+def _exif(img: Image.Image | Image.Exif) -> tuple[bytes, int, tuple[str, ...]]:
+    """(the EXIF block outputs keep, the orientation to apply, warnings) of an image, or of an
+    EXIF block already parsed.
 
     The block keeps the descriptive first-directory tags and the Exif and GPS directories, not
     a TIFF's own structure (strips, samples, its ICC profile). The orientation tag is removed
@@ -141,7 +155,7 @@ def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
     `orient` does, for every reader alike.
     """
     try:
-        source = img.getexif()
+        source = img if isinstance(img, Image.Exif) else img.getexif()
         orientation = int(source.get(_ORIENTATION_TAG, 1) or 1)
         source.pop(_ORIENTATION_TAG, None)
         kept = Image.Exif()
@@ -206,6 +220,8 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
 
     Raises DecodeError: empty, unsupported_format, truncated, corrupt, too_many_pixels.
     """
+    if data and is_raw(task.source_uri, data):
+        return _decode_raw(task, data, settings)
     img, exif, orientation, notes = _open(task.source_uri, data, settings.max_pixels)
     frames = int(getattr(img, "n_frames", 1))
     icc = img.info.get("icc_profile") or None
@@ -239,6 +255,42 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
         exif=exif,
         warnings=notes + colour_notes,
     )
+
+
+def _decode_raw(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedImage:
+    """A camera RAW rendered by LibRaw (raw.py): 16-bit sRGB, upright; the model gets 8 bits."""
+    raw = render_raw(
+        task.source_uri,
+        data,
+        white_balance=settings.raw_white_balance,
+        exposure=settings.raw_exposure,
+        max_pixels=settings.max_pixels,
+    )
+    rgb16 = orient(raw.rgb16, raw.orientation)
+    exif, _, notes = _raw_exif(data)
+    return DecodedImage(
+        task=task,
+        rgb=to_uint8(rgb16),
+        rgb16=rgb16,
+        source_format="RAW",
+        bit_depth=16,
+        orientation=raw.orientation,
+        exif=exif,
+        warnings=notes,
+    )
+
+
+def _raw_exif(data: bytes) -> tuple[bytes, int, tuple[str, ...]]:
+    """`_exif` of a TIFF-shaped RAW (DNG, NEF, CR2, ARW, ...), whose first directory is laid
+    out as EXIF is; nothing for the others (CR3, RAF, ...)."""
+    if data[:4] not in (b"II*\0", b"MM\0*"):
+        return b"", 1, ()
+    source = Image.Exif()
+    try:
+        source.load(data)
+    except Exception:  # Pillow raises many kinds on a malformed directory
+        return b"", 1, ("decode/corrupt_exif",)
+    return _exif(source)
 
 
 class _DecodeFn(beam.DoFn):

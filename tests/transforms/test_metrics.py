@@ -119,7 +119,7 @@ RELEASED_SCHEMA = [
             "total_ms",
         )
     ],
-    *[(f"{kind}_uri", "string") for kind in ("cutout", "mask", "composite", "color", "psd")],
+    *[(f"{kind}_uri", "string") for kind in ("cutout", "mask", "composite", "color", "psd", "xcf")],
     ("output_width", "int32"),
     ("output_height", "int32"),
     ("output_bytes", "int64"),

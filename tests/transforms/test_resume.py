@@ -95,5 +95,9 @@ def test_output_settings_are_the_marked_fields() -> None:
     marked = output_settings(RunConfig())
     assert set(marked) == {"model", "decode", "outputs", "framing", "matte", "refine"}
     assert marked["model"] == {"dtype": "auto", "inference_size": 0, "flip_tta": False}
-    assert marked["decode"] == {"intent": "perceptual"}
+    assert marked["decode"] == {
+        "intent": "perceptual",
+        "raw_white_balance": "camera",
+        "raw_exposure": 0.0,
+    }
     assert marked["outputs"] == dataclasses.asdict(OutputSettings())
