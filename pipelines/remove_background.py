@@ -21,8 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from matteflow.models.registry import RegistryError, check, get_spec
-from matteflow.models.weights import WeightsError, native_weights
+from matteflow.models.registry import RegistryError, check, get_spec, prepare
+from matteflow.models.weights import WeightsError
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions, RunnerKind
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
@@ -101,7 +101,7 @@ def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
         inference_size=m.inference_size,
         channels_last=m.channels_last,
         torch_threads=worker_torch_threads(cfg, options),
-        require_commercial_license=m.require_commercial_license,
+        allow_licences=m.licences,
         flip_tta=m.flip_tta,
     )
 
@@ -174,11 +174,11 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
             cfg.model.name,
             cfg.model.device,
             cfg.model.dtype,
-            require_commercial_license=cfg.model.require_commercial_license,
+            allow_licences=cfg.model.licences,
             device_here=local,
         )
-        if spec.format == "onnx" and local:
-            native_weights(spec)  # verify, and fetch/convert once, in the launcher
+        if local:
+            prepare(spec)  # verify, and fetch/convert once, in the launcher
         background = cfg.outputs.background
         if cfg.outputs.composite and not background_colour(background) and not exists(background):
             raise PreflightError(f"outputs.background {background}: no such image")

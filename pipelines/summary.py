@@ -110,6 +110,7 @@ def write_summary(
         "model": {
             "name": cfg.model.name,
             "sha256": get_spec(cfg.model.name).sha256 or None,
+            "licence_class": get_spec(cfg.model.name).licence_class,
             "device": cfg.model.device,
             "dtype": cfg.model.dtype,
         },

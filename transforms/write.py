@@ -243,6 +243,7 @@ def render(
         {
             "model": matte.model,
             "modelSha256": matte.model_sha256,
+            "licenceClass": matte.licence_class,
             "sourceSha256": image.source_sha256,
             "settings": json.dumps(settings, sort_keys=True),
         }

@@ -60,6 +60,7 @@ def _matte(task: ImageTask, alpha: np.ndarray | None = None) -> Matte:
         "float32",
         4,
         timings=Timings(fetch_ms=1.0, decode_ms=2.0),
+        licence_class="permissive",
     )
 
 
@@ -95,6 +96,7 @@ RELEASED_SCHEMA = [
     ("warnings", "list<item: string>"),
     ("model", "string"),
     ("model_sha256", "string"),
+    ("licence_class", "string"),
     ("device", "string"),
     ("dtype", "string"),
     ("batch_size", "int32"),
@@ -166,6 +168,7 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "warnings": ["decode/corrupt_icc"],
         "model": "tiny-isnet",
         "model_sha256": "a" * 64,
+        "licence_class": "permissive",
         "device": "cpu",
         "dtype": "float32",
         "batch_size": 4,
