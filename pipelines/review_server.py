@@ -264,7 +264,12 @@ def create_app(
     @app.get("/api/models")
     def models() -> dict[str, object]:
         listed = [
-            {"name": s.name, "input_size": s.input_size, "commercial_use": s.commercial_use}
+            {
+                "name": s.name,
+                "task": s.task,
+                "input_size": s.input_size,
+                "licence_class": s.licence_class,
+            }
             for s in specs().values()
         ]
         return {"run_model": bench.model, "brand": bench.brand, "models": listed}

@@ -244,7 +244,8 @@
       radio.id = "model-" + i;
       radio.checked = m === preferred;
       const run = m.name === state.runModel ? ", the run's model" : "";
-      label.append(radio, ` ${m.name} (${m.input_size} px, commercial use ${m.commercial_use}${run})`);
+      const facts = `${m.task}, ${m.input_size} px, licence ${m.licence_class}${run}`;
+      label.append(radio, ` ${m.name} (${facts})`);
       box.appendChild(label);
     });
     $("models-title").textContent = "Retry " + item.id + " with another model";

@@ -488,3 +488,15 @@ def test_the_cli_exports_and_refuses_a_folder_that_is_no_run(out: Path, tmp_path
     refused = CliRunner().invoke(app, ["review", str(tmp_path / "nothing"), "--export"])
     assert refused.exit_code == 1
     assert "no run.json" in refused.output
+
+
+def test_rework_is_a_manifest_the_job_takes_with_a_model_per_row(out: Path) -> None:
+    from matteflow.transforms.manifest import read_records, to_task
+
+    write_decisions(str(out), [_d("a", "retry", 0, model="rvm-mobilenetv3"), _d("b", "retry", 1)])
+    rework, *_ = export(str(out))
+    tasks = [to_task(r, str(out / "review") + "/", "") for r in read_records(rework)]
+    assert [(t.id, t.source_uri, dict(t.settings)["model"]) for t in tasks] == [
+        ("a", str(out.parent / "src" / "a.png"), "rvm-mobilenetv3"),
+        ("b", str(out.parent / "src" / "b.png"), "tiny-isnet"),
+    ]
