@@ -49,7 +49,10 @@ class ModelSettings:
     # square side the model runs at (multiple of 32); 0 = the model's
     inference_size: int = field(default=0, metadata=AFFECTS_OUTPUT)
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
-    torch_threads: int = 0  # per worker process; 0 = the CPU's cores / worker processes
+    # torch threads of every forward pass on a CPU (and of each onnxruntime session),
+    # whichever worker runs it; results depend on it, so it never follows the number of
+    # workers (models/threads.py)
+    torch_threads: int = field(default=1, metadata=AFFECTS_OUTPUT)
     # Licence classes the run may use (permissive | copyleft | non-commercial | unclear);
     # empty = any. Preflight refuses any other model and names an allowed one.
     allow_licences: tuple[str, ...] = ()
@@ -105,7 +108,7 @@ class RunConfig:
 
 # Integer settings where 0 has a meaning: a default worked out at run time, no zlib compression,
 # no size limit. Every other integer must be positive.
-_ZERO_MEANS_DEFAULT_OR_NONE = {"torch_threads", "inference_size", "png_compress_level", "max_size"}
+_ZERO_MEANS_DEFAULT_OR_NONE = {"inference_size", "png_compress_level", "max_size"}
 
 
 def _build(cls: type, table: dict[str, Any], path: str) -> Any:

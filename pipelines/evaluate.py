@@ -33,8 +33,9 @@ from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.remove_background import exit_code, launch
 from matteflow.pipelines.report import RunResult, Sample, write_report
 from matteflow.pipelines.review import read_decisions
+from matteflow.transforms.csvfile import write_csv
 from matteflow.transforms.failures import MatteflowError, NotFound, ScoreError
-from matteflow.transforms.manifest import read_records, resolve_uri
+from matteflow.transforms.manifest import absolute_uri, check_key, read_records, resolve_uri
 from matteflow.transforms.metrics import SCHEMA, MetricsRow, metrics_row, read_metrics
 from matteflow.transforms.quality import scores
 from matteflow.transforms.reader import Reader
@@ -97,8 +98,9 @@ def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
         candidates = [
             f"{predictions.rstrip('/')}/{sample.id}{ext}" for ext in _PREDICTION_EXTENSIONS
         ]
-        found = next((uri for uri in candidates if exists(uri)), None)
         try:
+            check_key(sample.id)  # ids are paths below the folder, never "../x" (issue 17)
+            found = next((uri for uri in candidates if exists(uri)), None)
             if found is None:
                 raise NotFound(f"no prediction for {sample.id} in {predictions}")
             pred = reader.alpha(found)
@@ -124,12 +126,15 @@ def score_predictions(samples: list[Sample], predictions: str) -> pa.Table:
 
 
 def _write_manifest(samples: list[Sample], uri: str) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "uri", "ground_truth_uri", "category"])
-    for s in samples:
-        writer.writerow([s.id, s.image_uri, s.ground_truth_uri, s.category])
-    write_atomic(uri, buf.getvalue().encode())
+    """The run's manifest; local paths absolute, as it lives in another folder (issue 17)."""
+    write_csv(
+        uri,
+        ["id", "uri", "ground_truth_uri", "category"],
+        (
+            [s.id, absolute_uri(s.image_uri), absolute_uri(s.ground_truth_uri), s.category]
+            for s in samples
+        ),
+    )
 
 
 def _runs(output: str) -> list[RunResult]:
@@ -205,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
     runs = _runs(output)
     index = write_report(output, samples, runs, sheet_rows=args.sheet_rows)
+    statuses = read_metrics(f"{output}/runs/{name}").column("status").to_pylist()
     for run in runs:
         ok = [r for r in run.metrics.to_pylist() if r["status"] == "ok" and r["iou"] is not None]
         means = {
@@ -216,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             f" edge_mae {means['edge_mae']:.4f}"
         )
     print(f"matteflow eval: run {name} in {time.monotonic() - start:.1f}s; report {index}")
+    if "ok" not in statuses:  # nothing was scored: not a result (exit code as `run`'s 3)
+        print(f"matteflow eval: run {name}: every row failed; see its metrics", file=sys.stderr)
+        return 3
     return 0
 
 

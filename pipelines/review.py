@@ -11,11 +11,9 @@ latest decision still standing (the one before it shows again, or none).
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
-import os
 import statistics
 import threading
 import uuid
@@ -30,8 +28,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from scipy.stats import rankdata
 
+from matteflow.transforms.csvfile import write_csv
 from matteflow.transforms.failures import NotFound
 from matteflow.transforms.layout import OutputLayout
+from matteflow.transforms.manifest import absolute_uri, read_records
 from matteflow.transforms.metrics import read_metrics
 from matteflow.transforms.storage import read_bytes, write_atomic
 
@@ -167,10 +167,9 @@ def load_items(output: str, all_rows: bool = False) -> list[Item]:
         items = [_item(r, written_to, layout.output) for r in rows.values()]
         return sorted(items, key=lambda i: (-(i.uncertainty or 0.0), i.id))
     try:
-        text = read_bytes(layout.review_manifest).decode("utf-8")
+        listed = [str(r["id"]) for r in read_records(layout.review_manifest)]
     except NotFound:
         raise ReviewError(f"{output}: no review/manifest.csv; --all reviews every row") from None
-    listed = [r["id"] for r in csv.DictReader(io.StringIO(text))]
     return [_item(rows[i], written_to, layout.output) for i in listed if i in rows]
 
 
@@ -252,14 +251,6 @@ def summary(items: Sequence[Item], decisions: Sequence[Decision]) -> dict[str, o
     }
 
 
-def _csv(rows: list[list[str]], header: list[str]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue().encode("utf-8")
-
-
 def export(output: str) -> tuple[str, str, int, int]:
     """Write `{output}/review/rework.csv` (rows whose standing decision is retry, as a manifest
     `id,uri,output_key,model`: the suggested model, else the run's) and
@@ -276,7 +267,7 @@ def export(output: str) -> tuple[str, str, int, int]:
             continue
         # A relative source was relative to where the run started (as for the server); the
         # CSVs live in review/, where a relative path would resolve elsewhere.
-        uri = item.source_uri if "://" in item.source_uri else os.path.abspath(item.source_uri)
+        uri = absolute_uri(item.source_uri)
         if d.decision == "retry":
             rework.append([item.id, uri, item.output_key, d.model_suggested or model])
         elif d.decision == "reject":
@@ -285,9 +276,9 @@ def export(output: str) -> tuple[str, str, int, int]:
             rejected.append([item.id, uri, item.output_key, score, d.reviewer, when])
     layout = OutputLayout(output)
     rework_uri, rejected_uri = layout.review_export("rework"), layout.review_export("rejected")
-    write_atomic(rework_uri, _csv(rework, ["id", "uri", "output_key", "model"]))
+    write_csv(rework_uri, ["id", "uri", "output_key", "model"], rework)
     header = ["id", "uri", "output_key", "score", "reviewer", "decided_at"]
-    write_atomic(rejected_uri, _csv(rejected, header))
+    write_csv(rejected_uri, header, rejected)
     return rework_uri, rejected_uri, len(rework), len(rejected)
 
 

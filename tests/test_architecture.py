@@ -20,6 +20,7 @@ HELPERS = (
     "failures",
     "sources",
     "storage",
+    "csvfile",
     "reader",
     "layout",
     "resume",

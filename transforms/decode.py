@@ -34,6 +34,7 @@ from matteflow.transforms.failures import DecodeError, classify
 from matteflow.transforms.raw import RAW_WHITE_BALANCES, is_raw, render_raw
 from matteflow.transforms.reader import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Reader, open_image
 from matteflow.transforms.resume import AFFECTS_OUTPUT, Resume
+from matteflow.transforms.storage import check_deadline
 from matteflow.transforms.types import Clock, DecodedImage, Failed, ImageTask, Skipped, elapsed_ms
 
 __all__ = ["DecodeSettings", "FetchAndDecode", "decode", "orient"]
@@ -71,6 +72,9 @@ class DecodeSettings:
     raw_white_balance: str = field(default="camera", metadata=AFFECTS_OUTPUT)
     # camera RAW: stops brighter than LibRaw's rendering, -2..+3
     raw_exposure: float = field(default=0.0, metadata=AFFECTS_OUTPUT)
+    # seconds one row may spend fetching and decoding its source (a byte-a-minute server, a
+    # huge EXIF block); past it the row fails as fetch/timeout or decode/timeout
+    row_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.intent not in INTENTS:
@@ -82,6 +86,8 @@ class DecodeSettings:
             )
         if not -2.0 <= self.raw_exposure <= 3.0:  # LibRaw's exp_shift range, 0.25x..8x
             raise ValueError(f"raw_exposure: expected -2..3 stops, got {self.raw_exposure}")
+        if not self.row_timeout_s > 0:
+            raise ValueError(f"row_timeout_s: expected a positive number, got {self.row_timeout_s}")
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -310,8 +316,9 @@ class _DecodeFn(beam.DoFn):
         self, task: ImageTask
     ) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput[str, Skipped | Failed]]:
         start = self._clock()
+        deadline = time.monotonic() + self._settings.row_timeout_s  # wall time, not the clock
         try:
-            data = self._reader.read(task.source_uri)
+            data = self._reader.read(task.source_uri, deadline=deadline)
             fetched = self._clock()
             source_sha256 = hashlib.sha256(data).hexdigest()
             done = self._resume.current(task.output_key, source_sha256, task.settings)
@@ -319,6 +326,8 @@ class _DecodeFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("skipped", Skipped(task, done, source_sha256))
                 return
             image = decode(task, data, self._settings)
+            # Pillow cannot be interrupted: a decode that ran past the deadline fails after it
+            check_deadline(deadline, task.source_uri, "decode")
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "decode", task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))

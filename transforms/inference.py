@@ -3,7 +3,9 @@
 Each model once per worker process, shared by its threads (RunInference's shared handle); a
 manifest row may name its own model, and a batch runs one forward pass per model. Batches
 are sized by pixel count; only the model-sized tensor is batched, and each alpha is upsampled
-back to its image's full resolution before it leaves the handler.
+back to its image's full resolution before it leaves the handler. Every batch runs with the
+same torch thread count, set in the thread that runs it (models/threads.py), so an alpha does
+not depend on which worker thread, process or runner computed it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
+from matteflow.models.threads import torch_threads
 from matteflow.transforms.failures import inference_failure, is_oom, redact
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
 from matteflow.transforms.types import Clock, DecodedImage, Failed, Matte, elapsed_ms
@@ -109,7 +112,9 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
     size it runs at (`inference_size`, 0 = the model's own) and batching limits; a manifest
     row's `model` setting picks another model for that row (at its own input size).
     `flip_tta` also runs each image mirrored and averages the two predictions. The handler
-    never names an architecture: the spec says how to feed the model and read its outputs."""
+    never names an architecture: the spec says how to feed the model and read its outputs.
+    `torch_threads` (> 0, from `models.threads.inference_threads`) is set in whichever thread
+    runs a batch, and is each onnxruntime session's intra-op count."""
 
     def __init__(
         self,
@@ -120,7 +125,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         max_batch_pixels: int,
         inference_size: int = 0,
         channels_last: bool = False,
-        torch_threads: int = 0,
+        torch_threads: int = 1,
         allow_licences: tuple[str, ...] = (),
         flip_tta: bool = False,
         clock: Clock = time.perf_counter,
@@ -135,6 +140,8 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
             max_batch_size=budget,
             element_size_fn=functools.partial(_element_pixels, model, self._size),
         )
+        if torch_threads < 1:
+            raise ValueError(f"torch_threads {torch_threads}: expected a positive count")
         self._model = model
         self._device = device
         self._dtype = dtype
@@ -148,8 +155,6 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         """Load the run's model once per worker process (verified weights); row models follow
         on first use. RunInference itself records the first load's time
         (load_model_latency_milli_secs, in this namespace)."""
-        if self._threads > 0:
-            torch.set_num_threads(self._threads)
         loader = functools.partial(
             load,
             device=self._device,
@@ -232,7 +237,8 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         if not batch:
             return []
         try:
-            return list(self._infer(batch, model))
+            with torch_threads(self._threads):  # Beam may run this on any worker thread
+                return list(self._infer(batch, model))
         except Exception as err:
             if is_oom(err) and model.device.type == "cuda":
                 torch.cuda.empty_cache()

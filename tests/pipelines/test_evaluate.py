@@ -160,3 +160,33 @@ def test_eval_refuses_a_missing_data_set(
 ) -> None:
     assert main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "cannot start" in capsys.readouterr().err
+
+
+def test_eval_takes_a_relative_data_folder(
+    labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 17, item 2: the run's manifest lives in another folder, so relative paths taken
+    # against the working directory were not found there and every row failed.
+    monkeypatch.chdir(labelled.parent)
+    assert main(["--data", labelled.name, "--output", "eval", "--model", "tiny-isnet"]) == 0
+    rows = read_metrics(str(tmp_path / "eval" / "runs" / "tiny-isnet-profile")).to_pylist()
+    assert sorted((r["id"], r["status"]) for r in rows) == [("a", "ok"), ("b", "ok"), ("c", "ok")]
+
+
+def test_eval_exits_3_when_every_row_fails(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["--data", str(labelled), "--output", str(tmp_path / "o"), "--predictions", str(empty)]
+    assert main(argv) == 3
+    assert "every row failed" in capsys.readouterr().err
+
+
+def test_prediction_ids_stay_inside_their_folder(tmp_path: Path) -> None:
+    # Issue 17, item 14: an id "../x" read x.png beside the predictions folder.
+    (tmp_path / "pred").mkdir()
+    Image.fromarray(_truth()).save(tmp_path / "secret.png")
+    sample = Sample("../secret", "img.png", str(tmp_path / "secret.png"), "")
+    [row] = score_predictions([sample], str(tmp_path / "pred")).to_pylist()
+    assert (row["status"], row["error_code"]) == ("failed", "unsafe_key")

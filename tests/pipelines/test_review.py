@@ -500,3 +500,9 @@ def test_rework_is_a_manifest_the_job_takes_with_a_model_per_row(out: Path) -> N
         ("a", str(out.parent / "src" / "a.png"), "rvm-mobilenetv3"),
         ("b", str(out.parent / "src" / "b.png"), "tiny-isnet"),
     ]
+
+
+def test_exported_cells_a_spreadsheet_would_run_are_neutralised(out: Path) -> None:
+    write_decisions(str(out), [_d("c", "reject", 0, reviewer="=HYPERLINK(1)")])
+    _, rejected, *_ = export(str(out))
+    assert _csv(Path(rejected))[0]["reviewer"] == "'=HYPERLINK(1)"
