@@ -31,6 +31,7 @@ HELPERS = (
     "resize",
     "matte",
     "quality",
+    "routing",
     "psd",
     "xcf",
     "shadow",
