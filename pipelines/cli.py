@@ -1,5 +1,5 @@
-"""The `matteflow` command: `run`, `eval`, `serve`, `purge` and `models list | fetch | verify |
-convert` (`python -m matteflow` is the same)."""
+"""The `matteflow` command: `run`, `eval`, `serve`, `review`, `purge` and `models list | fetch |
+verify | convert` (`python -m matteflow` is the same)."""
 
 from __future__ import annotations
 
@@ -365,6 +365,32 @@ def purge_command(
         output, older_than=older_than, keep=keep or [], yes=yes, force_unlock=force_unlock
     )
     raise typer.Exit(code)
+
+
+@app.command("review")
+def review_command(
+    output: Annotated[str, typer.Argument(help="a finished run's output folder or prefix")],
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    all_rows: Annotated[bool, typer.Option("--all", help="every row, not the review list")] = False,
+    reviewer: Annotated[str | None, typer.Option(help="name recorded with decisions")] = None,
+    export: Annotated[bool, typer.Option(help="write review/rework.csv, rejected.csv")] = False,
+) -> None:
+    """Review a run's uncertain cutouts in the browser, or --export the decisions."""
+    from matteflow.pipelines.review import ReviewError
+    from matteflow.pipelines.review import export as export_decisions
+
+    try:
+        if export:
+            rework, rejected, n_rework, n_rejected = export_decisions(output)
+            counts = f"wrote {rework} ({n_rework} rows) and {rejected} ({n_rejected} rows)"
+            _out.print(counts, soft_wrap=True)
+            return
+        from matteflow.pipelines.review_server import serve
+
+        serve(output, host, port, all_rows=all_rows, reviewer=reviewer)
+    except ReviewError as err:
+        raise _fail(err) from None
 
 
 def _fail(err: Exception) -> typer.Exit:

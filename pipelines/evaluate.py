@@ -42,6 +42,7 @@ from matteflow.pipelines.eval_runs import (
 from matteflow.pipelines.options import MatteflowOptions
 from matteflow.pipelines.remove_background import exit_code, launch
 from matteflow.pipelines.report import RunResult, Sample, write_report
+from matteflow.pipelines.review import read_decisions
 from matteflow.transforms.csvfile import write_csv
 from matteflow.transforms.failures import MatteflowError, NotFound, ScoreError
 from matteflow.transforms.manifest import absolute_uri, check_key, read_records, resolve_uri
@@ -148,10 +149,15 @@ def _write_manifest(samples: list[Sample], uri: str) -> None:
 
 
 def _runs(output: str) -> list[RunResult]:
-    """Every run under {output}/runs/, by name."""
+    """Every run under {output}/runs/, by name, with its human review decisions if any."""
     found = FileSystems.match([f"{output}/runs/*/metrics/*.parquet"])[0].metadata_list
     names = sorted({m.path.split("/runs/", 1)[1].split("/", 1)[0] for m in found})
-    return [RunResult(name, read_metrics(f"{output}/runs/{name}")) for name in names]
+    return [
+        RunResult(
+            name, read_metrics(f"{output}/runs/{name}"), read_decisions(f"{output}/runs/{name}")
+        )
+        for name in names
+    ]
 
 
 def _parser() -> argparse.ArgumentParser:

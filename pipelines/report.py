@@ -23,6 +23,7 @@ import pyarrow as pa
 from PIL import Image
 
 from matteflow.pipelines import head_to_head
+from matteflow.pipelines.review import Decision, review_stats
 from matteflow.transforms.decode import DecodeSettings, decode
 from matteflow.transforms.encode import Metadata, encode
 from matteflow.transforms.reader import Reader
@@ -92,6 +93,8 @@ class RunResult:
     # Rows with at least id, status, the _METRICS columns (float64, may be null), total_ms and
     # mask_uri (the predicted alpha PNG, null for failed rows); error_code is shown when present.
     metrics: pa.Table
+    # Human decisions on the run (`matteflow review`, its reviews/ folder); empty when none.
+    reviews: Sequence[Decision] = ()
 
 
 # --- plain pixel functions -------------------------------------------------------------------
@@ -249,6 +252,51 @@ def _categories(samples: Sequence[Sample], runs: Sequence[RunResult], rows: list
         out.append(
             f'<tr{attrs}><th>{_esc(label)}</th><td class="num">{len(ids)}</td>{"".join(cells)}</tr>'
         )
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _human_review(samples: Sequence[Sample], runs: Sequence[RunResult]) -> str:
+    """The Human review section (review.review_stats per reviewed run); "" when none is."""
+    categories = {s.id: s.category for s in samples}
+    stats = [(r.name, review_stats(r.reviews, r.metrics, categories)) for r in runs if r.reviews]
+    if not stats:
+        return ""
+    out = [
+        '<h2>Human review</h2>\n<p class="meta">Standing decisions of <code>matteflow review'
+        "</code>. &rho;: Spearman correlation of score with the model&rsquo;s uncertainty"
+        " (negative: people score lower where the model was unsure). Seconds: from an image&rsquo;s"
+        " first display to its decision, the manual review time per image.</p>",
+        '<table id="human-review"><thead><tr><th>run</th><th>decided</th><th>scored</th>'
+        "<th>mean score</th><th>scores 1 / 2 / 3 / 4 / 5</th><th>&rho;(score, uncertainty)</th>"
+        "<th>uncertainty accepted</th><th>uncertainty rejected or retried</th>"
+        "<th>s / image (mean)</th><th>s / image (median)</th></tr></thead><tbody>",
+    ]
+    for name, st in stats:
+        counts = " / ".join(str(st.score_counts[k]) for k in sorted(st.score_counts))
+        out.append(
+            f'<tr><th>{_esc(name)}</th><td class="num">{st.decided}</td>'
+            f'<td class="num">{st.scored}</td><td class="num">{_fmt(st.mean_score, 2)}</td>'
+            f'<td class="num">{counts}</td><td class="num">{_fmt(st.score_uncertainty_rho, 3)}</td>'
+            f'<td class="num">{_fmt(st.uncertainty_accepted, 3)}</td>'
+            f'<td class="num">{_fmt(st.uncertainty_sent_back, 3)}</td>'
+            f'<td class="num">{_fmt(st.mean_seconds, 1)}</td>'
+            f'<td class="num">{_fmt(st.median_seconds, 1)}</td></tr>'
+        )
+    out.append("</tbody></table>")
+    names = sorted({c for _, st in stats for c in st.acceptance_by_category})
+    out.append(
+        '<table id="acceptance"><thead><tr><th>category</th>'
+        + "".join(f"<th>{_esc(name)}: accepted</th>" for name, _ in stats)
+        + "</tr></thead><tbody>"
+    )
+    for category in names:
+        cells = []
+        for _, st in stats:
+            accepted, decided = st.acceptance_by_category.get(category, (0, 0))
+            rate = f" ({accepted / decided:.0%})" if decided else ""
+            cells.append(f'<td class="num">{accepted} of {decided}{rate}</td>')
+        out.append(f"<tr><th>{_esc(category)}</th>{''.join(cells)}</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -490,6 +538,7 @@ Seconds: median total_ms / 1000 per image.</p>
 <p class="meta">n: scored images of the run in the category.</p>
 {_categories(samples, runs, rows)}
 {compared}
+{_human_review(samples, runs)}
 <h2>Contact sheet, worst first</h2>
 <p class="meta">{len(order)} of {len(samples)} images, ordered by {_esc(runs[0].name)}'s iou
 (failed first). Error |pred &minus; gt|: {_legend()} (colour follows &radic;error).</p>

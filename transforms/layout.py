@@ -4,6 +4,8 @@
     {output}/state/{key}.json          its resume record (resume.py)
     {output}/metrics/part-*.parquet    one metrics row per manifest row (metrics.py)
     {output}/review/manifest.csv       rows flagged for review (pipelines/summary.py)
+    {output}/review/rework.csv         rows people sent back, and rejected.csv (pipelines/review.py)
+    {output}/reviews/part-*.parquet    people's review decisions, kept across runs (review.py)
     {output}/run.json                  the run's summary, written last
     {output}/.matteflow-lock.json      the lease of the batch run writing here (pipelines/lock.py)
 
@@ -49,6 +51,20 @@ class OutputLayout:
     def review_manifest(self) -> str:
         """The rows flagged needs_review, as a manifest."""
         return f"{self.output}/review/manifest.csv"
+
+    def review_export(self, name: str) -> str:
+        """A manifest exported from the review decisions (`rework`, `rejected`)."""
+        return f"{self.output}/review/{name}.csv"
+
+    def review_part(self, stem: str) -> str:
+        """A new part file of review decisions."""
+        return f"{self.output}/reviews/part-{stem}.parquet"
+
+    @property
+    def reviews_glob(self) -> str:
+        """Every part file of review decisions (temporaries of writes in flight have hidden
+        names and do not match)."""
+        return f"{self.output}/reviews/part-*.parquet"
 
     @property
     def run_json(self) -> str:
