@@ -207,7 +207,8 @@ def test_eval_runs_auto_beside_a_model_into_one_report(labelled: Path, tmp_path:
 @pytest.mark.integration
 def test_model_auto_on_real_images(eval_dev: Path, tmp_path: Path) -> None:
     """The default routing (IS-Net + U2-Net-p, real weights) on three eval-dev images."""
-    rows = list(csv.DictReader((eval_dev / "manifest.csv").open()))[:3]
+    with (eval_dev / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))[:3]
     manifest = _manifest(
         tmp_path / "m.csv",
         [{"uri": str(eval_dev / r["image"]), "id": r["id"], "model": ""} for r in rows],
