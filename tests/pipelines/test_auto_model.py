@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -200,6 +201,9 @@ def test_eval_runs_auto_beside_a_model_into_one_report(labelled: Path, tmp_path:
     assert len(runs) == 2 and runs[0].startswith("auto-") and runs[1].startswith("tiny-isnet-")
     auto_rows = read_metrics(str(out / "runs" / runs[0])).to_pylist()
     assert [r["routed_from"] for r in auto_rows] == [["tiny-isnet", SECOND]] * 3
+    summary = json.loads((out / "runs" / runs[0] / "run.json").read_text())["model"]
+    assert (summary["name"], summary["members"]) == ("auto", ["tiny-isnet", SECOND])
+    assert summary["licence_class"] == "permissive"
     page = (out / "report" / "index.html").read_text()
     assert all(name in page for name in runs)
 
