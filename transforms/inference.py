@@ -278,6 +278,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
 
     def _routed(self, image: DecodedImage, mattes: dict[str, Matte]) -> Matte:
         start = self._clock()
+        # route() passes a model's colour through untouched: it stays at that model's size
         routed = route(
             {m: Prediction(x.alpha, x.model_foreground) for m, x in mattes.items()},
             self._routing,

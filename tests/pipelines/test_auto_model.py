@@ -172,6 +172,31 @@ def test_preflight_checks_the_licence_of_every_member(tmp_path: Path) -> None:
         preflight(dataclasses.replace(cfg, routing=RoutingSettings(general="nope", helpers=())))
 
 
+def test_an_auto_row_fails_when_a_member_is_not_allowed(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(encode(pattern(20, 12), "PNG"))
+    (tmp_path / "b.png").write_bytes(encode(pattern(12, 20), "PNG"))
+    manifest = _manifest(
+        tmp_path / "m.csv",
+        [{"uri": "a.png", "id": "a", "model": "auto"}, {"uri": "b.png", "id": "b", "model": ""}],
+    )
+    settings = [
+        "routing.general=tiny-isnet",
+        "routing.helpers=[]",
+        "routing.human=rvm-mobilenetv3",  # copyleft
+        'model.allow_licences=["permissive"]',
+        "model.dtype=float32",
+    ]
+    out = tmp_path / "o"
+    cfg = load_config(manifest=manifest, output=str(out), model="tiny-isnet", settings=settings)
+    preflight(cfg)  # the run's model is allowed; the row's auto is checked when it runs
+    with BeamPipeline(runner="FnApiRunner") as p:
+        build(p, cfg)
+    rows = {r["id"]: r for r in read_metrics(str(out)).to_pylist()}
+    assert (rows["b"]["status"], rows["b"]["model"]) == ("ok", "tiny-isnet")
+    assert (rows["a"]["status"], rows["a"]["error_stage"]) == ("failed", "segment")
+    assert "rvm-mobilenetv3" in rows["a"]["error_message"]
+
+
 @pytest.fixture
 def labelled(tmp_path: Path) -> Path:
     """A three-image labelled folder (manifest.csv, images/, alpha/)."""
