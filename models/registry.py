@@ -14,6 +14,7 @@ import importlib.resources
 import json
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -46,6 +47,7 @@ __all__ = [
     "register",
     "resolve_dtype",
     "specs",
+    "strictest_licence",
     "user_registry",
 ]
 
@@ -342,6 +344,13 @@ def _alternatives(spec: ModelSpec, allowed: tuple[str, ...]) -> list[str]:
     """Registered real models whose class is allowed, those for spec's task first."""
     fits = [s for s in specs().values() if s.licence_class in allowed and s.format != "random"]
     return [s.name for s in sorted(fits, key=lambda s: (s.task != spec.task, s.name))]
+
+
+def strictest_licence(classes: Iterable[str]) -> str:
+    """The most restrictive of some licence classes (LICENCE_CLASSES order; unknown last):
+    the class of a matte several models made."""
+    order = {c: i for i, c in enumerate(LICENCE_CLASSES)}
+    return max(classes, key=lambda c: order.get(c, len(order)))
 
 
 def check_licence(spec: ModelSpec, allow_licences: tuple[str, ...] = ()) -> None:

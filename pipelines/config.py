@@ -21,6 +21,7 @@ from matteflow.transforms.framing import FramingSettings, check_framing
 from matteflow.transforms.matte import MatteSettings
 from matteflow.transforms.refine import RefineSettings
 from matteflow.transforms.resume import AFFECTS_OUTPUT
+from matteflow.transforms.routing import RoutingSettings
 from matteflow.transforms.settings import OutputSettings
 from matteflow.transforms.sources import SourcePolicy
 
@@ -101,6 +102,8 @@ class RunConfig:
     framing: FramingSettings = field(default_factory=FramingSettings, metadata=AFFECTS_OUTPUT)
     matte: MatteSettings = field(default_factory=MatteSettings, metadata=AFFECTS_OUTPUT)
     refine: RefineSettings = field(default_factory=RefineSettings, metadata=AFFECTS_OUTPUT)
+    # `--model auto` (and rows with model = auto): which models run and how they combine
+    routing: RoutingSettings = field(default_factory=RoutingSettings, metadata=AFFECTS_OUTPUT)
     streaming: StreamingSettings = field(default_factory=StreamingSettings)
     beam: BeamSettings = field(default_factory=BeamSettings)  # runner options (pipelines/options)
     sources: SourcePolicy = field(default_factory=SourcePolicy)
@@ -112,7 +115,8 @@ _ZERO_MEANS_DEFAULT_OR_NONE = {"inference_size", "png_compress_level", "max_size
 
 
 def _build(cls: type, table: dict[str, Any], path: str) -> Any:
-    hints = get_type_hints(cls)
+    settable = {f.name for f in dataclasses.fields(cls) if f.init}  # not derived fields
+    hints = {k: v for k, v in get_type_hints(cls).items() if k in settable}
     values: dict[str, Any] = {}
     for key, value in table.items():
         where = f"{path}.{key}" if path else key

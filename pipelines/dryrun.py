@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from matteflow.models.registry import RegistryError, get_spec
+from matteflow.models.registry import RegistryError, get_spec, strictest_licence
 from matteflow.models.weights import WeightsError
 from matteflow.pipelines.config import ConfigError, RunConfig
 from matteflow.pipelines.options import RunnerKind
@@ -30,6 +30,7 @@ from matteflow.pipelines.progress import LOCAL_WORKERS
 from matteflow.pipelines.remove_background import PreflightError, parse_config, preflight
 from matteflow.transforms.failures import MatteflowError
 from matteflow.transforms.manifest import count_rows, is_glob, resolve_uri, to_task
+from matteflow.transforms.routing import member_models
 from matteflow.transforms.storage import exists
 
 __all__ = ["DryRun", "dry_run", "first_records"]
@@ -166,7 +167,9 @@ def dry_run(cfg: RunConfig) -> DryRun:
         seconds_per_image=wall / done if done else None,
         load_s=load_s,
         model=cfg.model.name,
-        licence_class=get_spec(cfg.model.name).licence_class,
+        licence_class=strictest_licence(
+            get_spec(n).licence_class for n in member_models(cfg.model.name, cfg.routing)
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from matteflow.models.registry import get_spec
 from matteflow.pipelines.config import ConfigError, load_config
 from matteflow.pipelines.report import Sample
+from matteflow.transforms.routing import AUTO
 
 __all__ = ["RunExists", "check_slices", "claim", "default_name", "model_list", "run_name"]
 
@@ -51,7 +52,7 @@ def default_name(
 
 def model_list(models: str | None, model: str | None) -> list[str | None]:
     """--models a,b,c as a list (no duplicates), else [--model] (None: the profile's); every
-    name must be registered (RegistryError, a ValueError, names the known ones)."""
+    name must be registered or `auto` (RegistryError, a ValueError, names the known ones)."""
     if models is None:
         names: list[str | None] = [model]
     else:
@@ -61,7 +62,7 @@ def model_list(models: str | None, model: str | None) -> list[str | None]:
         if model:
             raise ValueError("give --model or --models, not both")
     for name in names:
-        if name:
+        if name and name != AUTO:
             get_spec(name)
     return names
 

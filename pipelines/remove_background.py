@@ -48,6 +48,7 @@ from matteflow.transforms.metrics import MetricsRow, WriteMetrics, metrics_row
 from matteflow.transforms.reader import Reader
 from matteflow.transforms.refine import Refine
 from matteflow.transforms.resume import Resume, settings_digest
+from matteflow.transforms.routing import member_models
 from matteflow.transforms.score import Score
 from matteflow.transforms.settings import background_colour
 from matteflow.transforms.storage import exists, write_atomic
@@ -116,6 +117,7 @@ def model_handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler
         torch_threads=inference_threads(m.torch_threads),
         allow_licences=m.licences,
         flip_tta=m.flip_tta,
+        routing=cfg.routing,
     )
 
 
@@ -123,7 +125,9 @@ def resume_for(cfg: RunConfig, options: PipelineOptions) -> Resume:
     """Resume with the digest of the settings that change outputs, the dtype as it computes
     (`compute_dtype`; model.torch_threads is marked in the config, issue 17)."""
     model = dataclasses.replace(cfg.model, dtype=compute_dtype(cfg, options))
-    digest = settings_digest(get_spec(cfg.model.name), dataclasses.replace(cfg, model=model))
+    names = member_models(cfg.model.name, cfg.routing)
+    specs = get_spec(names[0]) if len(names) == 1 else [get_spec(n) for n in names]
+    digest = settings_digest(specs, dataclasses.replace(cfg, model=model))
     return Resume(cfg.output, digest, force=cfg.force, kms_key=cfg.outputs.kms_key)
 
 
@@ -202,15 +206,16 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
     try:
         if not streaming:
             check_manifest(cfg.manifest)
-        spec = check(
-            cfg.model.name,
-            cfg.model.device,
-            cfg.model.dtype,
-            allow_licences=cfg.model.licences,
-            device_here=local,
-        )
-        if local:
-            prepare(spec)  # verify, and fetch/convert once, in the launcher
+        for name in member_models(cfg.model.name, cfg.routing):  # auto: each member model
+            spec = check(
+                name,
+                cfg.model.device,
+                cfg.model.dtype,
+                allow_licences=cfg.model.licences,
+                device_here=local,
+            )
+            if local:
+                prepare(spec)  # verify, and fetch/convert once, in the launcher
         background = cfg.outputs.background
         if cfg.outputs.composite and not background_colour(background) and not exists(background):
             raise PreflightError(f"outputs.background {background}: no such image")

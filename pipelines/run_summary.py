@@ -35,9 +35,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"  review: {summary['needs_review']} rows need a look, listed in"
             f" {output}/review/manifest.csv"
         )
-    spec = get_spec(summary["model"]["name"])
+    model = summary["model"]
+    members = model.get("members") or [model["name"]]
+    licences = "; ".join(get_spec(name).weights_license for name in members)
     lines.append(
-        f"  model: {spec.name}, licence class: {spec.licence_class}"
-        f" (weights licence: {spec.weights_license})"
+        f"  model: {model['name']}, licence class: {model['licence_class']}"
+        f" (weights licence: {licences})"
     )
     return lines

@@ -19,13 +19,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from matteflow.models.registry import get_spec
+from matteflow.models.registry import get_spec, strictest_licence
 from matteflow.pipelines.audit import audit_record, versions
 from matteflow.pipelines.config import RunConfig
 from matteflow.transforms.csvfile import write_csv
 from matteflow.transforms.layout import OutputLayout
 from matteflow.transforms.manifest import absolute_uri, count_rows
 from matteflow.transforms.metrics import read_metrics
+from matteflow.transforms.routing import member_models
 from matteflow.transforms.storage import encrypt_in_place, write_atomic
 
 __all__ = ["clear_previous_run", "counter", "failure_codes", "write_review", "write_summary"]
@@ -120,6 +121,8 @@ def write_summary(
     layout = OutputLayout(cfg.output)
     _encrypt_metrics(cfg, layout)
     table = read_metrics(cfg.output)
+    members = member_models(cfg.model.name, cfg.routing)
+    specs = [get_spec(name) for name in members]
     statuses = table.column("status").to_pylist()
     review = write_review(layout, table, cfg.outputs.kms_key)
     counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
@@ -143,14 +146,15 @@ def write_summary(
         "needs_review": review,
         "model": {
             "name": cfg.model.name,
-            "sha256": get_spec(cfg.model.name).sha256 or None,
-            "licence_class": get_spec(cfg.model.name).licence_class,
+            "members": list(members),  # the models that ran: auto's, else the one
+            "sha256": ",".join(s.sha256 for s in specs) or None,
+            "licence_class": strictest_licence(s.licence_class for s in specs),
             "device": cfg.model.device,
             "dtype": cfg.model.dtype,
         },
         "config": dataclasses.asdict(cfg),
         "versions": versions(),
-        "audit": audit_record(argv or [], get_spec(cfg.model.name).sha256 or None),
+        "audit": audit_record(argv or [], ",".join(s.sha256 for s in specs) or None),
         "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - started, 3),

@@ -26,10 +26,23 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
-from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
+from matteflow.models.registry import (
+    LoadedModel,
+    ModelSpec,
+    get_spec,
+    load,
+    strictest_licence,
+)
 from matteflow.models.threads import torch_threads
 from matteflow.transforms.failures import inference_failure, is_oom, redact
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
+from matteflow.transforms.routing import (
+    AUTO,
+    Prediction,
+    RoutingSettings,
+    member_models,
+    route,
+)
 from matteflow.transforms.types import Clock, DecodedImage, Failed, Matte, elapsed_ms
 
 __all__ = ["MatteModelHandler", "ModelSet", "Segment", "postprocess", "preprocess", "row_model"]
@@ -82,11 +95,14 @@ def row_model(image: DecodedImage, default: str) -> str:
     return dict(image.task.settings).get("model") or default
 
 
-def _element_pixels(model: str, size: int, image: DecodedImage) -> int:
+def _element_pixels(model: str, size: int, routing: RoutingSettings, image: DecodedImage) -> int:
     """Batch weight of an element: the larger of its model tensor (the run's model at `size`,
-    a row's own model at its input size) and its full-res alpha."""
+    a row's own model at its input size, auto's largest member at its) and its full-res alpha."""
     name = row_model(image, model)
-    side = size if name == model else get_spec(name).input_size
+    if name == model and name != AUTO:
+        side = size
+    else:
+        side = max(get_spec(m).input_size for m in member_models(name, routing))
     return max(side * side, int(image.height) * int(image.width))
 
 
@@ -128,9 +144,11 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         torch_threads: int = 1,
         allow_licences: tuple[str, ...] = (),
         flip_tta: bool = False,
+        routing: RoutingSettings | None = None,
         clock: Clock = time.perf_counter,
     ) -> None:
-        spec = get_spec(model)
+        routing = routing or RoutingSettings()
+        spec = get_spec(routing.general if model == AUTO else model)
         self._size = inference_size or spec.input_size
         # A fixed pixel budget (min = max): a batch fills up to it, or ends with the bundle.
         # Beam's adaptive sizing fits batch time against size, which says nothing here.
@@ -138,7 +156,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         super().__init__(
             min_batch_size=budget,
             max_batch_size=budget,
-            element_size_fn=functools.partial(_element_pixels, model, self._size),
+            element_size_fn=functools.partial(_element_pixels, model, self._size, routing),
         )
         if torch_threads < 1:
             raise ValueError(f"torch_threads {torch_threads}: expected a positive count")
@@ -149,6 +167,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         self._threads = torch_threads
         self._allow_licences = allow_licences
         self._flip_tta = flip_tta
+        self._routing = routing
         self._clock = clock
 
     def load_model(self) -> ModelSet:
@@ -163,10 +182,11 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
             allow_licences=self._allow_licences,
             threads=self._threads,
         )
-        return ModelSet(loader, self._model)
+        return ModelSet(loader, member_models(self._model, self._routing)[0])
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
         start = self._clock()
+        # The run's model at its size; row models, and auto's members, at their own
         size = self._size if model.spec.name == self._model else model.spec.input_size
         x = torch.stack([preprocess(im.rgb, model.spec, model.device, size) for im in batch])
         if self._flip_tta:  # the mirrored images in the same batch, averaged back
@@ -213,25 +233,73 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         model: ModelSet,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Matte | Failed]:
-        """Mattes for the batch, its rows grouped by model (one forward pass per model). A
-        failing group (e.g. out of memory) is retried in halves, down to single images, so
-        only an image that fails alone becomes a failure; a row model that cannot be loaded
-        (licence not allowed, no weights) fails its rows."""
+        """Mattes for the batch, its rows grouped by model (one forward pass per model); an
+        `auto` row runs through each member model of the routing settings and gets their
+        routed matte. A failing group (e.g. out of memory) is retried in halves, down to
+        single images, so only an image that fails alone becomes a failure; a row model that
+        cannot be loaded (licence not allowed, no weights) fails its rows."""
         groups: dict[str, list[DecodedImage]] = {}
         for image in batch:
             groups.setdefault(row_model(image, self._model), []).append(image)
         results: list[Matte | Failed] = []
         for name, images in groups.items():
-            try:
-                loaded = model.get(name)
-            except Exception as err:
-                results += [
-                    Failed.from_error(im.task, inference_failure(err, im.task.source_uri))
-                    for im in images
-                ]
-                continue
-            results += self._run_split(images, loaded)
+            if name == AUTO:
+                results += self._run_auto(images, model)
+            else:
+                results += self._run_model(images, model, name)
         return results
+
+    def _run_model(
+        self, images: Sequence[DecodedImage], model: ModelSet, name: str
+    ) -> list[Matte | Failed]:
+        try:
+            loaded = model.get(name)
+        except Exception as err:
+            return [
+                Failed.from_error(im.task, inference_failure(err, im.task.source_uri))
+                for im in images
+            ]
+        return self._run_split(images, loaded)
+
+    def _run_auto(self, images: Sequence[DecodedImage], model: ModelSet) -> list[Matte | Failed]:
+        """Each member model's mattes for the images, routed into one per image (`route`);
+        an image that fails in any member fails (that member's failure)."""
+        outcomes = {m: self._run_model(images, model, m) for m in self._routing.models}
+        results: list[Matte | Failed] = []
+        for i, image in enumerate(images):
+            per_model = {m: outcomes[m][i] for m in self._routing.models}
+            failed = [r for r in per_model.values() if isinstance(r, Failed)]
+            if failed:
+                results.append(failed[0])
+                continue
+            mattes = {m: r for m, r in per_model.items() if isinstance(r, Matte)}
+            results.append(self._routed(image, mattes))
+        return results
+
+    def _routed(self, image: DecodedImage, mattes: dict[str, Matte]) -> Matte:
+        start = self._clock()
+        # route() passes a model's colour through untouched: it stays at that model's size
+        routed = route(
+            {m: Prediction(x.alpha, x.model_foreground) for m, x in mattes.items()},
+            self._routing,
+        )
+        general = mattes[self._routing.general]
+        infer_ms = sum(x.timings.infer_ms or 0.0 for x in mattes.values())
+        return Matte(
+            image=image,
+            alpha=routed.alpha,
+            model=routed.model,
+            model_sha256=",".join(mattes[m].model_sha256 for m in routed.routed_from),
+            device=general.device,
+            dtype=general.dtype,
+            batch_size=general.batch_size,
+            timings=image.timings.add(infer_ms=infer_ms + elapsed_ms(start, self._clock())),
+            uncertainty=uncertainty(routed.alpha),
+            licence_class=strictest_licence(x.licence_class for x in mattes.values()),
+            model_foreground=routed.fgr,
+            routed_from=routed.routed_from,
+            agreement=routed.agreement,
+        )
 
     def _run_split(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte | Failed]:
         if not batch:

@@ -77,6 +77,9 @@ class MetricsRow:
     model_sha256: str | None = field(default=None, metadata=_arrow(pa.string()))
     # the model's licence class: permissive | copyleft | non-commercial | unclear
     licence_class: str | None = field(default=None, metadata=_arrow(pa.string()))
+    # `--model auto`: the models consulted ("" / [] otherwise) and the IoU of their masks
+    routed_from: tuple[str, ...] = field(default=(), metadata={"arrow": pa.list_(pa.string())})
+    agreement: float | None = field(default=None, metadata=_arrow(pa.float64()))
     device: str | None = field(default=None, metadata=_arrow(pa.string()))
     dtype: str | None = field(default=None, metadata=_arrow(pa.string()))
     batch_size: int | None = field(default=None, metadata=_arrow(pa.int32()))
@@ -122,7 +125,7 @@ class MetricsRow:
             elif "columns" in f.metadata:
                 parts = {} if value is None else dataclasses.asdict(value)
                 out.update({column: parts.get(column) for column, _ in f.metadata["columns"]})
-            elif f.name == "warnings":
+            elif f.name in ("warnings", "routed_from"):
                 out[f.name] = list(value)
             elif f.name in ("row_settings", "metadata"):
                 out[f.name] = dict(value)
@@ -161,6 +164,8 @@ def _ok(written: Written) -> MetricsRow:
         model=matte.model,
         model_sha256=matte.model_sha256,
         licence_class=matte.licence_class or None,
+        routed_from=matte.routed_from,
+        agreement=matte.agreement,
         device=matte.device,
         dtype=matte.dtype,
         batch_size=matte.batch_size,

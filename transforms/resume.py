@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,12 +63,17 @@ def output_settings(config: Any) -> dict[str, Any]:
     return found
 
 
-def settings_digest(spec: ModelSpec, config: Any) -> str:
+def settings_digest(spec: ModelSpec | Sequence[ModelSpec], config: Any) -> str:
     """Digest of everything besides the source that decides the output bytes: the model's
-    registry entry and `output_settings(config)` (a run's config)."""
+    registry entry (each member's, for `--model auto`) and `output_settings(config)`."""
+    model = (
+        dataclasses.asdict(spec)
+        if isinstance(spec, ModelSpec)
+        else [dataclasses.asdict(s) for s in spec]
+    )
     identity = {
         "format": _FORMAT,
-        "model": dataclasses.asdict(spec),
+        "model": model,
         "settings": output_settings(config),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

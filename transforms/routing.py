@@ -30,6 +30,7 @@ from matteflow.transforms.matte import uncertainty
 from matteflow.transforms.quality import iou
 
 __all__ = [
+    "AUTO",
     "Prediction",
     "Routed",
     "RoutingSettings",
@@ -39,8 +40,11 @@ __all__ = [
     "fuse_confidence",
     "fuse_mean",
     "keep_primary_edges",
+    "member_models",
     "route",
 ]
+
+AUTO = "auto"  # the model name (--model, a row's `model`) that routes per RoutingSettings
 
 _CONFIDENCE_FLOOR = 1e-3  # keeps a pixel where every model says 0.5 defined (plain mean there)
 
@@ -219,3 +223,8 @@ def route(preds: Mapping[str, Prediction], settings: RoutingSettings) -> Routed:
     if chosen.model == result.model:
         return Routed(result.alpha, result.fgr, result.model, consulted, chosen.agreement)
     return Routed(chosen.alpha, chosen.fgr, chosen.model, consulted, chosen.agreement)
+
+
+def member_models(name: str, settings: RoutingSettings) -> tuple[str, ...]:
+    """The registry models a model name runs: auto's (settings.models), else the name itself."""
+    return settings.models if name == AUTO else (name,)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from matteflow.models.registry import get_spec
 from matteflow.transforms.encode import FORMATS
 from matteflow.transforms.framing import FramingSettings, check_framing
+from matteflow.transforms.routing import AUTO
 from matteflow.transforms.shadow import check_shadow
 
 __all__ = [
@@ -35,7 +36,7 @@ ROW_SETTINGS = {
     "background": "composite background: #rrggbb or an image URI",
     "framing": "none | crop | canvas",
     "canvas": "canvas size WIDTHxHEIGHT, e.g. 2000x2000",
-    "model": "registry model for this row, e.g. rvm-mobilenetv3 (see `matteflow models list`)",
+    "model": "registry model for this row, e.g. rvm-mobilenetv3 (`matteflow models list`), or auto",
 }
 
 
@@ -119,7 +120,7 @@ def with_overrides(
     unknown = set(overrides) - set(ROW_SETTINGS)
     if unknown:
         raise ValueError(f"not a row setting: {', '.join(sorted(unknown))}")
-    if "model" in overrides:
+    if "model" in overrides and overrides["model"] != AUTO:
         get_spec(overrides["model"])  # an unknown name raises RegistryError, a ValueError
     changes: dict[str, object] = {}
     if "outputs" in overrides:

@@ -139,6 +139,9 @@ class Matte:
     # S x S x 3 float32 in [0, 1] at the model's resolution: foreground colour the model itself
     # predicted (RVM's fgr); Refine upsamples it where it is needed
     model_foreground: np.ndarray | None = None
+    # `--model auto`: every model consulted, and the IoU of their masks (routing.py)
+    routed_from: tuple[str, ...] = ()
+    agreement: float | None = None
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def test_the_summary_names_failures_by_code_the_review_list_and_the_licence() ->
         "reconciled": True,
         "failures_by_code": codes,
         "needs_review": 2,
-        "model": {"name": "tiny-isnet"},
+        "model": {"name": "tiny-isnet", "members": ["tiny-isnet"], "licence_class": "permissive"},
     }
     lines = summary_lines(summary)
     assert lines[0].startswith("matteflow: 5 ok, 1 skipped, 49 failed of 55 in 3.0s")

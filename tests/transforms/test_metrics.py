@@ -97,6 +97,8 @@ RELEASED_SCHEMA = [
     ("model", "string"),
     ("model_sha256", "string"),
     ("licence_class", "string"),
+    ("routed_from", "list<item: string>"),
+    ("agreement", "double"),
     ("device", "string"),
     ("dtype", "string"),
     ("batch_size", "int32"),
@@ -169,6 +171,8 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "model": "tiny-isnet",
         "model_sha256": "a" * 64,
         "licence_class": "permissive",
+        "routed_from": [],
+        "agreement": None,
         "device": "cpu",
         "dtype": "float32",
         "batch_size": 4,
@@ -211,6 +215,7 @@ def test_failed_row_has_exactly_the_schema_columns() -> None:
         "error_code": "truncated",
         "error_message": "mem://x.png: cut off",
         "warnings": [],
+        "routed_from": [],
         "row_settings": {},
         "metadata": {"shop": "s", "sku": "7"},
     }
@@ -228,6 +233,7 @@ def test_skipped_row_keeps_the_recorded_outputs() -> None:
         "source_sha256": "ab" * 32,
         "mask_uri": "o/masks/k/x.png",
         "warnings": [],
+        "routed_from": [],
         "row_settings": {},
         "metadata": {"shop": "s", "sku": "7"},
     }

@@ -102,7 +102,8 @@ def test_only_settings_marked_as_affecting_outputs_change_the_digest() -> None:
 
 def test_output_settings_are_the_marked_fields() -> None:
     marked = output_settings(RunConfig())
-    assert set(marked) == {"model", "decode", "outputs", "framing", "matte", "refine"}
+    assert set(marked) == {"model", "decode", "outputs", "framing", "matte", "refine", "routing"}
+    assert marked["routing"]["models"] == ("isnet-general-use", "u2netp")  # auto's members
     assert marked["model"] == {
         "dtype": "auto",
         "inference_size": 0,
