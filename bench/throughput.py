@@ -65,15 +65,13 @@ _MODEL_ONLY = textwrap.dedent(
     from matteflow.models.registry import load
     from matteflow.pipelines.config import load_config
     from matteflow.pipelines.progress import local_worker_flags
-    from matteflow.pipelines.remove_background import worker_torch_threads
+    from matteflow.models.threads import inference_threads, torch_threads
     from matteflow.transforms.inference import preprocess
     settings, beam, paths = json.loads(sys.argv[1]), shlex.split(sys.argv[2]), sys.argv[3:]
     cfg = load_config(settings=settings)
     options = PipelineOptions([*beam, *local_worker_flags(beam)])
     workers = options.view_as(DirectOptions).direct_num_workers
-    threads = worker_torch_threads(cfg, options)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    threads = inference_threads(cfg.model.torch_threads)
     m = cfg.model
     model = load(m.name, m.device, m.dtype, channels_last=m.channels_last)
     size = m.inference_size or model.spec.input_size
@@ -81,8 +79,8 @@ _MODEL_ONLY = textwrap.dedent(
     rgbs = [np.array(Image.open(p).convert("RGB")) for p in paths]
     x = [preprocess(rgb, model.spec, model.device, size) for rgb in rgbs]
     batches = [torch.stack(x[i : i + batch]) for i in range(0, len(x), batch)]
-    def forward(b):
-        with torch.inference_mode():
+    def forward(b):  # the thread count set in the thread that runs it, as the pipeline does
+        with torch_threads(threads), torch.inference_mode():
             model(b)
     # As the pipeline runs it: `workers` threads share the model, each with its own batches.
     with ThreadPoolExecutor(workers) as pool:
@@ -96,7 +94,7 @@ _MODEL_ONLY = textwrap.dedent(
         seconds = time.perf_counter() - start
     print(json.dumps({"images": len(x), "seconds": seconds, "batch": batch, "size": size,
                       "dtype": model.dtype_name, "workers": workers,
-                      "threads": torch.get_num_threads(),
+                      "threads": threads,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """
 )

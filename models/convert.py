@@ -1,4 +1,5 @@
-"""ONNX export -> native weights: maps an IS-Net ONNX file's conv initializers onto `ISNet`.
+"""ONNX export -> native weights: maps a batch-norm-folded ONNX file's conv initializers onto
+a native network (IS-Net, U²-Net-p: any whose convs all run in `conv_layers` order).
 
 The export lists its Conv nodes in graph order, which is the order the native module runs its
 convolutions; each node's weight and bias initializers are copied across with their shapes and
@@ -16,8 +17,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 from safetensors.torch import save_file
+from torch import nn
 
-from matteflow.models.isnet import ISNet, conv_layers
+from matteflow.models.architectures import get_architecture
+from matteflow.models.rsu import conv_layers
 
 __all__ = ["ConversionError", "convert_onnx", "onnx_state_dict"]
 
@@ -30,12 +33,11 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def onnx_state_dict(onnx_path: Path, model: ISNet | None = None) -> dict[str, torch.Tensor]:
+def onnx_state_dict(onnx_path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """Return `model`'s state dict (float32) filled from the ONNX file's conv initializers.
 
     Raises ConversionError naming the first conv whose count, shape, stride or dilation differ.
     """
-    model = model if model is not None else ISNet()
     graph = onnx.load(str(onnx_path)).graph
     inits = {t.name: t for t in graph.initializer}
     nodes = [n for n in graph.node if n.op_type == "Conv"]
@@ -84,9 +86,17 @@ def onnx_state_dict(onnx_path: Path, model: ISNet | None = None) -> dict[str, to
     return state
 
 
-def convert_onnx(onnx_path: Path, out_path: Path, metadata: dict[str, str] | None = None) -> Path:
-    """Convert an IS-Net ONNX file to a safetensors file at out_path (written atomically)."""
-    state = onnx_state_dict(onnx_path)
+def convert_onnx(
+    onnx_path: Path,
+    out_path: Path,
+    metadata: dict[str, str] | None = None,
+    arch: str = "isnet",
+    width: int = 1,
+) -> Path:
+    """Import an ONNX export's weights into architecture `arch` and write them as safetensors
+    at out_path (atomically). Raises ConversionError, or ArchitectureError for an unknown arch."""
+    architecture = get_architecture(arch)
+    state = architecture.import_weights(onnx_path, architecture.build(width))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata=metadata or {})

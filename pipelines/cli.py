@@ -49,40 +49,60 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _size_on_disk(path: Path | None) -> str:
+    return "-" if path is None else f"{path.stat().st_size / 1e6:.1f} MB"
+
+
 @models_app.command("list")
 def models_list() -> None:
-    """Registered models with their input size, licence facts and local availability."""
+    """Registered models: task, engine, input size, size on disk, licence class, whether a
+    verified copy is here; then each one's licence facts and sources."""
     from matteflow.models.registry import specs
     from matteflow.models.weights import find_file
 
     # Nothing is cut with an ellipsis, however narrow the terminal (a pipe gets 80 columns):
-    # names stay whole, and the licence facts wrap, long words (package names) included.
+    # the table holds the short facts; each model's licence facts follow it in full.
     table = Table(
         Column("model", no_wrap=True),
+        Column("task", no_wrap=True),
+        Column("engine", no_wrap=True),
         Column("input", no_wrap=True),
-        "commercial use",
-        Column("weights licence", overflow="fold"),
-        Column("distribution", overflow="fold"),
-        "local",
+        Column("size", no_wrap=True),
+        Column("licence", no_wrap=True),
+        Column("here", no_wrap=True),
+        box=None,
+        pad_edge=False,
     )
+    facts = []
     for spec in specs().values():
-        local = "generated" if spec.format == "random" else ("yes" if find_file(spec)[0] else "no")
+        path = None if spec.format == "random" else find_file(spec)[0]
+        here = "seeded" if spec.format == "random" else ("yes" if path else "no")
+        size = _size_on_disk(path) if path else "-"
         table.add_row(
             spec.name,
+            spec.task,
+            spec.engine,
             f"{spec.input_size}px",
-            spec.commercial_use,
-            spec.weights_license,
-            spec.distribution,
-            local,
+            size,
+            spec.licence_class,
+            here,
+        )
+        links = f" See {', '.join(spec.links)}." if spec.links else ""
+        sources = ", ".join(spec.sources) or "none"
+        facts.append(
+            f"{spec.name} ({spec.licence_class}): weights: {spec.weights_license}."
+            f" Distribution: {spec.distribution}. Sources: {sources}.{links}"
         )
     _out.print(table)
+    for line in facts:
+        _out.print(line, highlight=False, soft_wrap=True)
 
 
 @models_app.command("fetch")
 def models_fetch(name: str) -> None:
     """Make sure NAME's weights are local and verified: fetch into the cache when missing."""
-    from matteflow.models.registry import RegistryError, get_spec
-    from matteflow.models.weights import WeightsError, fetch_file, find_file, native_weights
+    from matteflow.models.registry import RegistryError, get_spec, prepare
+    from matteflow.models.weights import WeightsError, fetch_file, find_file
 
     try:
         spec = get_spec(name)
@@ -92,17 +112,17 @@ def models_fetch(name: str) -> None:
         path, notes = find_file(spec)
         if path is None:
             path = fetch_file(spec, notes)
-        native = native_weights(spec, allow_fetch=False)
+        ready = prepare(spec, allow_fetch=False)
     except (RegistryError, WeightsError) as err:
         raise _fail(err) from None
-    _out.print(f"{name}: verified {path} (sha256 {spec.sha256})\nnative weights: {native}")
+    _out.print(f"{name}: verified {path} (sha256 {spec.sha256})\n{spec.engine} loads: {ready}")
 
 
 @models_app.command("verify")
 def models_verify(name: str) -> None:
     """Check that a local copy of NAME's weights matches its sha256 (never downloads)."""
-    from matteflow.models.registry import RegistryError, get_spec
-    from matteflow.models.weights import WeightsError, find_file, native_weights
+    from matteflow.models.registry import RegistryError, get_spec, prepare
+    from matteflow.models.weights import WeightsError, find_file
 
     try:
         spec = get_spec(name)
@@ -110,24 +130,71 @@ def models_verify(name: str) -> None:
             _out.print(f"{name}: generated at load time, nothing to verify")
             return
         source, _ = find_file(spec)
-        native = native_weights(spec, allow_fetch=False)
+        ready = prepare(spec, allow_fetch=False)
     except (RegistryError, WeightsError) as err:
         raise _fail(err) from None
     checked = f"{source} matches sha256 {spec.sha256}" if source else "no source copy kept"
-    _out.print(f"{name}: OK; {checked}; native weights {native} match their recorded digest")
+    _out.print(f"{name}: OK; {checked}; {spec.engine} loads {ready}, verified")
+
+
+@models_app.command("add")
+def models_add(
+    name: str,
+    onnx: Annotated[str, typer.Option(help="ONNX file path, or a gs://, s3://, https:// URI")],
+    sha256: Annotated[str, typer.Option(help="sha256 of the ONNX file (64 hex digits)")],
+    input_size: Annotated[int, typer.Option(help="square side the model is fed")],
+    licence_class: Annotated[str, typer.Option(help="permissive|copyleft|non-commercial|unclear")],
+    mean: Annotated[tuple[float, float, float], typer.Option(help="per-channel mean")] = (
+        0.485,
+        0.456,
+        0.406,
+    ),
+    std: Annotated[tuple[float, float, float], typer.Option(help="per-channel std")] = (
+        0.229,
+        0.224,
+        0.225,
+    ),
+    output: Annotated[str, typer.Option(help="graph output that is alpha")] = "alpha",
+    task: Annotated[str, typer.Option(help="general | human")] = "general",
+    output_norm: Annotated[str, typer.Option(help="none | minmax")] = "none",
+    weights_license: Annotated[str, typer.Option(help="the weights' licence, as stated")] = "",
+) -> None:
+    """Register your own ONNX model (runs on onnxruntime) in the user's models.toml
+    ($MATTEFLOW_CONFIG_DIR/models.toml, default ~/.config/matteflow)."""
+    from matteflow.models.registry import RegistryError, add_user_model
+
+    try:
+        path = add_user_model(
+            name,
+            onnx,
+            sha256=sha256,
+            input_size=input_size,
+            mean=mean,
+            std=std,
+            output=output,
+            output_norm=output_norm,
+            licence_class=licence_class,
+            task=task,
+            weights_license=weights_license,
+        )
+    except RegistryError as err:
+        raise _fail(err) from None
+    _out.print(f"{name}: added to {path}; run it with --model {name}")
 
 
 @models_app.command("convert")
 def models_convert(
-    onnx: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="IS-Net ONNX file")],
+    onnx: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="ONNX export")],
     output: Annotated[Path, typer.Argument(help="safetensors file to write")],
+    arch: Annotated[str, typer.Option(help="native architecture (isnet, u2netp)")] = "isnet",
 ) -> None:
-    """Convert an IS-Net ONNX export to native safetensors weights."""
+    """Convert a published ONNX export to native safetensors weights of ARCH."""
+    from matteflow.models.architectures import ArchitectureError
     from matteflow.models.convert import ConversionError, convert_onnx
 
     try:
-        convert_onnx(onnx, output, metadata={"source": onnx.name})
-    except ConversionError as err:
+        convert_onnx(onnx, output, metadata={"source": onnx.name}, arch=arch)
+    except (ConversionError, ArchitectureError) as err:
         raise _fail(err) from None
     _out.print(f"wrote {output}")
 

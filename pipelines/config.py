@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
+from matteflow.models.registry import LICENCE_CLASSES
 from matteflow.pipelines.options import BeamSettings
 from matteflow.transforms.arrivals import StreamingSettings
 from matteflow.transforms.decode import DecodeSettings
@@ -48,16 +49,33 @@ class ModelSettings:
     # square side the model runs at (multiple of 32); 0 = the model's
     inference_size: int = field(default=0, metadata=AFFECTS_OUTPUT)
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
-    torch_threads: int = 0  # per worker process; 0 = the CPU's cores / worker processes
-    require_commercial_license: bool = False
+    # torch threads of every forward pass on a CPU (and of each onnxruntime session),
+    # whichever worker runs it; results depend on it, so it never follows the number of
+    # workers (models/threads.py)
+    torch_threads: int = field(default=1, metadata=AFFECTS_OUTPUT)
+    # Licence classes the run may use (permissive | copyleft | non-commercial | unclear);
+    # empty = any. Preflight refuses any other model and names an allowed one.
+    allow_licences: tuple[str, ...] = ()
+    require_commercial_license: bool = False  # alias of allow_licences = ["permissive"]
     # also run each image mirrored and average (2x the model's time)
     flip_tta: bool = field(default=False, metadata=AFFECTS_OUTPUT)
 
     def __post_init__(self) -> None:
+        unknown = set(self.allow_licences) - set(LICENCE_CLASSES)
+        if unknown:
+            raise ValueError(
+                f"allow_licences: {sorted(unknown)} not among {', '.join(LICENCE_CLASSES)}"
+            )
         if self.inference_size % 32:
             raise ValueError(
                 f"inference_size: expected a multiple of 32, got {self.inference_size}"
             )
+
+    @property
+    def licences(self) -> tuple[str, ...]:
+        """The licence classes allowed (empty: any): allow_licences, narrowed to permissive
+        by require_commercial_license."""
+        return ("permissive",) if self.require_commercial_license else self.allow_licences
 
 
 @dataclass(frozen=True)
@@ -90,7 +108,7 @@ class RunConfig:
 
 # Integer settings where 0 has a meaning: a default worked out at run time, no zlib compression,
 # no size limit. Every other integer must be positive.
-_ZERO_MEANS_DEFAULT_OR_NONE = {"torch_threads", "inference_size", "png_compress_level", "max_size"}
+_ZERO_MEANS_DEFAULT_OR_NONE = {"inference_size", "png_compress_level", "max_size"}
 
 
 def _build(cls: type, table: dict[str, Any], path: str) -> Any:

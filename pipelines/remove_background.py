@@ -9,7 +9,7 @@ ReadArrivals (new objects as they land) replaces ReadManifest and metrics are wr
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 import apache_beam as beam
+import torch
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from matteflow.models.registry import RegistryError, check, get_spec
-from matteflow.models.weights import WeightsError, native_weights
+from matteflow.models.registry import RegistryError, check, get_spec, prepare, resolve_dtype
+from matteflow.models.threads import inference_threads
+from matteflow.models.weights import WeightsError
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
 from matteflow.pipelines.options import MatteflowOptions, RunnerKind
 from matteflow.pipelines.progress import local_runner, local_worker_flags, progress_bar
@@ -53,13 +55,13 @@ __all__ = [
     "PreflightError",
     "TooManyFailures",
     "build",
+    "compute_dtype",
     "exit_code",
     "launch",
     "main",
     "preflight",
     "reader",
     "run",
-    "worker_torch_threads",
 ]
 
 
@@ -79,15 +81,18 @@ class Outputs(NamedTuple):
     rows: beam.pvalue.PCollection[MetricsRow]
 
 
-def worker_torch_threads(cfg: RunConfig, options: PipelineOptions) -> int:
-    """Torch threads for each worker: the profile's, else, when the local runner starts several
-    workers (--direct_num_workers, threads or processes), this machine's cores shared among
-    them so that they do not oversubscribe it; 0 leaves torch's default (all cores)."""
-    threads: int = cfg.model.torch_threads
-    if threads:
-        return threads
-    workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
-    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+def compute_dtype(cfg: RunConfig, options: PipelineOptions) -> str:
+    """The dtype every forward pass computes in: "auto" resolved here when the model runs on
+    this machine (so the resume fingerprint names what computed the outputs), left to the
+    workers of a remote runner (their CPU or GPU decides)."""
+    asked: str = cfg.model.dtype
+    device = torch.device(cfg.model.device)
+    if not RunnerKind.of(options).model_here or (
+        device.type == "cuda" and not torch.cuda.is_available()
+    ):
+        return asked
+    resolved: str = resolve_dtype(asked, device)
+    return resolved
 
 
 def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
@@ -96,18 +101,22 @@ def _handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
     return MatteModelHandler(
         m.name,
         m.device,
-        m.dtype,
+        compute_dtype(cfg, options),
         max_batch_pixels=cfg.batching.max_pixels,
         inference_size=m.inference_size,
         channels_last=m.channels_last,
-        torch_threads=worker_torch_threads(cfg, options),
-        require_commercial_license=m.require_commercial_license,
+        torch_threads=inference_threads(m.torch_threads),
+        allow_licences=m.licences,
         flip_tta=m.flip_tta,
     )
 
 
-def _resume(cfg: RunConfig) -> Resume:
-    return Resume(cfg.output, settings_digest(get_spec(cfg.model.name), cfg), force=cfg.force)
+def _resume(cfg: RunConfig, options: PipelineOptions) -> Resume:
+    """Resume with the digest of the settings that change outputs, the dtype as it computes
+    (`compute_dtype`; model.torch_threads is marked in the config, issue 17)."""
+    model = dataclasses.replace(cfg.model, dtype=compute_dtype(cfg, options))
+    digest = settings_digest(get_spec(cfg.model.name), dataclasses.replace(cfg, model=model))
+    return Resume(cfg.output, digest, force=cfg.force)
 
 
 def reader(cfg: RunConfig) -> Reader:
@@ -118,9 +127,9 @@ def reader(cfg: RunConfig) -> Reader:
 def build(p: beam.Pipeline, cfg: RunConfig, arrivals: ReadArrivals | None = None) -> Outputs:
     """Add the job's steps to p: tasks from the manifest or, streaming, from `arrivals` (new
     objects as they land; their metrics rows are written per window)."""
-    resume, read = _resume(cfg), reader(cfg)
+    resume, read = _resume(cfg, p.options), reader(cfg)
     if arrivals is None:
-        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources)
+        manifest = p | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.sources, exclude=cfg.output)
     else:
         manifest = p | "ReadArrivals" >> arrivals
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume, read)
@@ -174,11 +183,11 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
             cfg.model.name,
             cfg.model.device,
             cfg.model.dtype,
-            require_commercial_license=cfg.model.require_commercial_license,
+            allow_licences=cfg.model.licences,
             device_here=local,
         )
-        if spec.format == "onnx" and local:
-            native_weights(spec)  # verify, and fetch/convert once, in the launcher
+        if local:
+            prepare(spec)  # verify, and fetch/convert once, in the launcher
         background = cfg.outputs.background
         if cfg.outputs.composite and not background_colour(background) and not exists(background):
             raise PreflightError(f"outputs.background {background}: no such image")
@@ -237,14 +246,20 @@ def launch(
     started, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
     preflight(cfg, kind.model_here, streaming=streaming)
     if streaming:
-        return _start(cfg, options, ReadArrivals(cfg.manifest, cfg.streaming, subscription))
+        return _start(
+            cfg,
+            options,
+            ReadArrivals(cfg.manifest, cfg.streaming, subscription, exclude=cfg.output),
+        )
     clear_previous_run(OutputLayout(cfg.output))
     if options.view_as(StandardOptions).no_wait_until_finish and not in_process:
         return _start(cfg, options)
     runner = local_runner(options) if in_process else None
     mode = options.view_as(DirectOptions).direct_running_mode
     show_progress = in_process and mode != "multi_processing"
-    with progress_bar(count_rows(cfg.manifest) if show_progress else 0, enabled=show_progress):
+    with progress_bar(
+        count_rows(cfg.manifest, cfg.output) if show_progress else 0, enabled=show_progress
+    ):
         p = beam.Pipeline(runner=runner, options=options)
         build(p, cfg)
         result = p.run()

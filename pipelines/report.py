@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from matteflow.pipelines import head_to_head
 from matteflow.transforms.decode import DecodeSettings, decode
 from matteflow.transforms.encode import Metadata, encode
 from matteflow.transforms.reader import Reader
@@ -80,6 +81,7 @@ class Sample:
     image_uri: str  # the source image
     ground_truth_uri: str  # 8-bit (or 16-bit) grey alpha PNG, same size as the image
     category: str  # "" when unknown
+    columns: tuple[tuple[str, str], ...] = ()  # every manifest column, for --slice-by
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,8 @@ class _Sheet:
 
     def __init__(self, report: str, runs: Sequence[RunResult], rows: list[_Rows], thumb: int):
         self._report, self._runs, self._rows, self._thumb = report, runs, rows, thumb
+        # (id, run) -> alpha and cutout thumbnail srcs, width, height
+        self.thumbs: dict[tuple[str, int], tuple[str, str, int, int]] = {}
 
     def _img(self, name: str, pixels: np.ndarray, css: str, alt: str) -> str:
         """Write pixels as img/{name} (JPEG for colour, PNG for grey and error maps)."""
@@ -297,7 +301,7 @@ class _Sheet:
             f'<th class="id">{_esc(sample.id)}'
             f"<small>{_esc(sample.category or '(none)')}</small></th>"
         )
-        tr = f'<tr data-id="{_esc(sample.id)}">{head}'
+        tr = f'<tr id="sheet-{_esc(sample.id)}" data-id="{_esc(sample.id)}">{head}'
         try:
             image = decode(
                 ImageTask(sample.id, sample.image_uri, sample.id),
@@ -360,11 +364,20 @@ class _Sheet:
             self._img(f"{name}.colour.jpg", over_colour, "colour", f"{run.name}: on colour"),
             self._img(f"{name}.error.png", heat_map(small_error), "error", f"{run.name}: error"),
         ]
+        alpha_src, cutout_src = f"img/{name}.alpha.png", f"img/{name}.checker.jpg"
+        self.thumbs[(sample.id, j)] = (alpha_src, cutout_src, *size)
         caption = (
             f"iou {_fmt(_value(row, 'iou'))} · edge_mae {_fmt(_value(row, 'edge_mae'))}"
             f" · {_fmt(_seconds(row), 3)} s"
         )
         return f"{td}<figure>{''.join(images)}<figcaption>{caption}</figcaption></figure></td>"
+
+
+def _relative(output: str, uri: str | None) -> str | None:
+    """An output file's href from {output}/report/: relative when under `output`."""
+    if not uri:
+        return None
+    return f"../{uri[len(output) + 1 :]}" if uri.startswith(f"{output}/") else uri
 
 
 def _legend() -> str:
@@ -386,10 +399,10 @@ table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:3px 6px;verti
 thead th{background:#f2f2f2;position:sticky;top:0;z-index:1}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.all th,tr.all td{border-top:2px solid #888}tr.all th{font-style:italic}
-th.id{text-align:left;max-width:12em;word-break:break-all;font-weight:600}
+th.id{text-align:left;min-width:9em;max-width:12em;word-break:break-all;font-weight:600}
 th.id small{display:block;font-weight:400;color:#666}
-figure{margin:0;display:flex;flex-wrap:wrap;gap:3px;align-items:flex-start}
-figcaption{flex-basis:100%;font-size:12px;color:#444;font-variant-numeric:tabular-nums}
+figure{margin:0;display:grid;grid-template-columns:repeat(4,max-content);gap:3px}
+figcaption{grid-column:1/-1;font-size:12px;color:#444;font-variant-numeric:tabular-nums}
 img{display:block;border:1px solid #ddd;background:#fff}
 .failed{background:#fde2e2;color:#a00;font-weight:600;padding:1em;border:1px dashed #a00}
 .note{color:#a60;background:#fff6e0;padding:.5em}
@@ -417,14 +430,17 @@ def write_report(
     *,
     sheet_rows: int = 40,
     thumb: int = 256,
+    slice_by: Sequence[str] = (),
 ) -> str:
     """Write `{output}/report/index.html` (+ thumbnails under `{output}/report/img/`) and return
     the index uri.
 
     Means are over each run's scored rows among `samples` (failed rows count under "failed",
     not in the means). The contact sheet shows up to `sheet_rows` samples, worst first by the
-    first run's iou. An unreadable sample or prediction shows as a note in its cell; errors
-    writing the report are raised. Raises ValueError for no runs or duplicate sample ids.
+    first run's iou. The head-to-head sections (head_to_head.py) slice by the manifest columns
+    in `slice_by` besides category. An unreadable sample or prediction shows as a note in its
+    cell; errors writing the report are raised. Raises ValueError for no runs or duplicate
+    sample ids.
     """
     if not runs:
         raise ValueError("write_report needs at least one run")
@@ -447,11 +463,22 @@ def write_report(
         for j, run in enumerate(runs)
     )
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    compared = head_to_head.sections(
+        ids,
+        {s.id: s.category for s in samples},
+        {s.id: dict(s.columns) for s in samples},
+        [run.name for run in runs],
+        rows,
+        slice_by=slice_by,
+        sheet_order=[s.id for s in order],
+        thumbs=lambda i, j: sheet.thumbs.get((i, j)),
+        link=lambda uri: _relative(output.rstrip("/"), uri),
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>matteflow eval: {names}</title>
-<style>{_CSS}</style></head>
+<style>{_CSS}{head_to_head.CSS}</style></head>
 <body>
 <header><h1>matteflow evaluation report</h1>
 <p class="meta">{now} · {len(samples)} images · runs: {names}</p></header>
@@ -462,6 +489,7 @@ Seconds: median total_ms / 1000 per image.</p>
 <h2>By category</h2>
 <p class="meta">n: scored images of the run in the category.</p>
 {_categories(samples, runs, rows)}
+{compared}
 <h2>Contact sheet, worst first</h2>
 <p class="meta">{len(order)} of {len(samples)} images, ordered by {_esc(runs[0].name)}'s iou
 (failed first). Error |pred &minus; gt|: {_legend()} (colour follows &radic;error).</p>

@@ -4,9 +4,7 @@ the review list, the reconciliation of metrics rows with the manifest, and `run.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import platform
@@ -22,8 +20,9 @@ from apache_beam.runners.runner import PipelineResult
 
 from matteflow.models.registry import get_spec
 from matteflow.pipelines.config import RunConfig
+from matteflow.transforms.csvfile import write_csv
 from matteflow.transforms.layout import OutputLayout
-from matteflow.transforms.manifest import count_rows
+from matteflow.transforms.manifest import absolute_uri, count_rows
 from matteflow.transforms.metrics import read_metrics
 from matteflow.transforms.storage import write_atomic
 
@@ -51,14 +50,22 @@ def write_review(layout: OutputLayout, table: pa.Table) -> int:
     manifest another run (a stronger model, a human tool) can take. Returns the count."""
     rows = [r for r in table.to_pylist() if r["needs_review"]]
     rows.sort(key=lambda r: (-r["uncertainty"], r["id"]))  # ties by id: same list on any runner
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "uri", "output_key", "uncertainty", "cutout_uri", "mask_uri"])
-    for r in rows:
-        uncertain = f"{r['uncertainty']:.4f}"
-        outputs = [r["cutout_uri"] or "", r["mask_uri"] or ""]
-        writer.writerow([r["id"], r["source_uri"], r["output_key"], uncertain, *outputs])
-    write_atomic(layout.review_manifest, buf.getvalue().encode())
+    # Local paths absolute: the list resolves from its own folder when fed back (issue 17)
+    write_csv(
+        layout.review_manifest,
+        ["id", "uri", "output_key", "uncertainty", "cutout_uri", "mask_uri"],
+        (
+            [
+                r["id"],
+                absolute_uri(r["source_uri"]),
+                r["output_key"],
+                f"{r['uncertainty']:.4f}",
+                absolute_uri(r["cutout_uri"] or ""),
+                absolute_uri(r["mask_uri"] or ""),
+            ]
+            for r in rows
+        ),
+    )
     return len(rows)
 
 
@@ -92,7 +99,7 @@ def write_summary(
     counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
     manifest_rows = counter(result, "matteflow.manifest", "rows")
     if manifest_rows is None:  # a runner without metrics: count the manifest itself
-        manifest_rows = count_rows(cfg.manifest)
+        manifest_rows = count_rows(cfg.manifest, cfg.output)
     failure_rate = counts["failed"] / len(statuses) if statuses else 0.0
     summary = {
         "status": "finished",
@@ -110,6 +117,7 @@ def write_summary(
         "model": {
             "name": cfg.model.name,
             "sha256": get_spec(cfg.model.name).sha256 or None,
+            "licence_class": get_spec(cfg.model.name).licence_class,
             "device": cfg.model.device,
             "dtype": cfg.model.dtype,
         },

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; a git worktree elsewhere names it in MATTEFLOW_SHARED_DIR.
+SHARED = Path(os.environ.get("MATTEFLOW_SHARED_DIR") or REPO.parent / "shared")
 EVAL_DEV = SHARED / "data" / "eval-dev"
 SHARED_MODELS = SHARED / "models"
 
@@ -17,12 +18,14 @@ SHARED_MODELS = SHARED / "models"
 @pytest.fixture(scope="session", autouse=True)
 def model_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Point the model search path at ../shared/models and the cache at a session folder,
-    unless the caller (e.g. .ci/run) already set them."""
+    unless the caller (e.g. .ci/run) already set them; the user's own models.toml is never
+    read (an empty config folder)."""
     with pytest.MonkeyPatch.context() as mp:
         if not os.environ.get("MATTEFLOW_MODEL_PATH") and SHARED_MODELS.is_dir():
             mp.setenv("MATTEFLOW_MODEL_PATH", str(SHARED_MODELS))
         if not os.environ.get("MATTEFLOW_CACHE_DIR"):
             mp.setenv("MATTEFLOW_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
+        mp.setenv("MATTEFLOW_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
         yield
 
 

@@ -20,6 +20,7 @@ HELPERS = (
     "failures",
     "sources",
     "storage",
+    "csvfile",
     "reader",
     "layout",
     "resume",
@@ -30,7 +31,11 @@ HELPERS = (
     "resize",
     "matte",
     "quality",
+    "routing",
     "psd",
+    "xcf",
+    "shadow",
+    "raw",
 )
 
 

@@ -24,7 +24,7 @@ from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from matteflow.transforms.failures import MatteflowError
-from matteflow.transforms.manifest import ManifestRows, to_task
+from matteflow.transforms.manifest import ManifestRows, outside, to_task
 from matteflow.transforms.types import Failed, ImageTask
 
 __all__ = ["ReadArrivals", "StreamingSettings", "glob_root", "notification_uri"]
@@ -95,6 +95,8 @@ class ReadArrivals(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
 
     `subscription` ("projects/P/subscriptions/S") reads object-finalize notifications instead of
     polling the glob; `uris` (a PBegin -> URI transform, e.g. a TestStream) replaces both.
+    Objects under `exclude` (the job's own output prefix) are never tasks: a watched folder
+    holding the outputs would feed them back without end (issue 17).
     """
 
     def __init__(
@@ -103,8 +105,11 @@ class ReadArrivals(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
         settings: StreamingSettings,
         subscription: str | None = None,
         uris: beam.PTransform[Any, Any] | None = None,
+        *,
+        exclude: str = "",
     ) -> None:
         super().__init__()
+        self._exclude = exclude
         self._pattern = pattern
         self._settings = settings
         self._subscription = subscription
@@ -139,6 +144,7 @@ class ReadArrivals(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
     def expand(self, pbegin: beam.pvalue.PBegin) -> ManifestRows:
         tasks = (
             self._source(pbegin)
+            | "SkipOwnOutputs" >> beam.Filter(outside, self._exclude)
             | "Window" >> beam.WindowInto(FixedWindows(self._settings.window_s))
             | "Tasks" >> beam.ParDo(_TaskFn(self._pattern)).with_outputs("failures", main="ok")
         )

@@ -3,7 +3,8 @@
 Formats: whatever Pillow reads (JPEG, PNG, WebP, TIFF, BMP, GIF, AVIF, ...) plus HEIC/HEIF
 through pillow-heif; animated files give their first frame. 16-bit RGB PNG and TIFF, which
 Pillow truncates, are read with imagecodecs and tifffile and keep 16 bits through colour
-conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`.
+conversion (`DecodedImage.rgb16`). A source alpha channel travels as `source_alpha`. Camera
+RAW files are rendered by LibRaw to 16-bit sRGB (raw.py).
 
 A row whose outputs are already current (see resume.py) is not decoded: it leaves as a
 `Skipped` record (a `skipped` metrics row). Failures leave on the "failures" tag as `Failed`
@@ -30,8 +31,10 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from matteflow.transforms.colour import INTENTS, SIXTEEN_BIT_GREY, to_srgb_rgb, wide_to_srgb
 from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
+from matteflow.transforms.raw import RAW_WHITE_BALANCES, is_raw, render_raw
 from matteflow.transforms.reader import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Reader, open_image
 from matteflow.transforms.resume import AFFECTS_OUTPUT, Resume
+from matteflow.transforms.storage import check_deadline
 from matteflow.transforms.types import Clock, DecodedImage, Failed, ImageTask, Skipped, elapsed_ms
 
 __all__ = ["DecodeSettings", "FetchAndDecode", "decode", "orient"]
@@ -65,10 +68,26 @@ class DecodeSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     # ICC rendering intent: perceptual | relative | saturation | absolute
     intent: str = field(default="perceptual", metadata=AFFECTS_OUTPUT)
+    # camera RAW: camera | auto | daylight (see raw.py)
+    raw_white_balance: str = field(default="camera", metadata=AFFECTS_OUTPUT)
+    # camera RAW: stops brighter than LibRaw's rendering, -2..+3
+    raw_exposure: float = field(default=0.0, metadata=AFFECTS_OUTPUT)
+    # seconds one row may spend fetching and decoding its source (a byte-a-minute server, a
+    # huge EXIF block); past it the row fails as fetch/timeout or decode/timeout
+    row_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.intent not in INTENTS:
             raise ValueError(f"intent: expected one of {', '.join(INTENTS)}, got {self.intent!r}")
+        if self.raw_white_balance not in RAW_WHITE_BALANCES:
+            raise ValueError(
+                f"raw_white_balance: expected one of {', '.join(RAW_WHITE_BALANCES)},"
+                f" got {self.raw_white_balance!r}"
+            )
+        if not -2.0 <= self.raw_exposure <= 3.0:  # LibRaw's exp_shift range, 0.25x..8x
+            raise ValueError(f"raw_exposure: expected -2..3 stops, got {self.raw_exposure}")
+        if not self.row_timeout_s > 0:
+            raise ValueError(f"row_timeout_s: expected a positive number, got {self.row_timeout_s}")
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -132,8 +151,9 @@ def _riff_cut_short(data: bytes) -> bool:
     return data[:4] == b"RIFF" and len(data) < 8 + int.from_bytes(data[4:8], "little")
 
 
-def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
-    """(the EXIF block outputs keep, the orientation to apply, warnings).
+def _exif(img: Image.Image | Image.Exif) -> tuple[bytes, int, tuple[str, ...]]:
+    """(the EXIF block outputs keep, the orientation to apply, warnings) of an image, or of an
+    EXIF block already parsed.
 
     The block keeps the descriptive first-directory tags and the Exif and GPS directories, not
     a TIFF's own structure (strips, samples, its ICC profile). The orientation tag is removed
@@ -141,7 +161,7 @@ def _exif(img: Image.Image) -> tuple[bytes, int, tuple[str, ...]]:
     `orient` does, for every reader alike.
     """
     try:
-        source = img.getexif()
+        source = img if isinstance(img, Image.Exif) else img.getexif()
         orientation = int(source.get(_ORIENTATION_TAG, 1) or 1)
         source.pop(_ORIENTATION_TAG, None)
         kept = Image.Exif()
@@ -206,6 +226,8 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
 
     Raises DecodeError: empty, unsupported_format, truncated, corrupt, too_many_pixels.
     """
+    if data and is_raw(task.source_uri, data):
+        return _decode_raw(task, data, settings)
     img, exif, orientation, notes = _open(task.source_uri, data, settings.max_pixels)
     frames = int(getattr(img, "n_frames", 1))
     icc = img.info.get("icc_profile") or None
@@ -241,6 +263,42 @@ def decode(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedIma
     )
 
 
+def _decode_raw(task: ImageTask, data: bytes, settings: DecodeSettings) -> DecodedImage:
+    """A camera RAW rendered by LibRaw (raw.py): 16-bit sRGB, upright; the model gets 8 bits."""
+    raw = render_raw(
+        task.source_uri,
+        data,
+        white_balance=settings.raw_white_balance,
+        exposure=settings.raw_exposure,
+        max_pixels=settings.max_pixels,
+    )
+    rgb16 = orient(raw.rgb16, raw.orientation)
+    exif, _, notes = _raw_exif(data)
+    return DecodedImage(
+        task=task,
+        rgb=to_uint8(rgb16),
+        rgb16=rgb16,
+        source_format="RAW",
+        bit_depth=16,
+        orientation=raw.orientation,
+        exif=exif,
+        warnings=notes,
+    )
+
+
+def _raw_exif(data: bytes) -> tuple[bytes, int, tuple[str, ...]]:
+    """`_exif` of a TIFF-shaped RAW (DNG, NEF, CR2, ARW, ...), whose first directory is laid
+    out as EXIF is; nothing for the others (CR3, RAF, ...)."""
+    if data[:4] not in (b"II*\0", b"MM\0*"):
+        return b"", 1, ()
+    source = Image.Exif()
+    try:
+        source.load(data)
+    except Exception:  # Pillow raises many kinds on a malformed directory
+        return b"", 1, ("decode/corrupt_exif",)
+    return _exif(source)
+
+
 class _DecodeFn(beam.DoFn):
     def __init__(
         self,
@@ -258,8 +316,9 @@ class _DecodeFn(beam.DoFn):
         self, task: ImageTask
     ) -> Iterator[DecodedImage | beam.pvalue.TaggedOutput[str, Skipped | Failed]]:
         start = self._clock()
+        deadline = time.monotonic() + self._settings.row_timeout_s  # wall time, not the clock
         try:
-            data = self._reader.read(task.source_uri)
+            data = self._reader.read(task.source_uri, deadline=deadline)
             fetched = self._clock()
             source_sha256 = hashlib.sha256(data).hexdigest()
             done = self._resume.current(task.output_key, source_sha256, task.settings)
@@ -267,6 +326,8 @@ class _DecodeFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("skipped", Skipped(task, done, source_sha256))
                 return
             image = decode(task, data, self._settings)
+            # Pillow cannot be interrupted: a decode that ran past the deadline fails after it
+            check_deadline(deadline, task.source_uri, "decode")
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "decode", task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(task, failure))

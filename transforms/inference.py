@@ -1,8 +1,11 @@
 """Segment: DecodedImage -> Matte through Beam RunInference with our model handler.
 
-One model per worker process, shared by its threads (RunInference's shared handle). Batches
+Each model once per worker process, shared by its threads (RunInference's shared handle); a
+manifest row may name its own model, and a batch runs one forward pass per model. Batches
 are sized by pixel count; only the model-sized tensor is batched, and each alpha is upsampled
-back to its image's full resolution before it leaves the handler.
+back to its image's full resolution before it leaves the handler. Every batch runs with the
+same torch thread count, set in the thread that runs it (models/threads.py), so an alpha does
+not depend on which worker thread, process or runner computed it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,11 +27,12 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
 from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, load
+from matteflow.models.threads import torch_threads
 from matteflow.transforms.failures import inference_failure, is_oom, redact
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
 from matteflow.transforms.types import Clock, DecodedImage, Failed, Matte, elapsed_ms
 
-__all__ = ["MatteModelHandler", "Segment", "postprocess", "preprocess"]
+__all__ = ["MatteModelHandler", "ModelSet", "Segment", "postprocess", "preprocess", "row_model"]
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "matteflow.segment"
@@ -38,22 +43,29 @@ def preprocess(
 ) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x S x S float32 normalised per the spec (resize on `device`).
 
-    S is `size`, or the spec's input size when 0. The uint8 pixels travel to the device (from
-    pinned memory, without blocking, on CUDA) and are resized and normalised there. A side
-    over twice S is first shrunk by an integer box filter (Pillow's reduce), which bounds
-    memory on very large images and keeps the bilinear step from aliasing; smaller images take
-    the reference's plain bilinear resize.
+    S is `size`, or the spec's input size when 0. With `spec.resize` "bilinear" the uint8
+    pixels travel to the device (from pinned memory, without blocking, on CUDA) and are
+    resized and normalised there; a side over twice S is first shrunk by an integer box filter
+    (Pillow's reduce), which bounds memory on very large images and keeps the bilinear step
+    from aliasing. With "lanczos", Pillow resizes on the CPU. RGB is then scaled to [0, 1] by
+    255 or by the resized image's own maximum (`spec.divide_by`).
     """
     size = size or spec.input_size
-    factors = tuple(max(1, side // (2 * size)) for side in (rgb.shape[1], rgb.shape[0]))
-    if factors != (1, 1):
-        rgb = np.array(Image.fromarray(rgb).reduce(factors))
+    if spec.resize == "lanczos":
+        rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS))
+    else:
+        factors = tuple(max(1, side // (2 * size)) for side in (rgb.shape[1], rgb.shape[0]))
+        if factors != (1, 1):
+            rgb = np.array(Image.fromarray(rgb).reduce(factors))
     x = torch.from_numpy(np.ascontiguousarray(rgb))
     if device.type == "cuda":
         x = x.pin_memory()
     x = x.to(device, non_blocking=True)
     x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if spec.divide_by == "max":
+        x = x / x.max().clamp_min(1e-6)
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((x - mean) / std)[0]
@@ -65,15 +77,44 @@ def postprocess(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
     return full[0, 0].clamp_(0.0, 1.0).cpu().numpy()
 
 
-def _element_pixels(input_size: int, image: DecodedImage) -> int:
-    """Batch weight of an element: the larger of its model tensor and its full-res alpha."""
-    return max(input_size * input_size, int(image.height) * int(image.width))
+def row_model(image: DecodedImage, default: str) -> str:
+    """The model an image's manifest row names (its `model` setting), else the run's."""
+    return dict(image.task.settings).get("model") or default
 
 
-class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel]):
-    """RunInference handler for a registry model: (model, device, dtype), the square size the
-    model runs at (`inference_size`, 0 = the model's own) and batching limits; `flip_tta` also
-    runs each image mirrored and averages the two alphas."""
+def _element_pixels(model: str, size: int, image: DecodedImage) -> int:
+    """Batch weight of an element: the larger of its model tensor (the run's model at `size`,
+    a row's own model at its input size) and its full-res alpha."""
+    name = row_model(image, model)
+    side = size if name == model else get_spec(name).input_size
+    return max(side * side, int(image.height) * int(image.width))
+
+
+class ModelSet:
+    """The models of one worker process, shared by its threads: the run's, loaded at setup,
+    and each model a manifest row names, loaded on first use (one load per process each)."""
+
+    def __init__(self, loader: functools.partial[LoadedModel], first: str) -> None:
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._loaded = {first: loader(first)}
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model `name`; raises what `load` raises (licence, weights, device)."""
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = self._loader(name)
+            return self._loaded[name]
+
+
+class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
+    """RunInference handler for registry models: the run's model (device, dtype), the square
+    size it runs at (`inference_size`, 0 = the model's own) and batching limits; a manifest
+    row's `model` setting picks another model for that row (at its own input size).
+    `flip_tta` also runs each image mirrored and averages the two predictions. The handler
+    never names an architecture: the spec says how to feed the model and read its outputs.
+    `torch_threads` (> 0, from `models.threads.inference_threads`) is set in whichever thread
+    runs a batch, and is each onnxruntime session's intra-op count."""
 
     def __init__(
         self,
@@ -84,8 +125,8 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         max_batch_pixels: int,
         inference_size: int = 0,
         channels_last: bool = False,
-        torch_threads: int = 0,
-        require_commercial_license: bool = False,
+        torch_threads: int = 1,
+        allow_licences: tuple[str, ...] = (),
         flip_tta: bool = False,
         clock: Clock = time.perf_counter,
     ) -> None:
@@ -97,40 +138,53 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
         super().__init__(
             min_batch_size=budget,
             max_batch_size=budget,
-            element_size_fn=functools.partial(_element_pixels, self._size),
+            element_size_fn=functools.partial(_element_pixels, model, self._size),
         )
+        if torch_threads < 1:
+            raise ValueError(f"torch_threads {torch_threads}: expected a positive count")
         self._model = model
         self._device = device
         self._dtype = dtype
         self._channels_last = channels_last
         self._threads = torch_threads
-        self._require_commercial = require_commercial_license
+        self._allow_licences = allow_licences
         self._flip_tta = flip_tta
         self._clock = clock
 
-    def load_model(self) -> LoadedModel:
-        """Load the registry model once per worker process (verified weights). RunInference
-        itself records each load's time (load_model_latency_milli_secs, in this namespace)."""
-        if self._threads > 0:
-            torch.set_num_threads(self._threads)
-        return load(
-            self._model,
-            self._device,
-            self._dtype,
+    def load_model(self) -> ModelSet:
+        """Load the run's model once per worker process (verified weights); row models follow
+        on first use. RunInference itself records the first load's time
+        (load_model_latency_milli_secs, in this namespace)."""
+        loader = functools.partial(
+            load,
+            device=self._device,
+            dtype=self._dtype,
             channels_last=self._channels_last,
-            require_commercial_license=self._require_commercial,
+            allow_licences=self._allow_licences,
+            threads=self._threads,
         )
+        return ModelSet(loader, self._model)
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
         start = self._clock()
-        x = torch.stack([preprocess(im.rgb, model.spec, model.device, self._size) for im in batch])
+        size = self._size if model.spec.name == self._model else model.spec.input_size
+        x = torch.stack([preprocess(im.rgb, model.spec, model.device, size) for im in batch])
         if self._flip_tta:  # the mirrored images in the same batch, averaged back
-            both = model(torch.cat([x, x.flip(-1)]))
-            alpha = (both[: len(batch)] + both[len(batch) :].flip(-1)) / 2
+            both = model.predict(torch.cat([x, x.flip(-1)]))
+            n = len(batch)
+            alpha = (both.alpha[:n] + both.alpha[n:].flip(-1)) / 2
+            colour = both.foreground
+            if colour is not None:
+                colour = (colour[:n] + colour[n:].flip(-1)) / 2
         else:
-            alpha = model(x)
+            alpha, colour = model.predict(x)
         doubts = [uncertainty(a[0].float().cpu().numpy()) for a in alpha]
         alphas = [postprocess(a, im.height, im.width) for im, a in zip(batch, alpha, strict=True)]
+        # The model's colour stays at its own resolution; Refine upsamples the edge band.
+        colours = [
+            None if colour is None else colour[i].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            for i in range(len(batch))
+        ]
         batch_ms = elapsed_ms(start, self._clock())
         mattes = [
             Matte(
@@ -143,8 +197,10 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
                 batch_size=len(batch),
                 timings=image.timings.add(infer_ms=batch_ms / len(batch)),
                 uncertainty=doubt,
+                licence_class=model.spec.licence_class,
+                model_foreground=c,
             )
-            for image, a, doubt in zip(batch, alphas, doubts, strict=True)
+            for image, a, doubt, c in zip(batch, alphas, doubts, colours, strict=True)
         ]
         Metrics.distribution(_NAMESPACE, "batch_images").update(len(batch))
         Metrics.distribution(_NAMESPACE, "batch_ms").update(int(batch_ms))
@@ -154,15 +210,35 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
     def run_inference(
         self,
         batch: Sequence[DecodedImage],
-        model: LoadedModel,
+        model: ModelSet,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Matte | Failed]:
-        """Mattes for the batch. A failing batch (e.g. out of memory) is retried in halves,
-        down to single images, so only an image that fails alone becomes a failure."""
+        """Mattes for the batch, its rows grouped by model (one forward pass per model). A
+        failing group (e.g. out of memory) is retried in halves, down to single images, so
+        only an image that fails alone becomes a failure; a row model that cannot be loaded
+        (licence not allowed, no weights) fails its rows."""
+        groups: dict[str, list[DecodedImage]] = {}
+        for image in batch:
+            groups.setdefault(row_model(image, self._model), []).append(image)
+        results: list[Matte | Failed] = []
+        for name, images in groups.items():
+            try:
+                loaded = model.get(name)
+            except Exception as err:
+                results += [
+                    Failed.from_error(im.task, inference_failure(err, im.task.source_uri))
+                    for im in images
+                ]
+                continue
+            results += self._run_split(images, loaded)
+        return results
+
+    def _run_split(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte | Failed]:
         if not batch:
             return []
         try:
-            return self._infer(batch, model)
+            with torch_threads(self._threads):  # Beam may run this on any worker thread
+                return list(self._infer(batch, model))
         except Exception as err:
             if is_oom(err) and model.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -175,8 +251,8 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", LoadedModel
             Metrics.counter(_NAMESPACE, "batch_splits").inc()
             half = len(batch) // 2
             return [
-                *self.run_inference(batch[:half], model),
-                *self.run_inference(batch[half:], model),
+                *self._run_split(batch[:half], model),
+                *self._run_split(batch[half:], model),
             ]
 
     def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:

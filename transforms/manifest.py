@@ -2,9 +2,11 @@
 
 The runner reads the manifest in parallel (text and Parquet splits, or object matches); the
 launcher only checks its header. Column `uri` is required; `id`, `ground_truth_uri` and
-`output_key` are optional; other columns are carried to the metrics row as metadata. Relative
-URIs (images, ground truth, a row's background image) resolve against the manifest's folder.
-Ids default to the path relative to the rows' common folder, without extension. A row that
+`output_key` are optional; other columns are carried to the metrics row as metadata; a CSV
+cell that csvfile.neutral_cell prefixed reads as it was. Relative URIs (images, ground truth, a
+row's background image) resolve against the manifest's folder. Ids default to the path relative
+to the rows' common folder, without extension, of the redacted URI (no credentials or tokens).
+A row that
 cannot become a task (no uri, unsafe output key, a source the run may not read, an id or output
 key shared with another row, unparsable) leaves as a `Failed` record.
 """
@@ -15,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 import unicodedata
@@ -27,7 +30,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
-from matteflow.transforms.failures import BadRow, MatteflowError
+from matteflow.transforms.csvfile import restore_cell
+from matteflow.transforms.failures import BadRow, MatteflowError, redact
 from matteflow.transforms.framing import FramingSettings
 from matteflow.transforms.settings import (
     ROW_SETTINGS,
@@ -43,10 +47,12 @@ __all__ = [
     "ManifestError",
     "ManifestRows",
     "ReadManifest",
+    "absolute_uri",
     "check_key",
     "check_manifest",
     "count_rows",
     "is_glob",
+    "outside",
     "read_records",
     "resolve_uri",
     "to_task",
@@ -86,23 +92,36 @@ def _kind(uri: str) -> str:
     raise ManifestError(f"{uri}: unknown manifest type; use .csv, .jsonl, .parquet or a glob")
 
 
-def _first_line(uri: str) -> str:
+def _first_line(uri: str) -> tuple[str, int]:
+    """The first line that is not blank, and how many lines end with it (blank lines and a
+    byte order mark before a CSV header are not rows; issue 17)."""
     with FileSystems.open(uri) as f:
-        for raw in f:
-            if raw.strip():
-                return str(raw.decode("utf-8-sig"))
-    return ""
+        for number, raw in enumerate(f, start=1):
+            line = str(raw.decode("utf-8-sig")).lstrip("\ufeff")
+            if line.strip():
+                return line, number
+    return "", 0
 
 
 def _columns(uri: str, kind: str) -> list[str]:
     if kind == "csv":
-        return next(csv.reader([_first_line(uri)]), [])
+        return next(csv.reader([_first_line(uri)[0]]), [])
     if kind == "jsonl":
-        line = _first_line(uri)
+        line = _first_line(uri)[0]
         record = json.loads(line) if line else {}
         return list(record) if isinstance(record, dict) else []
     with FileSystems.open(uri) as f:
         return list(pq.read_schema(f).names)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a repeated key is an error, not "the last one wins"."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f"the record repeats key {key!r}")
+        record[key] = value
+    return record
 
 
 def check_manifest(uri: str) -> None:
@@ -124,25 +143,47 @@ def check_manifest(uri: str) -> None:
     if "uri" not in columns:
         shown = ", ".join(map(str, columns)) or "none"
         raise ManifestError(f"{uri}: no `uri` column (columns: {shown})")
+    _check_unique(uri, columns)
 
 
-def count_rows(uri: str) -> int:
-    """Rows in the manifest, streamed (for progress bars; nothing is kept)."""
+def _check_unique(uri: str, columns: list[str]) -> None:
+    """Raise ManifestError when a column name repeats (never "the last one wins")."""
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ManifestError(
+            f"{uri}: column names repeat: {', '.join(repeated)}; give each column its own name"
+        )
+
+
+def outside(path: str, prefix: str) -> bool:
+    """True unless `path` lies under the folder `prefix` ("" holds nothing); local paths are
+    compared absolute."""
+    if not prefix:
+        return True
+    folder = absolute_uri(prefix).rstrip("/") + "/"
+    return not absolute_uri(path).startswith(folder)
+
+
+def count_rows(uri: str, exclude: str = "") -> int:
+    """Rows in the manifest, streamed (for progress bars; nothing is kept); a glob's matches
+    under the folder `exclude` do not count."""
     kind = _kind(uri)
     if kind == "glob":
-        return len(FileSystems.match([uri])[0].metadata_list)
+        matches = FileSystems.match([uri])[0].metadata_list
+        return sum(1 for m in matches if outside(m.path, exclude))
     if kind == "parquet":
         with FileSystems.open(uri) as f:
             return int(pq.read_metadata(f).num_rows)
     with FileSystems.open(uri) as f:
-        lines = sum(1 for raw in f if raw.strip())
+        lines = sum(1 for raw in f if raw.strip(b" \t\r\n\xef\xbb\xbf"))
     return lines - 1 if kind == "csv" and lines else lines
 
 
 def read_records(uri: str) -> list[dict[str, Any]]:
     """Every record of a CSV, JSONL or Parquet manifest, read here in the launcher (for small
     manifests, e.g. labelled sets; a run's manifest is read by the runner, in parallel).
-    Blank lines are not records; raises ManifestError for a line that is not a JSON object."""
+    Blank lines are not records, and CSV cells read as ReadManifest reads them; raises
+    ManifestError for a line that is not a JSON object or for repeated column names."""
     kind = _kind(uri)
     if kind == "glob":
         return [{"uri": m.path} for m in FileSystems.match([uri])[0].metadata_list]
@@ -151,7 +192,11 @@ def read_records(uri: str) -> list[dict[str, Any]]:
         return list(pq.read_table(io.BytesIO(data)).to_pylist())
     text = data.decode("utf-8-sig")
     if kind == "csv":
-        return list(csv.DictReader(io.StringIO(text)))
+        rows = csv.DictReader(io.StringIO(text.lstrip()))  # blank lines before the header
+        _check_unique(uri, list(rows.fieldnames or []))
+        return [
+            {k: restore_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows
+        ]
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
     if not all(isinstance(r, dict) for r in records):
         raise ManifestError(f"{uri}: every line must be a JSON object")
@@ -192,13 +237,23 @@ def resolve_uri(base: str, uri: str) -> str:
     return f"{scheme}://{bucket}/{joined}"
 
 
+def absolute_uri(uri: str) -> str:
+    """uri with a local path made absolute (against the working directory), so that a
+    manifest we write resolves it from its own folder; URIs with a scheme stay as they are."""
+    return uri if not uri or "://" in uri else os.path.abspath(uri)
+
+
 def _folder(uri: str) -> str:
     parent = posixpath.dirname(uri)
     return f"{parent}/" if parent else ""
 
 
 def _row_id(record: dict[str, Any], source: str, folder: str) -> str:
-    """The row's `id`, else its source path below the rows' common folder, no extension."""
+    """The row's `id`, else its source path below the rows' common folder (`folder`, of
+    redacted URIs), no extension. The source is redacted first: user info, query strings and
+    fragments (credentials, signed-URL tokens) never become ids, output names or state names
+    (issue 17, item 12)."""
+    source = redact(source)
     rel = source[len(folder) :] if source.startswith(folder) else source
     return _text(record.get("id")) or posixpath.splitext(rel.lstrip("/"))[0]
 
@@ -270,9 +325,9 @@ class _ParseFn(beam.DoFn):
                 values = next(csv.reader([item]))
                 if len(values) != len(self._header):
                     raise ValueError(f"{len(values)} fields, the header has {len(self._header)}")
-                yield dict(zip(self._header, values, strict=True))
+                yield dict(zip(self._header, map(restore_cell, values), strict=True))
             elif self._kind == "jsonl":
-                record = json.loads(item)
+                record = json.loads(item, object_pairs_hook=_unique_keys)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
                 yield record
@@ -345,23 +400,32 @@ class _UniqueFn(beam.DoFn):
 
 class ReadManifest(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
     """PBegin -> ManifestRows(ok: ImageTask per usable row, failures: Failed per bad row);
-    rows naming sources outside `sources` fail as manifest/source_not_allowed."""
+    rows naming sources outside `sources` fail as manifest/source_not_allowed. A glob's
+    matches under `exclude` (the run's own output prefix) are not rows: a glob over a folder
+    holding the outputs would read them back in, more with each run (issue 17)."""
 
-    def __init__(self, uri: str, sources: SourcePolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self, uri: str, sources: SourcePolicy = DEFAULT_POLICY, *, exclude: str = ""
+    ) -> None:
         super().__init__()
         self._uri = uri
         self._kind = _kind(uri)
         self._sources = sources
+        self._exclude = exclude
 
     def _source(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.PCollection[Any]:
         if self._kind == "glob":
-            read: beam.PTransform[Any, Any] = fileio.MatchFiles(self._uri)
-        elif self._kind == "parquet":
-            read = beam.io.ReadFromParquet(self._uri)
-        else:
-            skip = 1 if self._kind == "csv" else 0
+            matches: beam.pvalue.PCollection[Any] = pbegin | "Match" >> fileio.MatchFiles(self._uri)
+            ours: beam.pvalue.PCollection[Any] = matches | "SkipOwnOutputs" >> beam.Filter(
+                lambda m, prefix: outside(m.path, prefix), self._exclude
+            )
+            return ours
+        if self._kind == "parquet":
+            read: beam.PTransform[Any, Any] = beam.io.ReadFromParquet(self._uri)
+        else:  # CSV: past its header and any blank lines before it (issue 17)
+            skip = _first_line(self._uri)[1] if self._kind == "csv" else 0
             read = beam.io.ReadFromText(self._uri, skip_header_lines=skip)
-        label = {"glob": "Match", "parquet": "Parquet"}.get(self._kind, "Lines")
+        label = "Parquet" if self._kind == "parquet" else "Lines"
         records: beam.pvalue.PCollection[Any] = pbegin | label >> read
         return records
 
@@ -373,7 +437,7 @@ class ReadManifest(beam.PTransform[beam.pvalue.PBegin, ManifestRows]):
         base = "" if self._kind == "glob" else posixpath.dirname(self._uri)
         folder = (
             parsed.ok
-            | "Uris" >> beam.Map(lambda r: resolve_uri(base, _text(r.get("uri"))))
+            | "Uris" >> beam.Map(lambda r: redact(resolve_uri(base, _text(r.get("uri")))))
             # CombineFn's untyped __init__ makes _CommonFolder() an untyped call
             | "CommonFolder" >> beam.CombineGlobally(_CommonFolder())  # type: ignore[no-untyped-call]
         )

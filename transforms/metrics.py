@@ -75,6 +75,8 @@ class MetricsRow:
     warnings: tuple[str, ...] = field(default=(), metadata={"arrow": pa.list_(pa.string())})
     model: str | None = field(default=None, metadata=_arrow(pa.string()))
     model_sha256: str | None = field(default=None, metadata=_arrow(pa.string()))
+    # the model's licence class: permissive | copyleft | non-commercial | unclear
+    licence_class: str | None = field(default=None, metadata=_arrow(pa.string()))
     device: str | None = field(default=None, metadata=_arrow(pa.string()))
     dtype: str | None = field(default=None, metadata=_arrow(pa.string()))
     batch_size: int | None = field(default=None, metadata=_arrow(pa.int32()))
@@ -158,6 +160,7 @@ def _ok(written: Written) -> MetricsRow:
         warnings=image.warnings,
         model=matte.model,
         model_sha256=matte.model_sha256,
+        licence_class=matte.licence_class or None,
         device=matte.device,
         dtype=matte.dtype,
         batch_size=matte.batch_size,

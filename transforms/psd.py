@@ -30,10 +30,12 @@ def encode_psd(
     icc_profile: bytes | None = None,
     *,
     cutout: np.ndarray | None = None,
+    shadow: np.ndarray | None = None,
 ) -> bytes:
     """A layered PSD: layer "Original" (the opaque image) below layer "Cutout" (the image, or
     `cutout` colours such as a decontaminated foreground, with the matte as its layer mask);
-    the merged composite shows the cutout.
+    the merged composite shows the cutout. With `shadow` (H x W uint8), a layer "Shadow"
+    (black, `shadow` as its transparency) lies between them.
 
     `rgb` is H x W x 3 uint8 sRGB, `alpha` H x W uint8 (255 = subject). The document is 8-bit
     RGB plus a merged transparency channel, H x W. "Original" is hidden, so the document opens
@@ -51,6 +53,11 @@ def encode_psd(
     # Hidden: "Cutout" is opaque pixels under a mask, so a visible "Original" below it would
     # fill the masked-out background back in, both on screen and in the stored composite.
     psd.create_pixel_layer(image, name="Original").visible = False
+    if shadow is not None:
+        if shadow.dtype != np.uint8 or shadow.shape != alpha.shape:
+            raise ValueError(f"shadow: expected {alpha.shape} uint8, got {shadow.shape}")
+        black = np.zeros((height, width, 3), np.uint8)
+        psd.create_pixel_layer(Image.fromarray(np.dstack([black, shadow])), name="Shadow")
     cut = image if cutout is None else Image.fromarray(cutout)
     psd.create_pixel_layer(cut, name="Cutout").create_mask(Image.fromarray(alpha))
     # The document's fourth channel is the merged transparency only if the file says so; a

@@ -69,13 +69,18 @@ class Reader:
     max_bytes: int = DEFAULT_MAX_BYTES  # 0: no limit
     max_pixels: int = DEFAULT_MAX_PIXELS
 
-    def read(self, uri: str) -> bytes:
+    def read(self, uri: str, deadline: float = 0.0) -> bytes:
         """All bytes of the source at uri: BadRow (manifest/source_not_allowed) outside the
         policy, fetch/too_large over max_bytes, fetch/private_address for an http(s) host on a
-        private address (unless the policy allows it); other errors classified at fetch."""
+        private address (unless the policy allows it), fetch/not_a_file for a local FIFO,
+        device or folder, fetch/timeout past `deadline` (time.monotonic(); 0: none); other
+        errors classified at fetch."""
         check_source(uri, self.policy)
         data: bytes = read_bytes(
-            uri, allow_private=self.policy.allow_private, max_bytes=self.max_bytes
+            uri,
+            allow_private=self.policy.allow_private,
+            max_bytes=self.max_bytes,
+            deadline=deadline,
         )
         return data
 

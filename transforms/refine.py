@@ -7,7 +7,11 @@ uncertainty score.
 - `matting`: closed-form matting (Levin et al. 2008, pymatting) solved only on the unknown band
   of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
 - `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
-  estimator, in tiles), so a cutout over any background shows no halo of the old one.
+  estimator, in tiles), so a cutout over any background shows no halo of the old one; a model
+  that predicts foreground colour itself (RVM) gives them instead.
+- clean-up, off by default, after guided/matting: `remove_islands` (small detached specks of
+  subject), `fill_holes` (small enclosed specks of background), `feather` (a Gaussian
+  softening of the edge); their effect on eval-dev is in the README.
 - `uncertainty` (matte.py; measured in Segment) in [0, 1]: the share of the subject's area
   (alpha > 0.5 plus the ambiguous band 0.1 < alpha < 0.9) that is ambiguous, on the
   model's own output; 1.0 when nothing is found. `needs_review`: uncertainty >= the
@@ -34,9 +38,14 @@ __all__ = [
     "REFINE_MODES",
     "Refine",
     "RefineSettings",
+    "clean_up",
     "decontaminate",
+    "feather",
+    "fill_holes",
     "guided_filter",
     "matting",
+    "predicted_foreground",
+    "remove_islands",
     "trimap",
 ]
 
@@ -57,6 +66,12 @@ class RefineSettings:
     guided_radius: int = 2  # guided filter window radius, in pixels of the ~1024 px grid
     guided_eps: float = 1e-4  # guided filter regularisation (smaller follows edges harder)
     review_threshold: float = 0.5  # uncertainty at or above this sets needs_review
+    # Clean-up, after `refine` (see remove_islands, fill_holes, feather); all off by default.
+    remove_islands: bool = False  # drop specks smaller than island_min_area
+    island_min_area: float = 0.01  # share of the largest piece of subject's area
+    fill_holes: bool = False  # fill enclosed background specks up to hole_max_area
+    hole_max_area: float = 0.01  # share of the subject's area
+    feather_px: float = 0.0  # edge softening: the Gaussian sigma is feather_px / 2
 
     def __post_init__(self) -> None:
         if self.refine not in REFINE_MODES:
@@ -67,6 +82,11 @@ class RefineSettings:
             raise ValueError(f"review_threshold: expected 0..1, got {self.review_threshold}")
         if not self.guided_eps > 0:  # also refuses NaN
             raise ValueError(f"guided_eps: expected a positive number, got {self.guided_eps}")
+        for name in ("island_min_area", "hole_max_area"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected 0..1, got {getattr(self, name)}")
+        if not self.feather_px >= 0.0:
+            raise ValueError(f"feather_px: expected 0 or more, got {self.feather_px}")
 
 
 def _box(x: np.ndarray, radius: int) -> np.ndarray:
@@ -155,12 +175,31 @@ def matting(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out
 
 
+def _edge_band(alpha: np.ndarray) -> np.ndarray:
+    """Where 0 < alpha < 1 (by more than half an 8-bit step): the pixels that mix colours."""
+    return (alpha > 1.0 / 512) & (alpha < 1.0 - 1.0 / 512)
+
+
+def predicted_foreground(rgb: np.ndarray, alpha: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Foreground colours (same dtype as `rgb`) taken from the model's own prediction (S x S x 3
+    float in [0, 1] at any size, e.g. RVM's fgr; bilinear to the image's size) where
+    0 < alpha < 1; other pixels keep `rgb`."""
+    band = _edge_band(alpha)
+    height, width = alpha.shape
+    top = float(np.iinfo(rgb.dtype).max)
+    out = rgb.copy()
+    for c in range(3):
+        plane = resize_plane(predicted[..., c], height, width, Image.Resampling.BILINEAR)
+        out[..., c][band] = np.rint(np.clip(plane[band], 0.0, 1.0) * top).astype(rgb.dtype)
+    return out
+
+
 def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Foreground colours (same dtype as `rgb`) where 0 < alpha < 1, estimated by pymatting's
     multi-level method tile by tile (bounded memory); other pixels keep `rgb`."""
     import pymatting
 
-    band = (alpha > 1.0 / 512) & (alpha < 1.0 - 1.0 / 512)
+    band = _edge_band(alpha)
     if not band.any() or alpha.size < 2:  # one pixel: nothing to estimate it from
         return rgb
     top = float(np.iinfo(rgb.dtype).max)
@@ -175,6 +214,66 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         target = out[rows, cols][inner_r, inner_c]
         target[inner] = clean[inner]
     return out
+
+
+# Clean-up works on pieces: the connected regions (8-neighbours) of a loose mask, so each piece
+# takes its soft fringe with it, sized by the confident pixels (alpha past 0.5) inside it.
+_LOOSE = 0.05
+_EIGHT = np.ones((3, 3), bool)
+
+
+def _pieces(region: np.ndarray, core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels of `region`'s pieces, 0 outside; the count of `core` pixels in each, [0] = 0)."""
+    labels, count = ndimage.label(region, structure=_EIGHT)
+    return labels, np.bincount(labels[core], minlength=count + 1)
+
+
+def remove_islands(alpha: np.ndarray, min_area: float) -> np.ndarray:
+    """`alpha` with every piece of subject (a connected region of alpha > 0.05) whose
+    confident area (pixels over 0.5) is under `min_area` times the largest piece's set to 0;
+    the largest piece is always kept. Same shape and dtype."""
+    labels, areas = _pieces(alpha > _LOOSE, alpha > 0.5)
+    if areas.size <= 2:  # no piece, or one
+        return alpha
+    small = areas < min_area * areas[1:].max()
+    small[0] = False
+    out = alpha.copy()
+    out[small[labels]] = 0
+    return out
+
+
+def fill_holes(alpha: np.ndarray, max_area: float) -> np.ndarray:
+    """`alpha` with every hole (a connected region of alpha < 0.95 that does not touch the
+    image border) whose clear area (pixels under 0.5) is at most `max_area` times the
+    subject's (pixels over 0.5) set to 1. Same shape and dtype."""
+    solid = alpha >= 1.0 - _LOOSE
+    enclosed = ndimage.binary_fill_holes(solid) & ~solid
+    labels, areas = _pieces(enclosed, alpha < 0.5)
+    fill = areas <= max_area * np.count_nonzero(alpha > 0.5)
+    fill[0] = False
+    out = alpha.copy()
+    out[fill[labels]] = 1
+    return out
+
+
+def feather(alpha: np.ndarray, px: float) -> np.ndarray:
+    """`alpha` blurred by a Gaussian of sigma `px` / 2 (edges extended outward): a hard edge
+    becomes Phi(d / sigma) at signed distance d, rising from 16% to 84% over `px` pixels.
+    float32 in [0, 1]; unchanged when `px` is 0."""
+    if px <= 0:
+        return alpha
+    soft = ndimage.gaussian_filter(alpha.astype(np.float32), px / 2, mode="nearest")
+    clipped: np.ndarray = np.clip(soft, 0.0, 1.0)
+    return clipped
+
+
+def clean_up(alpha: np.ndarray, settings: RefineSettings) -> np.ndarray:
+    """The clean-up `settings` ask for, in order: remove_islands, fill_holes, feather."""
+    if settings.remove_islands:
+        alpha = remove_islands(alpha, settings.island_min_area)
+    if settings.fill_holes:
+        alpha = fill_holes(alpha, settings.hole_max_area)
+    return feather(alpha, settings.feather_px)
 
 
 class _RefineFn(beam.DoFn):
@@ -199,7 +298,12 @@ class _RefineFn(beam.DoFn):
                 alpha = guided_filter(colour, alpha, s.guided_radius, s.guided_eps)
             elif s.refine == "matting":
                 alpha = matting(colour, alpha)
-            foreground = decontaminate(colour, alpha) if s.decontaminate else None
+            alpha = clean_up(alpha, s)
+            foreground = None
+            if s.decontaminate and matte.model_foreground is not None:
+                foreground = predicted_foreground(colour, alpha, matte.model_foreground)
+            elif s.decontaminate:
+                foreground = decontaminate(colour, alpha)
         except Exception as err:  # classified errors pass through; the unforeseen get classified
             failure = classify(err, "refine", matte.image.task.source_uri)
             yield beam.pvalue.TaggedOutput("failures", Failed.from_error(matte.image.task, failure))

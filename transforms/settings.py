@@ -12,8 +12,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from matteflow.models.registry import get_spec
 from matteflow.transforms.encode import FORMATS
 from matteflow.transforms.framing import FramingSettings, check_framing
+from matteflow.transforms.shadow import check_shadow
 
 __all__ = [
     "KINDS",
@@ -23,7 +25,7 @@ __all__ = [
     "with_overrides",
 ]
 
-KINDS = ("cutout", "mask", "composite", "color", "psd")  # the files a row can get
+KINDS = ("cutout", "mask", "composite", "color", "psd", "xcf")  # the files a row can get
 _CUTOUT_FORMATS = ("png", "webp", "tiff", "avif")
 _COMPOSITE_FORMATS = ("jpeg", "png")
 _HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
@@ -33,6 +35,7 @@ ROW_SETTINGS = {
     "background": "composite background: #rrggbb or an image URI",
     "framing": "none | crop | canvas",
     "canvas": "canvas size WIDTHxHEIGHT, e.g. 2000x2000",
+    "model": "registry model for this row, e.g. rvm-mobilenetv3 (see `matteflow models list`)",
 }
 
 
@@ -54,6 +57,7 @@ class OutputSettings:
     composite: bool = False  # the subject over `background`, in composite_format
     color: bool = False  # the opaque colour image; with `mask`, a colour + matte pair
     psd: bool = False  # layered PSD: the original, and the cutout with its mask
+    xcf: bool = False  # layered GIMP XCF: the same layers as the PSD
     cutout_format: str = "png"  # png | webp | tiff | avif (also used by `color`)
     keep_16_bit: bool = True  # 16-bit sources give 16-bit PNG/TIFF outputs
     lossless: bool = True  # WebP
@@ -63,6 +67,13 @@ class OutputSettings:
     strip_gps: bool = True  # drop the EXIF GPS block (the privacy default for published files)
     strip_metadata: bool = False  # drop all EXIF (the sRGB profile and provenance stay)
     png_compress_level: int = 1  # zlib level; 1 is several times faster than 6, files ~15% bigger
+    # A shadow under the subject in composites, and as a layer in the PSD and XCF (shadow.py):
+    # none | contact | drop. Blur (Gaussian sigma) and offset are in subject heights.
+    shadow: str = "none"
+    shadow_opacity: float = 0.5
+    shadow_blur: float = 0.02
+    shadow_offset_x: float = 0.0  # to the right
+    shadow_offset_y: float = 0.02  # downwards
 
     def __post_init__(self) -> None:
         if not any(getattr(self, kind) for kind in KINDS):
@@ -81,6 +92,7 @@ class OutputSettings:
             raise ValueError(f"quality: expected 1..100, got {self.quality}")
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError(f"png_compress_level: expected 0..9, got {self.png_compress_level}")
+        check_shadow(self.shadow, self.shadow_opacity, self.shadow_blur)
         if not self.background.startswith("#") or background_colour(self.background):
             return
         raise ValueError(f"background: expected #rrggbb or an image URI, got {self.background!r}")
@@ -102,6 +114,8 @@ def with_overrides(
     unknown = set(overrides) - set(ROW_SETTINGS)
     if unknown:
         raise ValueError(f"not a row setting: {', '.join(sorted(unknown))}")
+    if "model" in overrides:
+        get_spec(overrides["model"])  # an unknown name raises RegistryError, a ValueError
     changes: dict[str, object] = {}
     if "outputs" in overrides:
         kinds = {k.strip() for k in overrides["outputs"].split(",") if k.strip()}

@@ -65,9 +65,33 @@ def check_source(uri: str, policy: SourcePolicy) -> None:
         raise _refusal(uri, "not an allowed source")
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packet reaches (RFC 6052 NAT64,
+# well-known and local-use; RFC 6145 IPv4-translated; RFC 4291 IPv4-compatible).
+_EMBEDDING_PREFIXES = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: mapped, compatible, translated, NAT64,
+    6to4 and both ends of Teredo."""
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo is not None:
+        found += address.teredo
+    if any(address in prefix for prefix in _EMBEDDING_PREFIXES):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    """Global unicast, and so is every IPv4 address it embeds (::127.0.0.1, 64:ff9b::7f00:1,
+    2002:7f00:1:: and ::ffff:127.0.0.1 all reach 127.0.0.1; issue 17)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if address.ipv4_mapped is not None:  # ::ffff:8.8.8.8 is 8.8.8.8
+            return _public(address.ipv4_mapped)
+        if not all(_public(a) for a in embedded):
+            return False
     return address.is_global and not address.is_multicast
 
 

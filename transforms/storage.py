@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import http.client
 import mimetypes
+import os
 import posixpath
 import random
 import re
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -30,12 +32,21 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from matteflow.transforms.failures import BadRow, PermanentError, TransientError, classify
 from matteflow.transforms.sources import public_address
 
-__all__ = ["RetryPolicy", "check_uri", "content_type", "exists", "read_bytes", "write_atomic"]
+__all__ = [
+    "RetryPolicy",
+    "check_deadline",
+    "check_uri",
+    "content_type",
+    "exists",
+    "read_bytes",
+    "write_atomic",
+]
 
 T = TypeVar("T")
 _BUCKET_URI = re.compile(r"^(gs|s3)://[^/]+/[^/].*$")
 _HTTP_URI = re.compile(r"^https?://[^/?#]+")
 _HTTP_TIMEOUT_S = 60
+_CHUNK = 1 << 20  # bytes per read, between which a row's deadline is checked
 _retries = Metrics.counter("matteflow.storage", "retries")
 
 
@@ -90,6 +101,51 @@ def check_uri(uri: str, stage: str) -> None:
     if error is not None:
         error.stage = stage
         raise error
+
+
+def check_deadline(deadline: float, uri: str, stage: str) -> None:
+    """Raise PermanentError `stage`/timeout when time.monotonic() is past `deadline` (0: none),
+    the per-row limit of `decode.row_timeout_s`."""
+    if deadline and time.monotonic() > deadline:
+        error = PermanentError(
+            f"{uri}: the row's deadline passed while reading or decoding it"
+            " (decode.row_timeout_s); a slow or huge source"
+        )
+        error.stage, error.code = stage, "timeout"
+        raise error
+
+
+def _check_regular_file(uri: str) -> None:
+    """Refuse a local path that is not a regular file: a FIFO or a device never ends (or
+    blocks the open itself), a folder is no image (issue 17, item 3). A missing path passes:
+    the open reports it as not_found."""
+    try:
+        mode = os.stat(uri).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        error = PermanentError(
+            f"{uri}: not a regular file (a folder, FIFO, socket or device); give an image file"
+        )
+        error.stage, error.code = "fetch", "not_a_file"
+        raise error
+
+
+def _read_limited(
+    read: Callable[[int], bytes], uri: str, limit: int | None, deadline: float
+) -> bytes:
+    """Bytes from `read(n)` until it returns b"" or `limit` bytes are had, checking the
+    deadline between reads."""
+    chunks: list[bytes] = []
+    total = 0
+    while limit is None or total < limit:
+        check_deadline(deadline, uri, "fetch")
+        chunk = read(_CHUNK if limit is None else min(_CHUNK, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 # Content types of what matteflow writes, so bucket-hosted outputs and the eval report open
@@ -208,9 +264,10 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-def _http_get(uri: str, allow_private: bool, limit: int | None) -> bytes:
+def _http_get(uri: str, allow_private: bool, limit: int | None, deadline: float = 0.0) -> bytes:
     """The body of a GET of uri from a public address (or any, with allow_private), at most
-    `limit` bytes (None: all).
+    `limit` bytes (None: all), read by what arrives (read1) so that a server sending a byte
+    now and then still meets the deadline (0: none).
 
     Redirects are not followed (their target was never checked): fetch/redirect. Other
     statuses raise HTTPError, which `classify` sorts (404, 403, 5xx, ...).
@@ -224,7 +281,10 @@ def _http_get(uri: str, allow_private: bool, limit: int | None) -> bytes:
         path = parts.path or "/"
         connection.request("GET", f"{path}?{parts.query}" if parts.query else path)
         response = connection.getresponse()
-        body = response.read(limit)
+        try:
+            body = _read_limited(response.read1, uri, limit, deadline)
+        finally:
+            response.close()
     finally:
         connection.close()
     if 300 <= response.status < 400:
@@ -242,9 +302,12 @@ def read_bytes(
     *,
     allow_private: bool = False,
     max_bytes: int = 0,
+    deadline: float = 0.0,
 ) -> bytes:
     """All bytes of the object at uri; errors classified at stage fetch. An object over
-    max_bytes (0: no limit) fails as fetch/too_large after reading max_bytes + 1 bytes.
+    max_bytes (0: no limit) fails as fetch/too_large after reading max_bytes + 1 bytes; a
+    read still going at `deadline` (a time.monotonic() value; 0: none) fails as
+    fetch/timeout; a local path that is not a regular file fails as fetch/not_a_file.
 
     http(s) URIs are read only from public addresses unless allow_private (see sources.py);
     which URIs may be read at all is for the caller to check (`sources.check_source`).
@@ -254,10 +317,12 @@ def read_bytes(
 
     def read() -> bytes:
         if uri.startswith(("http://", "https://")):
-            data = _http_get(uri, allow_private, limit)
+            data = _http_get(uri, allow_private, limit, deadline)
         else:
+            if "://" not in uri:
+                _check_regular_file(uri)
             with _store(uri).open(uri) as f:
-                data = bytes(f.read() if limit is None else f.read(limit))
+                data = _read_limited(f.read, uri, limit, deadline)
         if max_bytes and len(data) > max_bytes:
             error = PermanentError(f"{uri}: larger than the {max_bytes}-byte limit")
             error.stage, error.code = "fetch", "too_large"

@@ -135,6 +135,10 @@ class Matte:
     uncertainty: float = 0.0  # ambiguous share of the subject in the model's output (refine.py)
     needs_review: bool = False  # uncertainty at or above the run's review threshold
     foreground: np.ndarray | None = None  # decontaminated colour, same shape/dtype as the source
+    licence_class: str = ""  # of the model that made the alpha (models.toml licence_class)
+    # S x S x 3 float32 in [0, 1] at the model's resolution: foreground colour the model itself
+    # predicted (RVM's fgr); Refine upsamples it where it is needed
+    model_foreground: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ Per row (the run's OutputSettings and FramingSettings, changed by the row's allo
 
     {output}/cutouts/{key}.{png|webp|tif|avif}   RGBA cutout
     {output}/masks/{key}.png                     grey alpha
-    {output}/composites/{key}.{jpg|png}          the subject over a colour or an image
+    {output}/composites/{key}.{jpg|png}          the subject (and its shadow) over a background
     {output}/colors/{key}.{ext}                  opaque colour (+ the mask: a colour/matte pair)
     {output}/psd/{key}.psd                       layered: original, and cutout with its mask
+    {output}/xcf/{key}.xcf                       the same layers for GIMP (xcf.py)
 
 One table, OUTPUT_KINDS, says for each kind its setting (the OutputSettings flag of its name),
 folder, format, metrics column and renderer: a new kind is one entry there (and its flag).
@@ -24,7 +25,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -49,8 +50,10 @@ from matteflow.transforms.psd import encode_psd
 from matteflow.transforms.reader import Reader
 from matteflow.transforms.resume import Resume
 from matteflow.transforms.settings import KINDS, OutputSettings, background_colour, with_overrides
+from matteflow.transforms.shadow import cast_shadow, shade
 from matteflow.transforms.storage import write_atomic
 from matteflow.transforms.types import Clock, Failed, ImageTask, Matte, Written, elapsed_ms
+from matteflow.transforms.xcf import encode_xcf
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -130,6 +133,19 @@ class _Canvas:
         )
         return data
 
+    @cached_property
+    def shadow(self) -> np.ndarray | None:
+        """The shadow's opacity on the framed canvas (shadow.py); None without one. Made once,
+        for the kinds that show it: composites, PSD and XCF."""
+        o = self.outputs
+        if o.shadow == "none":
+            return None
+        offset = (o.shadow_offset_x, o.shadow_offset_y)
+        shadow: np.ndarray = cast_shadow(
+            self.alpha, o.shadow, opacity=o.shadow_opacity, blur=o.shadow_blur, offset=offset
+        )
+        return shadow
+
 
 def _cutout(c: _Canvas) -> bytes:
     return c.encode(np.dstack([c.rgb, c.alpha_px]), c.outputs.cutout_format)
@@ -143,6 +159,7 @@ def _mask(c: _Canvas) -> bytes:
 def _composite(c: _Canvas) -> bytes:
     height, width = c.rgb.shape[:2]
     background = _background(c.outputs.background, height, width, c.rgb.dtype, c.reader)
+    background = background if c.shadow is None else shade(background, c.shadow)
     return c.encode(composite(c.rgb, c.alpha, background), c.outputs.composite_format)
 
 
@@ -150,17 +167,25 @@ def _color(c: _Canvas) -> bytes:
     return c.encode(c.rgb, c.outputs.cutout_format)
 
 
-def _psd(c: _Canvas) -> bytes:
-    # the original layer as shot; the cutout layer with its clean colour
+def _layered(c: _Canvas, encoder: Callable[..., bytes]) -> bytes:
+    # the original layer as shot; the cutout layer with its clean colour; the shadow between
     clean = c.matte.foreground is not None
     framed_original = frame(c.original, c.matte.alpha, c.framing)[0] if clean else c.rgb
-    data: bytes = encode_psd(
+    return encoder(
         to_uint8(framed_original),
         quantise_alpha(c.alpha, np.uint8),
         SRGB_ICC,
         cutout=to_uint8(c.rgb),
+        shadow=None if c.shadow is None else quantise_alpha(c.shadow, np.uint8),
     )
-    return data
+
+
+def _psd(c: _Canvas) -> bytes:
+    return _layered(c, encode_psd)
+
+
+def _xcf(c: _Canvas) -> bytes:
+    return _layered(c, encode_xcf)
 
 
 class OutputKind(NamedTuple):
@@ -183,6 +208,7 @@ OUTPUT_KINDS = (
     OutputKind("composite", "composites", lambda o: FORMATS[o.composite_format], _composite),
     OutputKind("color", "colors", lambda o: o.extension, _color),
     OutputKind("psd", "psd", lambda o: "psd", _psd),
+    OutputKind("xcf", "xcf", lambda o: "xcf", _xcf),
 )
 assert tuple(k.name for k in OUTPUT_KINDS) == KINDS  # one kind per OutputSettings flag
 
@@ -217,6 +243,7 @@ def render(
         {
             "model": matte.model,
             "modelSha256": matte.model_sha256,
+            "licenceClass": matte.licence_class,
             "sourceSha256": image.source_sha256,
             "settings": json.dumps(settings, sort_keys=True),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,49 +28,54 @@ def _one_line(text: str) -> str:
 
 
 def _table_rows(output: str) -> dict[str, list[str]]:
-    """A rich table's body as {first cell: [each cell's text, wrapped lines joined]}.
-
-    Cells wrap over several lines (80 columns under CliRunner), so each cell's fragments are
-    joined with all whitespace removed; compare with `_squash`ed expectations.
-    """
-    rows: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in output.splitlines():
-        if not line.startswith("│"):
-            continue
-        cells = [c.strip() for c in line.strip("│").split("│")]
-        if cells[0]:
-            current = rows.setdefault(cells[0], [""] * len(cells))
-        assert current is not None, output
-        for i, cell in enumerate(cells):
-            current[i] += _squash(cell)
+    """`models list`'s table as {model: [cells]} (columns at least two spaces apart)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    rows = {}
+    for line in lines[start + 1 :]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) < 7:  # the licence facts follow the table
+            break
+        rows[cells[0]] = cells
     return rows
 
 
 # --- list ----------------------------------------------------------------------------------
 
 
-def test_list_shows_licence_facts_in_full() -> None:
+def test_list_shows_the_zoo_with_licence_classes() -> None:
     result = runner.invoke(app, ["models", "list"])
     assert result.exit_code == 0, result.output
     rows = _table_rows(result.stdout)
-    isnet = get_spec("isnet-general-use")
-    _, size, commercial, licence, distribution, local = rows["isnet-general-use"]
-    assert size == "1024px"
-    assert commercial == "unclear"
-    assert licence == _squash(isnet.weights_license)  # nothing cut off with an ellipsis
-    assert distribution == _squash(isnet.distribution)
-    assert "(AGPL-3.0)" in distribution
-    assert local == "no"  # no model path, empty cache
-    assert rows["tiny-isnet"][2] == "yes"
-    assert rows["tiny-isnet"][5] == "generated"
+    assert rows["isnet-general-use"][1:] == [
+        "general", "torch", "1024px", "-", "unclear", "no"
+    ]  # fmt: skip
+    assert rows["u2netp"][1:] == ["general", "torch", "320px", "-", "permissive", "no"]
+    assert rows["rvm-mobilenetv3"][1:] == [
+        "human", "onnxruntime", "1024px", "-", "copyleft", "no"
+    ]  # fmt: skip
+    assert rows["tiny-isnet"][5:] == ["permissive", "seeded"]
+    assert all(len(line) <= 80 for line in result.stdout.splitlines() if line in rows)
+
+
+def test_list_gives_each_models_licence_facts_in_full() -> None:
+    result = runner.invoke(app, ["models", "list"])
+    text = _one_line(result.stdout)
+    for name in ("isnet-general-use", "u2netp", "rvm-mobilenetv3"):
+        spec = get_spec(name)
+        assert f"{name} ({spec.licence_class}): weights: {spec.weights_license}." in text
+        assert f"Distribution: {spec.distribution}." in text
+        assert f"Sources: {', '.join(spec.sources)}." in text
+        assert spec.links[0] in text
+    assert "(AGPL-3.0)" in text
 
 
 def test_list_marks_a_verified_local_copy(monkeypatch: pytest.MonkeyPatch, onnx_path: Path) -> None:
     monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(onnx_path.parent))
     result = runner.invoke(app, ["models", "list"])
     assert result.exit_code == 0, result.output
-    assert _table_rows(result.stdout)["isnet-general-use"][5] == "yes"
+    row = _table_rows(result.stdout)["isnet-general-use"]
+    assert row[4:] == ["88.2 MB", "unclear", "yes"]
 
 
 # --- verify --------------------------------------------------------------------------------
@@ -114,9 +120,8 @@ def test_verify_of_the_generated_model_has_nothing_to_do() -> None:
 def test_verify_of_an_unknown_model_names_the_known_ones() -> None:
     result = runner.invoke(app, ["models", "verify", "isnet-nope"])
     assert result.exit_code == 1
-    assert "unknown model 'isnet-nope'; known models: isnet-general-use, tiny-isnet" in (
-        result.stderr
-    )
+    known = "isnet-general-use, rvm-mobilenetv3, tiny-isnet, u2netp"
+    assert f"unknown model 'isnet-nope'; known models: {known}" in result.stderr
 
 
 # --- convert -------------------------------------------------------------------------------
@@ -152,3 +157,35 @@ def test_convert_of_a_foreign_onnx_fails_clearly(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert f"error: {src}: 1 Conv nodes, the native network has 119" in result.stderr
     assert not out.exists()
+
+
+def test_convert_takes_the_architecture(tmp_path: Path) -> None:
+    from matteflow.models.u2net import U2NetP
+    from tests.models.conftest import MODELS_DIR
+
+    src = MODELS_DIR / "u2netp.onnx"
+    if not src.is_file():
+        pytest.skip(f"{src} absent: the real model file is needed")
+    out = tmp_path / "u2netp.safetensors"
+    result = runner.invoke(app, ["models", "convert", str(src), str(out), "--arch", "u2netp"])
+    assert result.exit_code == 0, result.output
+    U2NetP().load_state_dict(load_file(str(out)), strict=True)
+    wrong = runner.invoke(
+        app, ["models", "convert", str(src), str(tmp_path / "x"), "--arch", "nope"]
+    )
+    assert wrong.exit_code == 1 and "unknown architecture 'nope'" in wrong.stderr
+
+
+@pytest.mark.usefixtures("no_fetch")
+def test_verify_of_an_onnxruntime_model_without_a_copy_says_where_it_looked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(empty))
+    result = runner.invoke(app, ["models", "verify", "rvm-mobilenetv3"])
+    assert result.exit_code == 1, result.output
+    err = result.stderr
+    assert err.startswith("error: model 'rvm-mobilenetv3': no verified copy")
+    assert f"{empty / 'rvm-mobilenetv3-fp32.onnx'}: not present" in err
+    assert "PyPI registry" in _one_line(err)

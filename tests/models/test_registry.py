@@ -97,12 +97,27 @@ def test_tiny_table_parses() -> None:
     [
         ({"colour": "red"}, r"\[tiny\]: unknown keys \['colour'\]"),
         ({"name": "other"}, r"\[tiny\]: unknown keys \['name'\]"),
-        ({"width": None}, r"\[tiny\]: .*missing .*'width'"),
+        ({"input_size": None}, r"\[tiny\]: .*missing .*'input_size'"),
         ({"input_size": 100}, r"\[tiny\]\.input_size: must be a multiple of 32"),
         ({"format": "onnx", "sha256": "abc"}, r"\[tiny\]\.sha256: expected 64 hex digits"),
-        ({"commercial_use": "maybe"}, r"\[tiny\]\.commercial_use: yes \| no \| unclear"),
+        ({"licence_class": "maybe"}, r"\[tiny\]\.licence_class: permissive \| copyleft \|"),
+        ({"engine": "tf"}, r"\[tiny\]\.engine: torch \| onnxruntime"),
+        ({"arch": "birefnet"}, r"\[tiny\]\.arch: 'birefnet' is no native architecture"),
+        ({"foreground": "fgr"}, r"\[tiny\]: foreground, constants and input are onnxruntime"),
+        ({"engine": "onnxruntime"}, r"\[tiny\]\.format: onnxruntime needs \"onnx\""),
     ],
-    ids=["unknown-key", "name-key", "missing-key", "input-size", "sha256", "commercial-use"],
+    ids=[
+        "unknown-key",
+        "name-key",
+        "missing-key",
+        "input-size",
+        "sha256",
+        "licence-class",
+        "engine",
+        "arch",
+        "torch-foreground",
+        "ort-random",
+    ],
 )
 def test_bad_toml_entry_raises(change: dict[str, Any], message: str) -> None:
     table = _tiny_table()
@@ -137,24 +152,50 @@ def test_unknown_key_in_a_models_toml_stops_the_registry(
 # --- licence gate --------------------------------------------------------------------------
 
 
-def test_commercial_licence_required_refuses_unclear_model() -> None:
+@pytest.mark.parametrize("name", ["isnet-general-use", "rvm-mobilenetv3"])
+def test_permissive_only_refuses_unclear_and_copyleft_naming_u2netp(name: str) -> None:
+    spec = get_spec(name)
     with pytest.raises(LicenseError) as info:
-        load("isnet-general-use", require_commercial_license=True)
+        load(name, allow_licences=("permissive",))
     message = str(info.value)
-    assert "'isnet-general-use'" in message
-    assert "commercial use is 'unclear'" in message
-    assert "require_commercial_license" in message
-    assert "AGPL-3.0" in message  # the distribution's licence is part of the reason
-    assert "xuebinqin/DIS" in message  # and so is the weights' missing licence
+    assert f"model {name!r}: licence class {spec.licence_class!r}" in message
+    assert "allows only permissive" in message
+    assert spec.distribution in message  # the facts are part of the reason
+    assert "Use 'u2netp' instead (--model u2netp)" in message  # the allowed alternative
+
+
+def test_isnet_refusal_gives_both_licence_facts() -> None:
+    with pytest.raises(LicenseError, match=r"AGPL-3\.0") as info:
+        check("isnet-general-use", "cpu", "auto", allow_licences=("permissive",))
+    assert "xuebinqin/DIS" in str(info.value)
+
+
+def test_permissive_only_accepts_u2netp() -> None:
+    assert check("u2netp", "cpu", "auto", allow_licences=("permissive",)).name == "u2netp"
+
+
+def test_an_alternative_for_the_same_task_comes_first() -> None:
+    with pytest.raises(LicenseError, match=r"Use 'rvm-mobilenetv3' instead"):
+        check("isnet-general-use", "cpu", "auto", allow_licences=("copyleft",))
+
+
+def test_no_allowed_model_says_so() -> None:
+    with pytest.raises(LicenseError, match="No registered model has an allowed class"):
+        check("u2netp", "cpu", "auto", allow_licences=("non-commercial",))
 
 
 def test_licence_error_is_a_registry_error() -> None:
     assert issubclass(LicenseError, RegistryError)
 
 
-def test_commercial_licence_required_accepts_tiny_isnet() -> None:
-    model = load("tiny-isnet", require_commercial_license=True)
-    assert model.spec.commercial_use == "yes"
+def test_the_packaged_zoo_has_its_licence_classes() -> None:
+    classes = {name: get_spec(name).licence_class for name in specs()}
+    assert classes == {
+        "isnet-general-use": "unclear",
+        "u2netp": "permissive",
+        "rvm-mobilenetv3": "copyleft",
+        "tiny-isnet": "permissive",
+    }
 
 
 # --- the tiny model ------------------------------------------------------------------------
@@ -227,3 +268,12 @@ def test_a_launcher_checks_a_remote_device_by_name_only() -> None:
     assert check("tiny-isnet", "cuda:0", "auto", device_here=False).name == "tiny-isnet"
     with pytest.raises(RegistryError, match="device 'gpu': expected cpu, cuda or cuda:N"):
         check("tiny-isnet", "gpu", "auto", device_here=False)
+
+
+def test_auto_means_float32_for_a_model_that_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = dataclasses.replace(get_spec("tiny-isnet"), name="tiny-fp32", auto_dtype="float32")
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    assert load("tiny-fp32", dtype="auto").dtype_name == "float32"
+    assert load("tiny-fp32", dtype="bfloat16").dtype_name == "bfloat16"  # asked for: honoured
+    assert get_spec("u2netp").auto_dtype == "float32"
+    assert get_spec("isnet-general-use").auto_dtype == "reduced"

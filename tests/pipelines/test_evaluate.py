@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,11 @@ import pytest
 from PIL import Image
 
 from matteflow.pipelines import evaluate
+from matteflow.pipelines.config import load_config
+from matteflow.pipelines.eval_runs import default_name, model_list
 from matteflow.pipelines.evaluate import load_samples, main, run_name, score_predictions
 from matteflow.pipelines.report import Sample
+from matteflow.transforms.failures import NotFound
 from matteflow.transforms.metrics import SCHEMA, read_metrics
 from matteflow.transforms.quality import scores
 from tests.images import encode, pattern
@@ -120,9 +124,11 @@ def test_predictions_are_scored_like_our_masks(labelled: Path, tmp_path: Path) -
     assert (rows["c"]["status"], rows["c"]["error_code"]) == ("failed", "size_mismatch")
 
 
-def test_a_missing_prediction_is_a_failed_row(tmp_path: Path) -> None:
+def test_a_missing_prediction_is_a_failed_row(labelled: Path, tmp_path: Path) -> None:
+    Image.fromarray(_truth()).save(tmp_path / "a.png")
+    here = load_samples(str(labelled))[0]
     sample = Sample("z", "img.png", "gt.png", "")
-    [row] = score_predictions([sample], str(tmp_path)).to_pylist()
+    row = score_predictions([here, sample], str(tmp_path)).to_pylist()[1]
     assert (row["status"], row["error_stage"], row["error_code"]) == (
         "failed",
         "score",
@@ -160,3 +166,127 @@ def test_eval_refuses_a_missing_data_set(
 ) -> None:
     assert main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "cannot start" in capsys.readouterr().err
+
+
+def test_eval_takes_a_relative_data_folder(
+    labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 17, item 2: the run's manifest lives in another folder, so relative paths taken
+    # against the working directory were not found there and every row failed.
+    monkeypatch.chdir(labelled.parent)
+    assert main(["--data", labelled.name, "--output", "eval", "--model", "tiny-isnet"]) == 0
+    rows = read_metrics(str(tmp_path / "eval" / "runs" / "tiny-isnet")).to_pylist()
+    assert sorted((r["id"], r["status"]) for r in rows) == [("a", "ok"), ("b", "ok"), ("c", "ok")]
+
+
+def test_default_names_come_from_the_effective_settings(tmp_path: Path) -> None:
+    profile = tmp_path / "fast.toml"
+    profile.write_text("")
+    settings = ["outputs.cutout_format=webp"]
+    name = default_name("u2netp", str(profile), "guided", settings)
+    assert name == "u2netp-guided-fast-outputs.cutout_format-webp"
+    # No --model: the profile's model names the run.
+    assert default_name(None, None, None, []) == load_config().model.name
+    assert default_name(None, None, None, ["model.name=tiny-isnet"]) == (
+        "tiny-isnet-model.name-tiny-isnet"
+    )
+
+
+def test_model_lists(labelled: Path) -> None:
+    assert model_list(None, "tiny-isnet") == ["tiny-isnet"]
+    assert model_list(None, None) == [None]
+    assert model_list("tiny-isnet, isnet-general-use", None) == ["tiny-isnet", "isnet-general-use"]
+    for bad in ("tiny-isnet,tiny-isnet", " , "):
+        with pytest.raises(ValueError, match="distinct names"):
+            model_list(bad, None)
+    with pytest.raises(ValueError, match="not both"):
+        model_list("tiny-isnet", "tiny-isnet")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        model_list("tiny-isnet,nope", None)
+
+
+def test_an_existing_run_is_refused_unless_replaced(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    base = ["--data", str(labelled), "--output", str(out), "--models", "tiny-isnet"]
+    assert main(base) == 0
+    run = out / "runs" / "tiny-isnet"
+    first = sorted(p.name for p in (run / "metrics").iterdir())
+    stale = run / "metrics" / "stale.parquet"
+    stale.write_bytes(b"left from an older run")
+    capsys.readouterr()
+    assert main(base) == 2
+    assert "run 'tiny-isnet' exists" in capsys.readouterr().err
+    assert stale.exists()  # refused before touching anything
+    assert main([*base, "--replace"]) == 0
+    assert sorted(p.name for p in (run / "metrics").iterdir()) == first  # the stale file is gone
+    assert main([*base, "--set", "outputs.cutout_format=webp"]) == 0  # other settings, new name
+    assert (out / "runs" / "tiny-isnet-outputs.cutout_format-webp" / "metrics").is_dir()
+
+
+def test_several_models_and_a_name_do_not_mix(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--data", str(labelled), "--output", str(tmp_path / "o")]
+    assert main([*base, "--models", "tiny-isnet,isnet-general-use", "--name", "x"]) == 2
+    assert "--name names one run" in capsys.readouterr().err
+    assert main([*base, "--models", "tiny-isnet,nope"]) == 2  # checked before any run starts
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_predictions_without_any_matching_file_are_an_error(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "unrelated.png").write_bytes(b"")
+    out = tmp_path / "o"
+    assert main(["--data", str(labelled), "--output", str(out), "--predictions", str(empty)]) == 2
+    assert "no {id}.png or .webp file for any of the 3 ids" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(NotFound):
+        score_predictions(load_samples(str(labelled)), str(empty))
+
+
+def test_slices_reach_the_report(labelled: Path, tmp_path: Path) -> None:
+    manifest = labelled / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    shades = ["shade", "dark", "light", "dark"]
+    manifest.write_text("\n".join(f"{a},{b}" for a, b in zip(lines, shades, strict=True)) + "\n")
+    samples = load_samples(str(labelled))
+    assert dict(samples[0].columns)["shade"] == "dark"
+    out = tmp_path / "eval"
+    base = ["--data", str(labelled), "--output", str(out), "--model", "tiny-isnet"]
+    assert main([*base, "--slice-by", "shade"]) == 0
+    page = (out / "report" / "index.html").read_text()
+    assert "<svg" in page
+    assert main([*base, "--slice-by", "shoe_size", "--replace"]) == 2  # not a column: refused
+    assert main([*base, "--refine", "guided", "--slice-by", "shade"]) == 0
+    page = (out / "report" / "index.html").read_text()
+    groups = re.findall(r'<tr data-a="[^"]*" data-b="[^"]*" data-group="([^"]*)"', page)
+    assert groups == ["all", "category=animal", "category=product", "shade=dark", "shade=light"]
+
+
+def test_eval_exits_3_when_every_row_fails(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 17, item 2: a run that scored nothing is not a result.
+    for image in (labelled / "images").iterdir():
+        image.write_bytes(b"not an image")
+    argv = ["--data", str(labelled), "--output", str(tmp_path / "o"), "--model", "tiny-isnet"]
+    assert main(argv) == 3
+    assert "every row failed" in capsys.readouterr().err
+
+
+def test_prediction_ids_stay_inside_their_folder(tmp_path: Path) -> None:
+    # Issue 17, item 14: an id "../x" read x.png beside the predictions folder.
+    (tmp_path / "pred").mkdir()
+    Image.fromarray(_truth()).save(tmp_path / "secret.png")
+    Image.fromarray(_truth()).save(tmp_path / "pred" / "fine.png")
+    fine = Sample("fine", "img.png", str(tmp_path / "pred" / "fine.png"), "")
+    sample = Sample("../secret", "img.png", str(tmp_path / "secret.png"), "")
+    rows = score_predictions([fine, sample], str(tmp_path / "pred")).to_pylist()
+    outcomes = [(r["status"], r["error_code"]) for r in rows]
+    assert outcomes == [("ok", None), ("failed", "unsafe_key")]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.metrics.cells import DistributionResult
@@ -19,11 +19,13 @@ from PIL import Image
 from matteflow.pipelines.config import load_config
 from matteflow.pipelines.remove_background import (
     PreflightError,
+    _handler,
+    _resume,
     build,
+    compute_dtype,
     main,
     preflight,
     run,
-    worker_torch_threads,
 )
 from matteflow.transforms.metrics import MetricsRow, read_metrics
 from tests.images import encode, oriented, pattern
@@ -215,18 +217,34 @@ def test_preflight_refuses_unknown_model_and_missing_gpu(sample: str, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("threads", "beam_options", "expected"),
+    "beam_options",
     [
-        (0, [], 0),  # one worker: torch's default
-        (0, ["--direct_num_workers=2"], max(1, (os.cpu_count() or 1) // 2)),
-        (3, ["--direct_num_workers=2"], 3),  # the profile's own value wins
+        [],
+        ["--direct_num_workers=4"],
+        ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
     ],
 )
-def test_local_workers_share_the_cores_between_them(
-    threads: int, beam_options: list[str], expected: int
-) -> None:
-    cfg = load_config(settings=[f"model.torch_threads={threads}"])
-    assert worker_torch_threads(cfg, PipelineOptions(beam_options)) == expected
+def test_the_torch_thread_count_does_not_follow_the_workers(beam_options: list[str]) -> None:
+    # Issue 17: the count decides bfloat16 results, so any number of workers gets the same one.
+    p = beam.Pipeline(options=PipelineOptions(beam_options))
+    assert _handler(load_config(), p.options)._threads == 1
+    cfg = load_config(settings=["model.torch_threads=3"])
+    assert _handler(cfg, p.options)._threads == 3
+
+
+def test_thread_count_and_resolved_dtype_are_in_the_resume_fingerprint() -> None:
+    options = PipelineOptions([])
+    digest = {
+        s: _resume(load_config(settings=[s]), options).settings
+        for s in ("model.torch_threads=1", "model.torch_threads=2", "model.device=cpu")
+    }
+    assert digest["model.torch_threads=1"] == digest["model.device=cpu"]  # the default
+    assert digest["model.torch_threads=1"] != digest["model.torch_threads=2"]
+    auto = load_config(settings=["model.dtype=auto"])
+    resolved = compute_dtype(auto, options)
+    assert resolved in ("float32", "bfloat16")  # what this CPU computes "auto" in
+    pinned = load_config(settings=[f"model.dtype={resolved}"])
+    assert _resume(auto, options).settings == _resume(pinned, options).settings
 
 
 def test_stage_times_and_batch_sizes_are_beam_metrics(sample: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ headless Chromium renders it from the file system."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 import shutil
 import statistics
@@ -361,7 +362,8 @@ def test_sheet_rows_limits_the_sheet(tmp_path: Path) -> None:
 def test_every_image_link_is_relative_and_exists(fx: Fixture) -> None:
     images = Page(fx.html).images
     ok_rows = sum(r["status"] == "ok" for rows in fx.expected.values() for r in rows)
-    assert len(images) == 2 * len(fx.samples) + 4 * ok_rows  # input + gt, 4 per prediction
+    # input + gt, 4 per prediction in the sheet, 2 (alpha, cutout) per prediction in the tiles
+    assert len(images) == 2 * len(fx.samples) + 4 * ok_rows + 2 * ok_rows
     for img in images:
         src = img["src"]
         assert src and src.startswith("img/") and "://" not in src, src
@@ -486,11 +488,77 @@ def test_chromium_counts_a_missing_image(fx: Fixture, tmp_path: Path) -> None:
 def test_chromium_screenshot_is_not_blank(fx: Fixture, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
     index = (fx.report / "index.html").as_uri()
-    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", index)
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,6000", index)
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("RGB"))
-    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.shape[:2] == (6000, 1280)
     colours = np.unique(pixels.reshape(-1, 3), axis=0)
     assert len(colours) > 50
     # The thumbnails were painted: some pixels are the green background of the cutouts.
     assert np.any(np.abs(pixels.astype(int) - GREEN).max(axis=2) < 24)
+
+
+# --- head to head ----------------------------------------------------------------------------
+
+
+def test_head_to_head_numbers_on_the_hand_made_runs(fx: Fixture) -> None:
+    """Three images scored by both runs: the 2.5th and 97.5th bootstrap percentiles are the
+    smallest and largest paired difference (each of them is all three draws with chance
+    1/27 > 2.5 %), and the point estimate is their mean."""
+    a = {r["id"]: r for r in fx.expected["isnet/none"] if r["status"] == "ok"}
+    b = {r["id"]: r for r in fx.expected[ODD_RUN] if r["status"] == "ok"}
+    both = [i for i in a if i in b]
+    assert len(both) == 3
+    page = Page(fx.html)
+    [row] = [r for r in page.body_rows("pairwise") if r.attrs["data-group"] == "all"]
+    assert (row.attrs["data-a"], row.attrs["data-b"]) == ("isnet/none", ODD_RUN)
+    assert row.cells[3].text == "3"
+    for cell in row.cells[4:]:
+        metric = cell.attrs["data-metric"] or ""
+        diffs = [a[i][metric] - b[i][metric] for i in both]
+        assert float(cell.attrs["data-diff"] or "nan") == pytest.approx(statistics.fmean(diffs))
+        assert float(cell.attrs["data-low"] or "nan") == pytest.approx(min(diffs))
+        assert float(cell.attrs["data-high"] or "nan") == pytest.approx(max(diffs))
+        assert cell.attrs["data-significant"] == str(min(diffs) > 0 or max(diffs) < 0).lower()
+    groups = [r.attrs["data-group"] for r in page.body_rows("pairwise")]
+    assert groups == ["all", "category=bags", "category=shoes"]
+
+
+def test_runs_table_has_seconds_and_licence(fx: Fixture) -> None:
+    rows = Page(fx.html).body_rows("runs")
+    for row, run in zip(rows, fx.runs, strict=True):
+        ok = [r for r in fx.expected[run.name] if r["status"] == "ok"]
+        seconds = statistics.fmean(r["total_ms"] / 1000 for r in ok)
+        assert row.cells[0].text == run.name
+        assert row.cells[-2].text == f"{seconds:.3f}"
+        assert row.cells[-1].text == "unknown"  # these rows carry no licence_class
+
+
+def test_charts_are_inline_svg_without_scripts(fx: Fixture) -> None:
+    charts_html = fx.html.split("<h2>Charts</h2>")[1].split("<h2>")[0]
+    assert charts_html.count("<svg") == 4  # distribution, categories, time, one pair
+    assert "<script" not in charts_html
+
+
+def test_disagreements_and_tiles_link_full_size_files(fx: Fixture) -> None:
+    a = {r["id"]: r for r in fx.expected["isnet/none"] if r["status"] == "ok"}
+    b = {r["id"]: r for r in fx.expected[ODD_RUN] if r["status"] == "ok"}
+    gaps = sorted((i for i in a if i in b), key=lambda i: -abs(a[i]["iou"] - b[i]["iou"]))
+    page = Page(fx.html)
+    got = re.findall(r'<tr data-id="([^"]*)"><th><a href="#sheet-', fx.html)
+    assert [html.unescape(i) for i in got] == gaps
+    tiles = re.findall(r'<figure class="tile" id="tile-([^"]*)">', fx.html)
+    sheet = [r.attrs["data-id"] for r in page.body_rows("sheet")]
+    assert [html.unescape(t) for t in tiles] == sheet  # the same worst-first order
+    for href in re.findall(r'<a href="([^"#][^"]*)"><img', fx.html):
+        assert Path(html.unescape(href)).is_file(), href  # full-size masks, absolute here
+
+
+def test_three_runs_give_three_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DELTAS, "third", [1, 1, -2, 2])
+    fx = _build(tmp_path, ["isnet/none", ODD_RUN, "third"], slice_by=["category"])
+    charts_html = fx.html.split("<h2>Charts</h2>")[1].split("<h2>")[0]
+    assert charts_html.count("<svg") == 3 + 3  # three charts, one scatter per pair
+    pairs = {(r.attrs["data-a"], r.attrs["data-b"]) for r in Page(fx.html).body_rows("pairwise")}
+    assert pairs == {("isnet/none", ODD_RUN), ("isnet/none", "third"), (ODD_RUN, "third")}
+    assert fx.html.count('<table class="disagree"') == 3

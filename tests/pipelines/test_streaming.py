@@ -42,7 +42,7 @@ def _at(uri: Path, seconds: int) -> TimestampedValue:
 def test_arrivals_are_processed_per_window_and_a_repeat_is_skipped(
     incoming: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "out"
+    out = incoming / "out"  # inside the watched folder: its files must not come back in
     glob = f"{incoming}/**.png"
     events = (
         Arriving()
@@ -55,12 +55,13 @@ def test_arrivals_are_processed_per_window_and_a_repeat_is_skipped(
                 _at(incoming / "a.png", 70),  # delivered again: its outputs are current
                 _at(incoming / "gone.png", 71),  # notified, then deleted before it was read
                 _at(incoming / "notes.txt", 72),  # not matched: ignored
+                _at(incoming / "out" / "masks" / "b.png", 73),  # the job's own output: ignored
             ]
         )
         .advance_watermark_to_infinity()
     )
     cfg = load_config(manifest=glob, output=str(out), model="tiny-isnet")
-    arrivals = ReadArrivals(glob, StreamingSettings(window_s=60), uris=events)
+    arrivals = ReadArrivals(glob, StreamingSettings(window_s=60), uris=events, exclude=str(out))
     with beam.Pipeline(options=PipelineOptions(["--streaming"])) as p:
         build(p, cfg, arrivals)
 

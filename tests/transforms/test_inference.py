@@ -12,9 +12,16 @@ import torch
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline  # not collected
 from apache_beam.testing.util import assert_that, equal_to
 
+from matteflow.models import registry
 from matteflow.models.registry import LoadedModel, get_spec
 from matteflow.transforms import inference
-from matteflow.transforms.inference import MatteModelHandler, Segment, postprocess, preprocess
+from matteflow.transforms.inference import (
+    MatteModelHandler,
+    ModelSet,
+    Segment,
+    postprocess,
+    preprocess,
+)
 from matteflow.transforms.matte import MatteSettings
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte, Timings
 from tests.images import pattern
@@ -50,8 +57,10 @@ def _pin_head(model: LoadedModel) -> LoadedModel:
 class _PinnedHandler(MatteModelHandler):
     """The real handler with the head pinned after loading, so pipeline tests know alpha."""
 
-    def load_model(self) -> LoadedModel:
-        return _pin_head(super().load_model())
+    def load_model(self) -> ModelSet:
+        models = super().load_model()
+        _pin_head(models.get(MODEL))
+        return models
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +69,20 @@ def handler() -> MatteModelHandler:
 
 
 @pytest.fixture(scope="module")
-def model(handler: MatteModelHandler) -> LoadedModel:
+def models(handler: MatteModelHandler) -> ModelSet:
     return handler.load_model()
 
 
 @pytest.fixture(scope="module")
-def pinned(handler: MatteModelHandler) -> LoadedModel:
-    return _pin_head(handler.load_model())
+def model(models: ModelSet) -> LoadedModel:
+    return models.get(MODEL)
+
+
+@pytest.fixture(scope="module")
+def pinned(handler: MatteModelHandler) -> ModelSet:
+    models = handler.load_model()
+    _pin_head(models.get(MODEL))
+    return models
 
 
 def test_all_names_exist() -> None:
@@ -154,7 +170,9 @@ def test_max_batch_is_at_least_one_image() -> None:
     assert tiny.batch_elements_kwargs()["max_batch_size"] == 64 * 64
 
 
-def test_inference_size_sets_the_tensor_and_the_batch_weight(model: LoadedModel) -> None:
+def test_inference_size_sets_the_tensor_and_the_batch_weight(
+    models: ModelSet, model: LoadedModel
+) -> None:
     big = MatteModelHandler(MODEL, max_batch_pixels=10, inference_size=96)
     kwargs = big.batch_elements_kwargs()
     assert kwargs["max_batch_size"] == 96 * 96
@@ -162,7 +180,7 @@ def test_inference_size_sets_the_tensor_and_the_batch_weight(model: LoadedModel)
     seen: list[tuple[int, ...]] = []
     handle = model.network.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     try:
-        [matte] = big.run_inference([_image("a", 40, 23)], model)
+        [matte] = big.run_inference([_image("a", 40, 23)], models)
     finally:
         handle.remove()
     assert seen == [(1, 3, 96, 96)]
@@ -180,7 +198,7 @@ def test_loaded_model_is_the_requested_one(model: LoadedModel) -> None:
     assert len(model.weights_sha256) == 64
 
 
-def test_batch_gives_full_size_mattes(handler: MatteModelHandler, pinned: LoadedModel) -> None:
+def test_batch_gives_full_size_mattes(handler: MatteModelHandler, pinned: ModelSet) -> None:
     batch = [_image(name, w, h) for name, (w, h) in SIZES.items()]
     mattes = list(handler.run_inference(batch, pinned))
     assert [type(m) for m in mattes] == [Matte] * 3
@@ -196,29 +214,29 @@ def test_batch_gives_full_size_mattes(handler: MatteModelHandler, pinned: Loaded
             "float32",
             3,
         )
-        assert matte.model_sha256 == pinned.weights_sha256
+        assert matte.model_sha256 == pinned.get(MODEL).weights_sha256
         assert matte.timings.decode_ms == 1.5 and matte.timings.infer_ms >= 0
 
 
-def test_batch_results_match_single_runs(handler: MatteModelHandler, model: LoadedModel) -> None:
+def test_batch_results_match_single_runs(handler: MatteModelHandler, models: ModelSet) -> None:
     # With real (random) weights each image gets its own alpha: a mix-up inside the batch
     # would show. 1e-5: batched convolutions may pick another kernel than single ones.
     batch = [_image(name, w, h) for name, (w, h) in SIZES.items()]
-    together = list(handler.run_inference(batch, model))
+    together = list(handler.run_inference(batch, models))
     for image, matte in zip(batch, together, strict=True):
-        [alone] = handler.run_inference([image], model)
+        [alone] = handler.run_inference([image], models)
         assert isinstance(matte, Matte) and isinstance(alone, Matte)
         assert np.allclose(matte.alpha, alone.alpha, rtol=0, atol=1e-5)
     # Guard: these weights do tell images apart by far more than the tolerance.
     flipped = dataclasses.replace(batch[0], rgb=np.ascontiguousarray(batch[0].rgb[::-1]))
-    [other] = handler.run_inference([flipped], model)
+    [other] = handler.run_inference([flipped], models)
     assert isinstance(other, Matte)
     assert np.abs(other.alpha - together[0].alpha).max() > 1e-4
 
 
 @pytest.mark.parametrize("kind", ["rgba", "two-dims"])
 def test_broken_element_fails_alone(
-    handler: MatteModelHandler, pinned: LoadedModel, kind: str
+    handler: MatteModelHandler, pinned: ModelSet, kind: str
 ) -> None:
     batch = [_image("a", 17, 11), _broken(kind), _image("b", 40, 23)]
     out = list(handler.run_inference(batch, pinned))
@@ -246,7 +264,7 @@ class _MemoryBoundHandler(MatteModelHandler):
         return super()._infer(batch, model)
 
 
-def test_batch_out_of_memory_is_retried_in_halves(pinned: LoadedModel) -> None:
+def test_batch_out_of_memory_is_retried_in_halves(pinned: ModelSet) -> None:
     handler = _MemoryBoundHandler(MODEL, max_batch_pixels=100_000)
     batch = [_image(f"i{n}", 17 + n, 11) for n in range(5)]
     out = list(handler.run_inference(batch, pinned))
@@ -256,9 +274,7 @@ def test_batch_out_of_memory_is_retried_in_halves(pinned: LoadedModel) -> None:
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError, RuntimeError])
-def test_image_out_of_memory_alone_fails_as_oom(
-    pinned: LoadedModel, error: type[Exception]
-) -> None:
+def test_image_out_of_memory_alone_fails_as_oom(pinned: ModelSet, error: type[Exception]) -> None:
     handler = _MemoryBoundHandler(MODEL, max_batch_pixels=100_000)
     handler.limit, handler.error = 0, error
     out = list(handler.run_inference([_image("a", 17, 11), _image("b", 40, 23)], pinned))
@@ -269,7 +285,7 @@ def test_image_out_of_memory_alone_fails_as_oom(
     assert all(error.__name__ in f.message for f in out if isinstance(f, Failed))
 
 
-def test_empty_batch_gives_nothing(handler: MatteModelHandler, pinned: LoadedModel) -> None:
+def test_empty_batch_gives_nothing(handler: MatteModelHandler, pinned: ModelSet) -> None:
     assert list(handler.run_inference([], pinned)) == []
 
 
@@ -293,3 +309,80 @@ def test_segment_splits_mattes_and_failures() -> None:
             label="CheckMattes",
         )
         assert_that(failures, equal_to([("bad", "segment", "model_error")]), label="CheckFailures")
+
+
+# --- a model per manifest row ------------------------------------------------------------
+
+
+def _row(name: str, width: int, height: int, model: str) -> DecodedImage:
+    image = _image(name, width, height)
+    task = dataclasses.replace(image.task, settings=(("model", model),) if model else ())
+    return dataclasses.replace(image, task=task)
+
+
+@pytest.fixture
+def second_model(monkeypatch: pytest.MonkeyPatch) -> str:
+    """tiny-isnet-b: the tiny network with another seed and a 96-pixel input."""
+    spec = dataclasses.replace(get_spec(MODEL), name="tiny-isnet-b", seed=1, input_size=96)
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    return spec.name
+
+
+def test_rows_are_grouped_by_their_model(handler: MatteModelHandler, second_model: str) -> None:
+    loads: list[str] = []
+    real_load = inference.load
+
+    def counting_load(name: str, **kwargs: object) -> LoadedModel:
+        loads.append(name)
+        return real_load(name, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "load", counting_load)
+        models = handler.load_model()
+        batch = [
+            _row("a", 17, 11, ""),
+            _row("b", 40, 23, second_model),
+            _row("c", 31, 64, MODEL),
+            _row("d", 20, 20, second_model),
+        ]
+        out = list(handler.run_inference(batch, models))
+        again = list(handler.run_inference(batch[1:2], models))
+    assert loads == [MODEL, second_model]  # one load per model, the second on first use
+    by_id = {m.image.task.id: m for m in out if isinstance(m, Matte)}
+    assert {k: (m.model, m.batch_size) for k, m in by_id.items()} == {
+        "a": (MODEL, 2),
+        "c": (MODEL, 2),
+        "b": (second_model, 2),
+        "d": (second_model, 2),
+    }
+    assert isinstance(again[0], Matte)
+    np.testing.assert_allclose(again[0].alpha, by_id["b"].alpha, rtol=0, atol=1e-5)
+    # The row's own model at its own input size weighs the batch.
+    size = handler.batch_elements_kwargs()["element_size_fn"]
+    assert size(batch[1]) == 96 * 96 and size(batch[0]) == 64 * 64
+
+
+def test_a_row_model_that_cannot_load_fails_its_rows_only(handler: MatteModelHandler) -> None:
+    strict = MatteModelHandler(
+        MODEL, "cpu", "float32", max_batch_pixels=100_000, allow_licences=("permissive",)
+    )
+    batch = [_row("a", 17, 11, ""), _row("b", 20, 20, "isnet-general-use")]
+    out = list(strict.run_inference(batch, strict.load_model()))
+    assert isinstance(out[0], Matte)
+    failed = out[1]
+    assert isinstance(failed, Failed)
+    assert (failed.task.id, failed.stage, failed.code) == ("b", "segment", "model_error")
+    assert "licence class 'unclear'" in failed.message
+
+
+def test_preprocess_lanczos_and_divide_by_max() -> None:
+    spec = dataclasses.replace(
+        get_spec(MODEL), resize="lanczos", divide_by="max", mean=(0.0,) * 3, std=(1.0,) * 3
+    )
+    rgb = np.full((11, 17, 3), 100, np.uint8)
+    rgb[..., 2] = 200
+    x = preprocess(rgb, spec, CPU)
+    assert x.shape == (3, 64, 64)
+    # Divided by the image's own maximum (200), not 255.
+    assert torch.allclose(x[0], torch.full((64, 64), 0.5), atol=1e-6)
+    assert torch.allclose(x[2], torch.full((64, 64), 1.0), atol=1e-6)

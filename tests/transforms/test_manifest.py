@@ -350,3 +350,84 @@ def test_ten_thousand_rows_are_read_by_the_runner(root: Path, suffix: str) -> No
     assert failed == []
     assert [t.id for t in tasks] == [f"row-{n:05d}" for n in range(10_000)]
     assert count_rows(uri) == 10_000
+
+
+@pytest.mark.parametrize("leading", ["\n", "\n\n", "\r\n  \n", "\ufeff\n"])
+def test_blank_lines_before_the_csv_header_do_not_make_a_row(tmp_path: Path, leading: str) -> None:
+    # Issue 17, item 1: the header line became a phantom failed row.
+    path = tmp_path / "m.csv"
+    path.write_text(f"{leading}uri,id\nimgs/1.png,one\n\nimgs/2.png,two\n")
+    tasks, failed = _read(str(path))
+    assert [t.id for t in tasks] == ["one", "two"]
+    assert failed == []
+    assert count_rows(str(path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("m.csv", b"uri,id,id\na.png,1,2\n"),
+        ("m.csv", b"\nuri,shop,uri\na.png,x,b.png\n"),
+    ],
+)
+def test_duplicate_header_names_refuse_the_manifest(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    # Issue 17, item 14: the last of two same-named columns used to win silently.
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ManifestError, match=r"column names repeat: (id|uri)"):
+        check_manifest(str(tmp_path / name))
+
+
+def test_duplicate_parquet_columns_refuse_the_manifest(tmp_path: Path) -> None:
+    table = pa.Table.from_arrays([pa.array(["a.png"]), pa.array(["b.png"])], names=["uri", "uri"])
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match="column names repeat: uri"):
+        check_manifest(str(tmp_path / "m.parquet"))
+
+
+def test_jsonl_records_with_repeated_keys_fail_as_bad_rows(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"uri": "a.png"}\n{"uri": "b.png", "uri": "c.png"}\n')
+    tasks, failed = _read(str(path))
+    assert [t.id for t in tasks] == ["a"]
+    assert [(f.stage, f.code) for f in failed] == [("manifest", "bad_row")]
+    assert "repeats key 'uri'" in failed[0].message
+
+
+def test_ids_from_uris_hold_no_credentials_or_tokens(tmp_path: Path) -> None:
+    # Issue 17, item 12: without an `id` column, user info and signed-URL tokens became ids,
+    # and so output, state and review names.
+    rows = [
+        {"uri": "gs://bucket/imgs/a.jpg?X-Goog-Signature=tok.secret"},
+        {"uri": "gs://user:secret@bucket/imgs/b.jpg#frag.secret"},
+    ]
+    tasks, failed = _read(_write(tmp_path / "m.jsonl", rows))
+    assert failed == []
+    assert [(t.id, t.output_key) for t in tasks] == [("a", "a"), ("b", "b")]
+    rows = [{"uri": "gs://one/x.jpg?sig=a.secret"}, {"uri": "gs://u:secret@two/y.jpg"}]
+    tasks, failed = _read(_write(tmp_path / "n.jsonl", rows))  # no common folder: whole URIs
+    assert failed == []  # the source keeps what it needs to be read; names never do
+    assert [(t.id, t.output_key) for t in tasks] == [("one/x", "one/x"), ("two/y", "two/y")]
+
+
+def test_cells_we_neutralised_read_back_as_they_were(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("uri,id,note\nimgs/1.png,'=one,'+x\n")
+    [task] = _tasks(str(path))
+    assert (task.id, task.metadata) == ("=one", (("note", "+x"),))
+
+
+def test_a_glob_leaves_out_the_runs_own_outputs(root: Path) -> None:
+    # Issue 17, item 14: outputs under the globbed folder came back as rows, more each run.
+    out = root / "imgs" / "out"
+    (out / "cutouts").mkdir(parents=True)
+    (out / "cutouts" / "x.png").write_bytes(b"")
+    glob = f"{root}/imgs/**/*.png"
+    tags = f"{glob}#{len(_SEEN)}"
+    with BeamPipeline(runner="FnApiRunner") as p:
+        rows = p | "ReadManifest" >> ReadManifest(glob, exclude=str(out))
+        _ = rows.ok | "KeepTasks" >> beam.Map(_keep, tags)
+    assert sorted(t.id for t in _SEEN.pop(tags)) == ["a/b/x", "c/y"]
+    assert count_rows(glob, str(out)) == 2
+    assert count_rows(glob) == 3

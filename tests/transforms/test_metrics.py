@@ -60,6 +60,7 @@ def _matte(task: ImageTask, alpha: np.ndarray | None = None) -> Matte:
         "float32",
         4,
         timings=Timings(fetch_ms=1.0, decode_ms=2.0),
+        licence_class="permissive",
     )
 
 
@@ -95,6 +96,7 @@ RELEASED_SCHEMA = [
     ("warnings", "list<item: string>"),
     ("model", "string"),
     ("model_sha256", "string"),
+    ("licence_class", "string"),
     ("device", "string"),
     ("dtype", "string"),
     ("batch_size", "int32"),
@@ -119,7 +121,7 @@ RELEASED_SCHEMA = [
             "total_ms",
         )
     ],
-    *[(f"{kind}_uri", "string") for kind in ("cutout", "mask", "composite", "color", "psd")],
+    *[(f"{kind}_uri", "string") for kind in ("cutout", "mask", "composite", "color", "psd", "xcf")],
     ("output_width", "int32"),
     ("output_height", "int32"),
     ("output_bytes", "int64"),
@@ -166,6 +168,7 @@ def test_ok_row_has_exactly_the_schema_columns() -> None:
         "warnings": ["decode/corrupt_icc"],
         "model": "tiny-isnet",
         "model_sha256": "a" * 64,
+        "licence_class": "permissive",
         "device": "cpu",
         "dtype": "float32",
         "batch_size": 4,

@@ -192,3 +192,23 @@ def test_cutout_layer_can_carry_other_colours_than_the_original() -> None:
     original, cut = list(psd)
     assert np.array_equal(np.asarray(original.topil().convert("RGB")), rgb)
     assert np.array_equal(np.asarray(cut.topil().convert("RGB")), clean)
+
+
+def test_shadow_layer_lies_between_original_and_cutout() -> None:
+    rgb, alpha = _image(*SIZES[0])
+    shadow = (alpha // 2).astype(np.uint8)
+    psd = PSDImage.open(io.BytesIO(encode_psd(rgb, alpha, shadow=shadow)))
+    assert [layer.name for layer in psd] == ["Original", "Shadow", "Cutout"]
+    layer = _layer(psd, "Shadow")
+    pixels = layer.topil()
+    assert pixels is not None
+    left, top, right, bottom = layer.bbox  # psd-tools keeps the non-transparent box
+    rgba = np.asarray(pixels.convert("RGBA"))
+    np.testing.assert_array_equal(rgba[..., 3], shadow[top:bottom, left:right])
+    assert (rgba[..., :3][rgba[..., 3] > 0] == 0).all()
+
+
+def test_rejects_a_shadow_of_another_size() -> None:
+    rgb, alpha = _image(8, 6)
+    with pytest.raises(ValueError, match="shadow"):
+        encode_psd(rgb, alpha, shadow=alpha[:-1])

@@ -21,6 +21,7 @@ from matteflow.transforms.refine import (
     decontaminate,
     guided_filter,
     matting,
+    predicted_foreground,
     trimap,
 )
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte, Timings
@@ -523,3 +524,43 @@ def test_refine_in_a_pipeline() -> None:
             label="CheckMattes",
         )
         assert_that(failures, equal_to([("bad", "refine")]), label="CheckFailures")
+
+
+# --- foreground colour the model predicts (RVM's fgr) ---------------------------------------
+
+
+def test_predicted_foreground_replaces_colour_on_the_soft_band_only() -> None:
+    alpha, fg, image = _composite(40, 50, 20, 25, 12)
+    rgb = _u8(image)
+    out = predicted_foreground(rgb, alpha, fg.astype(np.float32))
+    band = (alpha > 1 / 512) & (alpha < 1 - 1 / 512)
+    assert band.any() and (~band).any()
+    assert np.array_equal(out[band], _u8(fg)[band])  # the model's colour, where colours mix
+    assert np.array_equal(out[~band], rgb[~band])  # the source's elsewhere
+    sixteen = predicted_foreground(np.rint(image * 65535).astype(np.uint16), alpha, fg)
+    assert sixteen.dtype == np.uint16
+    assert np.array_equal(sixteen[band], np.rint(fg[band] * 65535).astype(np.uint16))
+
+
+def test_predicted_foreground_at_the_models_resolution_is_upsampled() -> None:
+    alpha, _, image = _composite(40, 50, 20, 25, 12)
+    flat = np.empty((16, 16, 3), np.float32)
+    flat[...] = (0.2, 0.6, 1.0)  # a flat colour upsamples to itself
+    out = predicted_foreground(_u8(image), alpha, flat)
+    band = (alpha > 1 / 512) & (alpha < 1 - 1 / 512)
+    assert np.array_equal(out[band], np.broadcast_to(np.uint8([51, 153, 255]), out[band].shape))
+
+
+@pytest.mark.parametrize("decon", [True, False])
+def test_dofn_takes_the_models_foreground_over_the_estimate(decon: bool) -> None:
+    matte, _ = _scene_matte()
+    predicted = np.zeros((*matte.alpha.shape, 3), np.float32)
+    predicted[..., 1] = 1.0  # pure green: nothing an estimate would give
+    matte.model_foreground = predicted
+    [out] = list(_RefineFn(RefineSettings(refine="none", decontaminate=decon)).process(matte))
+    assert isinstance(out, Matte)
+    if not decon:
+        assert out.foreground is None  # decontamination off: the source colours stay
+        return
+    expected = predicted_foreground(matte.image.rgb, matte.alpha, predicted)
+    assert out.foreground is not None and np.array_equal(out.foreground, expected)

@@ -73,8 +73,10 @@ def test_settings_digest_follows_model_dtype_and_outputs() -> None:
         settings_digest(dataclasses.replace(spec, seed=1), cfg),
         settings_digest(spec, _with(cfg, decode=DecodeSettings(intent="relative"))),
         settings_digest(spec, _with(cfg, model=dataclasses.replace(cfg.model, flip_tta=True))),
+        # the thread count decides bfloat16 results on a CPU (issue 17)
+        settings_digest(spec, _with(cfg, model=dataclasses.replace(cfg.model, torch_threads=3))),
     }
-    assert base not in others and len(others) == 6
+    assert base not in others and len(others) == 7
 
 
 def _with(cfg: RunConfig, **changes: object) -> RunConfig:
@@ -85,8 +87,8 @@ def test_only_settings_marked_as_affecting_outputs_change_the_digest() -> None:
     spec, cfg = get_spec("tiny-isnet"), RunConfig()
     unchanged = [
         _with(cfg, manifest="other.csv", output="elsewhere", force=True),
-        _with(cfg, model=dataclasses.replace(cfg.model, device="cuda", torch_threads=3)),
-        _with(cfg, decode=DecodeSettings(max_pixels=10, max_bytes=10)),
+        _with(cfg, model=dataclasses.replace(cfg.model, device="cuda")),
+        _with(cfg, decode=DecodeSettings(max_pixels=10, max_bytes=10, row_timeout_s=5.0)),
     ]
     assert {settings_digest(spec, c) for c in unchanged} == {settings_digest(spec, cfg)}
 
@@ -94,6 +96,15 @@ def test_only_settings_marked_as_affecting_outputs_change_the_digest() -> None:
 def test_output_settings_are_the_marked_fields() -> None:
     marked = output_settings(RunConfig())
     assert set(marked) == {"model", "decode", "outputs", "framing", "matte", "refine"}
-    assert marked["model"] == {"dtype": "auto", "inference_size": 0, "flip_tta": False}
-    assert marked["decode"] == {"intent": "perceptual"}
+    assert marked["model"] == {
+        "dtype": "auto",
+        "inference_size": 0,
+        "torch_threads": 1,
+        "flip_tta": False,
+    }
+    assert marked["decode"] == {
+        "intent": "perceptual",
+        "raw_white_balance": "camera",
+        "raw_exposure": 0.0,
+    }
     assert marked["outputs"] == dataclasses.asdict(OutputSettings())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -105,6 +106,14 @@ def test_local_paths_are_matched_after_following_links(tmp_path: Path) -> None:
         "fd00::1",
         "::ffff:127.0.0.1",
         "224.0.0.1",
+        # IPv6 forms that embed a loopback or private IPv4 (issue 17, item 14)
+        "::127.0.0.1",  # IPv4-compatible
+        "::ffff:0:127.0.0.1",  # IPv4-translated (SIIT)
+        "64:ff9b::7f00:1",  # NAT64 well-known prefix
+        "64:ff9b:1::a00:1",  # NAT64 local-use prefix
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
     ],
 )
 def test_non_public_addresses_are_refused_unless_allowed(host: str) -> None:
@@ -126,7 +135,8 @@ def test_unresolvable_host_is_not_found() -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     """/ok.png: an image; /flaky.png: 503 on the first request, then the image;
-    /moved.png: a redirect to the cloud metadata address; anything else: 404."""
+    /moved.png: a redirect to the cloud metadata address; /drip.png: the image, one byte
+    every 0.2 s; anything else: 404."""
 
     flaky_seen = 0
 
@@ -140,6 +150,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(503, b"busy")
         elif path in ("/ok.png", "/flaky.png"):
             self._reply(200, PNG)
+        elif path == "/drip.png":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            for i in range(len(PNG)):
+                try:
+                    self.wfile.write(PNG[i : i + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
+                time.sleep(0.2)
         elif path == "/moved.png":
             self.send_response(302)
             self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
@@ -189,6 +210,16 @@ def test_http_bodies_over_max_bytes_are_refused(web: str) -> None:
     with pytest.raises(PermanentError) as info:
         read_bytes(f"{web}/ok.png", NO_WAIT, allow_private=True, max_bytes=len(PNG) - 1)
     assert info.value.code == "too_large"
+
+
+def test_a_dripping_server_is_cut_off_at_the_deadline(web: str) -> None:
+    # Issue 17, item 14: one byte every few seconds kept a row for minutes (no socket timeout
+    # fires while bytes keep coming).
+    start = time.monotonic()
+    with pytest.raises(PermanentError) as info:
+        read_bytes(f"{web}/drip.png", NO_WAIT, allow_private=True, deadline=start + 1.0)
+    assert (info.value.stage, info.value.code) == ("fetch", "timeout")
+    assert time.monotonic() - start < 5
 
 
 def test_http_503_is_retried(web: str) -> None:

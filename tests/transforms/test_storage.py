@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,47 @@ def test_read_bytes_refuses_objects_over_max_bytes(tmp_path: Path) -> None:
     with pytest.raises(PermanentError) as info:
         read_bytes(str(tmp_path / "a.bin"), max_bytes=3)
     assert (info.value.stage, info.value.code) == ("fetch", "too_large")
+
+
+def _in_a_thread(fn: object) -> BaseException | None:
+    """What calling fn() raised (None if nothing), failing the test if it blocks 20 s."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            fn()  # type: ignore[operator]
+            outcome.append(None)
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert outcome, "the read blocked"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_read_bytes_refuses_what_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    # Issue 17, item 3: a FIFO as a source hung the run (the open blocks, the read never ends).
+    path = tmp_path / "x.png"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")  # a link to an endless device: followed, then refused
+    error = _in_a_thread(lambda: read_bytes(str(path)))
+    assert isinstance(error, PermanentError)
+    assert (error.stage, error.code) == ("fetch", "not_a_file")
+
+
+def test_read_bytes_stops_at_the_deadline(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"1234")
+    assert read_bytes(str(tmp_path / "a.bin"), deadline=time.monotonic() + 60) == b"1234"
+    with pytest.raises(PermanentError) as info:
+        read_bytes(str(tmp_path / "a.bin"), deadline=time.monotonic() - 1)
+    assert (info.value.stage, info.value.code) == ("fetch", "timeout")
 
 
 def test_write_atomic_leaves_only_the_final_file(tmp_path: Path) -> None:

@@ -80,7 +80,16 @@ def _matte(
         exif=exif,
         source_sha256=SOURCE_SHA,
     )
-    return Matte(image, _disc_alpha(), "tiny-isnet", MODEL_SHA, "cpu", "float32", 1)
+    return Matte(
+        image,
+        _disc_alpha(),
+        "tiny-isnet",
+        MODEL_SHA,
+        "cpu",
+        "float32",
+        1,
+        licence_class="permissive",
+    )
 
 
 def _render(
@@ -305,6 +314,7 @@ def test_metadata_of_the_outputs(
             MODEL_SHA,
             SOURCE_SHA,
         ), column
+        assert xmp["licenceClass"] == "permissive", column
         recorded = json.loads(xmp["settings"])
         assert recorded["outputs"]["strip_gps"] == settings.strip_gps
         assert recorded["framing"]["mode"] == "none"
