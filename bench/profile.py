@@ -56,13 +56,18 @@ def _is(path_part: str, *names: str) -> Callable[[Key], bool]:
     return lambda key: key[0].endswith(path_part) and key[2] in names
 
 
+def _model_forward(key: Key) -> bool:
+    """A model's forward pass (LoadedModel.predict, native or onnxruntime, and __call__)."""
+    return _is("models/registry.py", "predict", "__call__")(key)
+
+
 # Profile stages: (name, functions whose cumulative CPU it is, stages already inside it).
 _STAGES: list[tuple[str, Callable[[Key], bool], tuple[str, ...]]] = [
     ("fetch (Reader.read)", _is("transforms/reader.py", "read"), ()),
     ("colour (to sRGB)", _is("transforms/colour.py", "to_srgb_rgb", "wide_to_srgb"), ()),
     ("decode (less colour)", _is("transforms/decode.py", "decode"), ("colour (to sRGB)",)),
     ("resize to model (preprocess)", _is("transforms/inference.py", "preprocess"), ()),
-    ("model forward", _is("models/registry.py", "__call__"), ()),
+    ("model forward", _model_forward, ()),
     ("uncertainty", _is("transforms/matte.py", "uncertainty"), ()),
     ("resize to image (postprocess)", _is("transforms/inference.py", "postprocess"), ()),
     ("decontaminate", _is("transforms/refine.py", "decontaminate"), ()),
@@ -89,7 +94,7 @@ def _model_only(stats: dict) -> set[Key]:
     for key, value in stats.items():
         for caller in value[4]:
             children.setdefault(caller, set()).add(key)
-    roots = {k for k in stats if _is("models/registry.py", "__call__")(k)}
+    roots = {k for k in stats if _model_forward(k)}
     inside, todo = set(roots), list(roots)
     while todo:
         for child in children.get(todo.pop(), ()):
