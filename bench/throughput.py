@@ -21,6 +21,17 @@ the tiny model and compares peak RSS (memory must stay flat as the run grows).
 
     .venv/bin/python bench/throughput.py --images 24 --rembg-venv .venv-rembg \
         --out out/bench/throughput.json
+
+`--whole` measures instead what a user sees: the whole process, wall clock, start-up included.
+`--images` eval-dev images upscaled (Lanczos, bench/photos.py) to about `--megapixels` each
+are written as JPEG into a folder under `--work` (outside the repository), and that folder goes
+through `matteflow run` (a subprocess, default settings: cutout + mask PNG) and through
+`rembg p` (`dis_custom`, the same ONNX file, --rembg-venv), alternated `--rounds` times. It
+prints each run's wall time, time to first image (start to the first output file) and peak
+RSS, the minimum of each tool, and the ratio rembg / matteflow (> 1: matteflow is faster).
+
+    .venv/bin/python bench/throughput.py --whole --images 30 --megapixels 2.5 \
+        --rembg-venv /work/wt/rembg-venv --work /tmp/matteflow-bench
 """
 
 from __future__ import annotations
@@ -28,15 +39,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photos import upscaled
 
 _MODEL_ONLY = textwrap.dedent(
     """
@@ -176,7 +193,17 @@ def main() -> None:
     parser.add_argument("--scaling", default="", help="e.g. 100,1000 (tiny model)")
     parser.add_argument("--skip", default="", help="parts to leave out, e.g. a,c")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--whole", action="store_true", help="whole process vs rembg p")
+    parser.add_argument("--megapixels", type=float, default=2.5, help="with --whole")
+    parser.add_argument("--rounds", type=int, default=2, help="with --whole")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/matteflow-bench"))
     args = parser.parse_args()
+    if args.whole:
+        results = whole_process(args)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))
+        return
     with (args.data / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
     paths = [(args.data / rows[i % len(rows)]["image"]).resolve() for i in range(args.images)]
@@ -251,6 +278,79 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
+
+
+def _timed(command: list[str], env: dict[str, str], outputs: Path, pattern: str) -> dict:
+    """Run a command to its end: wall seconds, seconds to its first output file (matching
+    `pattern` under `outputs`), outputs written and its own peak RSS."""
+    shutil.rmtree(outputs, ignore_errors=True)
+    outputs.mkdir(parents=True)
+    started = time.time()
+    clock = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - clock
+    log = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    if status != 0:
+        raise SystemExit(f"{command[0]} failed ({status}):\n{log[-3000:]}")
+    files = list(outputs.glob(pattern))
+    first = min((p.stat().st_mtime for p in files), default=float("nan")) - started
+    return {"seconds": seconds, "first_image_s": first, "outputs": len(files),
+            "peak_rss_mb": usage.ru_maxrss / 1024}  # fmt: skip
+
+
+def whole_process(args: argparse.Namespace) -> dict[str, object]:
+    """`matteflow run` vs `rembg p` on the same folder of upscaled photos, alternated."""
+    if not args.rembg_venv:
+        raise SystemExit("--whole needs --rembg-venv")
+    folder = args.work / f"{args.megapixels:g}mp-{args.images}"
+    photos = upscaled(args.data, args.images, args.megapixels, folder)
+    megapixels = sum(Image.open(p).width * Image.open(p).height for p in photos) / len(photos)
+    onnx = args.onnx or _onnx_path()
+    home = args.work / "rembg-home"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / onnx.name).exists():
+        shutil.copyfile(onnx, home / onnx.name)  # rembg loads dis_custom only from REMBG_HOME
+    matteflow = [str(Path(sys.executable).parent / "matteflow"), "run", "--manifest",
+                 str(folder / "*.jpg"), "--output", str(args.work / "out-matteflow"),
+                 *(a for s in args.settings for a in ("--set", s))]  # fmt: skip
+    rembg = [str(args.rembg_venv / "bin" / "rembg"), "p", "-m", "dis_custom", "-x",
+             json.dumps({"model_path": str(home / onnx.name)}), str(folder),
+             str(args.work / "out-rembg")]  # fmt: skip
+    rembg_env = {"REMBG_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(args.work)}
+    print(
+        f"{len(photos)} photos of {megapixels / 1e6:.2f} MP (JPEG) in {folder};"
+        f" settings {args.settings or 'default'}; load average {_load()}",
+        flush=True,
+    )
+    runs: dict[str, list[dict]] = {"matteflow": [], "rembg": []}
+    for round_ in range(args.rounds):
+        for name, command, env, pattern in (
+            ("matteflow", matteflow, dict(os.environ), "cutouts/*"),
+            ("rembg", rembg, rembg_env, "*.png"),
+        ):
+            run = _timed(command, env, args.work / f"out-{name}", pattern)
+            if run["outputs"] != len(photos):
+                raise SystemExit(f"{name} wrote {run['outputs']} of {len(photos)} outputs")
+            runs[name].append({**run, "load": _load()})
+            print(
+                f"round {round_ + 1} {name:<9} {run['seconds']:7.1f} s, first image"
+                f" {run['first_image_s']:5.1f} s, peak RSS {run['peak_rss_mb']:5.0f} MB,"
+                f" load {_load()}",
+                flush=True,
+            )
+    best = {name: min(r["seconds"] for r in rs) for name, rs in runs.items()}
+    ratio = best["rembg"] / best["matteflow"]
+    print(
+        f"minimum: matteflow {best['matteflow']:.1f} s ({best['matteflow'] / len(photos):.2f} s"
+        f" an image), rembg {best['rembg']:.1f} s; rembg / matteflow = {ratio:.2f}x"
+    )
+    return {"images": len(photos), "megapixels": megapixels / 1e6, "runs": runs,
+            "best_s": best, "ratio": ratio}  # fmt: skip
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _onnx_path() -> Path:
