@@ -8,11 +8,10 @@ head 1 is the output.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from matteflow.models.architectures import register_architecture
-from matteflow.models.rsu import RSU, conv_layers, resize_to
+from matteflow.models.rsu import RSU, conv_layers, resize_to, u_pass
 
 __all__ = ["ISNet", "conv_layers"]
 
@@ -62,17 +61,7 @@ class ISNet(nn.Module):
         self, x: torch.Tensor, side_outputs: bool = False
     ) -> torch.Tensor | list[torch.Tensor]:
         h = self.conv_in(x)  # stride 2; the reference defines pool_in but never applies it
-        feats = []
-        for i, stage in enumerate(self.encoder):
-            if i > 0:
-                h = F.max_pool2d(h, 2, stride=2, ceil_mode=True)
-            h = stage(h)
-            feats.append(h)
-        decoded = [feats[-1]]  # stage 6 output, deepest first
-        for stage, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
-            h = stage(torch.cat([resize_to(h, skip), skip], dim=1))
-            decoded.append(h)
-        decoded.reverse()  # now 1d, 2d, 3d, 4d, 5d, stage 6
+        decoded = u_pass(self.encoder, self.decoder, h)  # 1d, 2d, 3d, 4d, 5d, stage 6
         heads = range(len(self.side)) if side_outputs else range(1)
         mattes = [torch.sigmoid(resize_to(self.side[i](decoded[i]), x)) for i in heads]
         return mattes if side_outputs else mattes[0]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RSU", "conv_layers", "resize_to"]
+__all__ = ["RSU", "conv_layers", "resize_to", "u_pass"]
 
 
 def resize_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -71,6 +71,24 @@ class RSU(nn.Module):
         for layer, skip in zip(self.dec, reversed(skips), strict=True):
             h = layer(torch.cat([resize_to(h, skip), skip], dim=1))
         return h + x_in
+
+
+def u_pass(encoder: nn.ModuleList, decoder: nn.ModuleList, h: torch.Tensor) -> list[torch.Tensor]:
+    """The U-shaped pass both IS-Net and U²-Net share: encoder stages with 2x max-pooling between
+    them, then decoder stages each reading the upsampled deeper output beside its skip. Returns
+    the decoder outputs 1d, 2d, ... then the deepest encoder stage's output."""
+    feats = []
+    for i, stage in enumerate(encoder):
+        if i > 0:
+            h = F.max_pool2d(h, 2, stride=2, ceil_mode=True)
+        h = stage(h)
+        feats.append(h)
+    decoded = [feats[-1]]  # deepest first
+    for stage, skip in zip(decoder, reversed(feats[:-1]), strict=True):
+        h = stage(torch.cat([resize_to(h, skip), skip], dim=1))
+        decoded.append(h)
+    decoded.reverse()
+    return decoded
 
 
 def conv_layers(model: nn.Module) -> list[nn.Conv2d]:

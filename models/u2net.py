@@ -8,11 +8,10 @@ ONNX export; registered as architecture "u2netp", weights imported by conv order
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from matteflow.models.architectures import register_architecture
-from matteflow.models.rsu import RSU, resize_to
+from matteflow.models.rsu import RSU, resize_to, u_pass
 
 __all__ = ["U2NetP"]
 
@@ -57,18 +56,7 @@ class U2NetP(nn.Module):
     def forward(
         self, x: torch.Tensor, side_outputs: bool = False
     ) -> torch.Tensor | list[torch.Tensor]:
-        h = x
-        feats = []
-        for i, stage in enumerate(self.encoder):
-            if i > 0:
-                h = F.max_pool2d(h, 2, stride=2, ceil_mode=True)
-            h = stage(h)
-            feats.append(h)
-        decoded = [feats[-1]]  # stage 6 output, deepest first
-        for stage, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
-            h = stage(torch.cat([resize_to(h, skip), skip], dim=1))
-            decoded.append(h)
-        decoded.reverse()  # now 1d, 2d, 3d, 4d, 5d, stage 6
+        decoded = u_pass(self.encoder, self.decoder, x)  # 1d, 2d, 3d, 4d, 5d, stage 6
         # The export runs side heads 1..6 in this order, then the fusing conv.
         sides = [resize_to(head(d), x) for head, d in zip(self.side, decoded, strict=True)]
         fused = self.fuse(torch.cat(sides, dim=1))
