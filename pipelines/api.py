@@ -23,7 +23,6 @@ from typing import Any
 import apache_beam as beam
 import imagecodecs
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from matteflow.models.registry import check
@@ -146,7 +145,7 @@ class Remover:
         check(m.name, m.device, m.dtype, allow_licences=m.licences)
         # The job's handler as a local run makes it: the same dtype and thread rule, so the
         # same numbers as the job's outputs.
-        self._handler = model_handler(self.config, PipelineOptions([]))
+        self._handler = model_handler(self.config)
         self._model = self._handler.load_model()
         self._reader = reader(cfg)
         self._lock = threading.Lock()

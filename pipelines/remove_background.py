@@ -104,13 +104,13 @@ def compute_dtype(cfg: RunConfig, options: PipelineOptions) -> str:
     return resolved
 
 
-def model_handler(cfg: RunConfig, options: PipelineOptions) -> MatteModelHandler:
+def model_handler(cfg: RunConfig) -> MatteModelHandler:
     """The RunInference model handler the config asks for (also the Python API's model)."""
     m = cfg.model
     return MatteModelHandler(
         m.name,
         m.device,
-        compute_dtype(cfg, options),
+        m.dtype,  # "auto" stays auto: each model of the set resolves it (spec.auto_dtype)
         max_batch_pixels=cfg.batching.max_pixels,
         inference_size=m.inference_size,
         channels_last=m.channels_last,
@@ -149,7 +149,7 @@ def process(
     resume = resume_for(cfg, options) if cfg.output else Resume("", "", force=True)
     read = reader(cfg)
     decoded = manifest.ok | "FetchAndDecode" >> FetchAndDecode(cfg.decode, resume, read)
-    segmented = decoded.ok | "Segment" >> Segment(model_handler(cfg, options), cfg.matte)
+    segmented = decoded.ok | "Segment" >> Segment(model_handler(cfg), cfg.matte)
     refined = segmented.ok | "Refine" >> Refine(cfg.refine)
     scored = refined.ok | "Score" >> Score(read)
     write = write or WriteOutputs(cfg.output, cfg.outputs, cfg.framing, resume, read)
