@@ -4,15 +4,20 @@ speed. Real weights (MATTEFLOW_MODEL_PATH), eval-dev (MATTEFLOW_SHARED_DIR/data/
     .venv/bin/python bench/int8.py recipes --out out/bench/int8-recipes.json
     .venv/bin/python bench/int8.py speed --images 4 --rounds 3 [--threads 2]
     .venv/bin/python bench/int8.py run --images 10 --rounds 2
+    .venv/bin/matteflow eval --data ../shared/data/eval-dev --output out/int8 --name bfloat16
+    .venv/bin/matteflow eval --data ../shared/data/eval-dev --output out/int8 --name int8 \
+        --set model.dtype=int8
+    .venv/bin/python bench/int8.py compare --eval-output out/int8
 
 recipes: the model alone (registry preprocessing, no refinement, one thread) on every eval-dev
 image in bfloat16 (the default on this CPU) and as int8 under each recipe, calibrated on the
 bundled sample: IoU, MAE and edge MAE per category against the ground truth, and the int8 minus
 bfloat16 IoU per category. speed: seconds per forward pass of bfloat16 and float32 (torch),
 float32 ONNX and int8 (onnxruntime), alternated image by image in one process; ratios to
-bfloat16. run: a
-whole `matteflow run` on N eval-dev images at the defaults and with model.dtype=int8, alternated,
-fastest of each; the ratio. Speed on a shared machine is noisy: read the ratios, not seconds.
+bfloat16. run: a whole `matteflow run` on N eval-dev images at the defaults and with
+model.dtype=int8, alternated, fastest of each; the ratio, and whether each variant's rounds
+wrote the same bytes. compare: the two `matteflow eval` runs (whole pipeline) per category.
+Speed on a shared machine is noisy: read the ratios, not seconds.
 """
 
 from __future__ import annotations
@@ -203,17 +208,55 @@ def whole_run(images: int, rounds: int) -> dict[str, Any]:
                 start = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True)
                 times[label].append(time.perf_counter() - start)
+        # Determinism: each variant's rounds wrote the same masks and cutouts, byte for byte.
+        same = {
+            label: len({_output_bytes(Path(f"{tmp}/{label}-{r}")) for r in range(rounds)}) == 1
+            for label in variants
+        }
     best = {k: min(v) for k, v in times.items()}
     return {
         "images": images,
         "wall_s": {k: [round(t, 1) for t in v] for k, v in times.items()},
         "int8_speedup": round(best["default"] / best["int8"], 2),
+        "rounds_byte_identical": same,
+    }
+
+
+def _output_bytes(out: Path) -> tuple[tuple[str, bytes], ...]:
+    return tuple(
+        (str(p.relative_to(out)), p.read_bytes())
+        for folder in ("masks", "cutouts")
+        for p in sorted((out / folder).rglob("*.png"))
+    )
+
+
+def compare(eval_output: Path, base: str, other: str) -> dict[str, Any]:
+    """Per category (eval-dev's manifest), two `matteflow eval` runs under `eval_output`:
+    mean iou, mae and edge_mae of each, the paired iou change, and the worst category."""
+    from matteflow.transforms.metrics import read_metrics
+
+    category = {r["id"]: r["category"] for r in _rows()}
+    scores = {}
+    for run in (base, other):
+        rows = read_metrics(str(eval_output / "runs" / run)).to_pylist()
+        scores[run] = [{**r, "category": category[r["id"]]} for r in rows if r["status"] == "ok"]
+    summary = {run: _by_category(s) for run, s in scores.items()}
+    change = {
+        c: round(summary[other][c]["iou"] - summary[base][c]["iou"], 4) for c in summary[base]
+    }
+    dtypes = {run: sorted({r["dtype"] for r in s}) for run, s in scores.items()}
+    return {
+        "dtypes": dtypes,
+        "summary": summary,
+        "iou_change": change,
+        "worst": min(change.values()),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["recipes", "speed", "run"])
+    parser.add_argument("what", choices=["recipes", "speed", "run", "compare"])
+    parser.add_argument("--eval-output", type=Path, help="compare: a `matteflow eval` output")
     parser.add_argument("--model", default="isnet-general-use")
     parser.add_argument("--recipes", default=",".join(_RECIPES), help=", ".join(_RECIPES))
     parser.add_argument("--threads", type=int, default=1)
@@ -225,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         result = recipes(args.model, args.recipes.split(","))
     elif args.what == "speed":
         result = speed(args.model, args.images, args.rounds, args.threads)
-    else:
+    elif args.what == "run":
         result = whole_run(args.images, args.rounds)
+    else:
+        result = compare(args.eval_output, "bfloat16", "int8")
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

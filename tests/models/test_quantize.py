@@ -133,23 +133,30 @@ def test_u2netp_int8_runs_quantised_convolutions_close_to_float32(
     u2netp_int8: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     graph = onnx.load(str(u2netp_int8)).graph
-    ops = [n.op_type for n in graph.node]
-    assert ops.count("QuantizeLinear") > 100 and "Conv" in ops  # QDQ around every Conv
-    weights = [t for t in graph.initializer if t.data_type == TensorProto.INT8]
-    assert len(weights) == ops.count("Conv")  # every Conv's weights stored as int8
+    producer = {out: node for node in graph.node for out in node.output}
+    stored = {t.name: t.data_type for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 119  # U²-Net-p's, each reading quantised input and int8 weights
+    for conv in convs:
+        data, weight = producer[conv.input[0]], producer[conv.input[1]]
+        assert data.op_type == weight.op_type == "DequantizeLinear"
+        assert stored[weight.input[0]] == TensorProto.INT8
 
     monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(MODELS_DIR))
     monkeypatch.setenv("MATTEFLOW_CACHE_DIR", str(u2netp_int8.parents[1]))
     int8 = load("u2netp", "cpu", "int8", threads=1, calibration=calibration)
     assert int8.dtype_name == "int8" and int8.weights_sha256 == sha256_file(u2netp_int8)
     full = load("u2netp", "cpu", "float32", threads=1)
-    rgb = np.array(Image.open(SAMPLE / "rocket.jpg").convert("RGB"))  # not calibrated on
-    x = preprocess(rgb, full.spec, full.device)[None]
-    a, b = int8(x), full(x)
-    # Measured 0.0xx and 0.9xx here; bounds that a broken quantisation (issue 18: 57% of
-    # pixels on the same side of 0.5 with every op min-max quantised) cannot meet.
-    assert float((a - b).abs().mean()) < 0.03
-    assert float(((a > 0.5) == (b > 0.5)).float().mean()) > 0.97
+    errors, agreement = [], []
+    for name in ("rocket.jpg", "camera.jpg", "retina.jpg"):  # not calibrated on
+        rgb = np.array(Image.open(SAMPLE / name).convert("RGB"))
+        x = preprocess(rgb, full.spec, full.device)[None]
+        a, b = int8(x), full(x)
+        errors.append(float((a - b).abs().mean()))
+        agreement.append(float(((a > 0.5) == (b > 0.5)).float().mean()))
+    # Measured: mean abs difference 0.052, 96.9% of pixels on the same side of 0.5. Quantising
+    # the convolutions alone broke U²-Net-p (0.29, 68%; retina 41%): bounds it cannot meet.
+    assert np.mean(errors) < 0.08 and np.mean(agreement) > 0.95, (errors, agreement)
 
 
 @pytest.mark.integration
