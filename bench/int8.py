@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["recipes", "speed", "run", "compare"])
     parser.add_argument("--eval-output", type=Path, help="compare: a `matteflow eval` output")
+    parser.add_argument("--runs", default="bfloat16,int8", help="compare: base,other run names")
     parser.add_argument("--model", default="isnet-general-use")
     parser.add_argument("--recipes", default=",".join(_RECIPES), help=", ".join(_RECIPES))
     parser.add_argument("--threads", type=int, default=1)
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "run":
         result = whole_run(args.images, args.rounds)
     else:
-        result = compare(args.eval_output, "bfloat16", "int8")
+        base, other = args.runs.split(",")
+        result = compare(args.eval_output, base, other)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
