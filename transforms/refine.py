@@ -206,21 +206,23 @@ def _bilinear_at(
     pixels (`rows`, `cols`), pixel centres aligned and edges clamped: N x C float32."""
     h, w = grid.shape[:2]
     flat = np.ascontiguousarray(grid, dtype=np.float32).reshape(h * w, -1)
-    r0, r1, wr = (part[rows] for part in _neighbours(shape[0], h))
-    c0, c1, wc = (part[cols] for part in _neighbours(shape[1], w))
+    r0, r_step, wr = (part[rows] for part in _neighbours(shape[0], h))
+    c0, c_step, wc = (part[cols] for part in _neighbours(shape[1], w))
+    at = r0 * w + c0  # the top-left cell; the others are a step right and/or down
     wr, wc = wr[:, None], wc[:, None]
-    top = flat[r0 * w + c0] * (1 - wc) + flat[r0 * w + c1] * wc
-    bottom = flat[r1 * w + c0] * (1 - wc) + flat[r1 * w + c1] * wc
+    top = flat[at] * (1 - wc) + flat[at + c_step] * wc
+    at += r_step * w
+    bottom = flat[at] * (1 - wc) + flat[at + c_step] * wc
     sampled: np.ndarray = top * (1 - wr) + bottom * wr
     return sampled
 
 
 def _neighbours(full: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each of `full` pixels along an axis: the two nearest of `size` grid cells (centres
-    aligned, clamped at the ends) and the weight of the second."""
+    """For each of `full` pixels along an axis: the nearest of `size` grid cells at or before
+    its centre, the step (0 or 1) to the next one (clamped at the ends), and that one's weight."""
     at = np.clip((np.arange(full) + 0.5) * (size / full) - 0.5, 0.0, size - 1.0)
-    low = at.astype(np.intp)  # floor: `at` is not negative
-    return low, np.minimum(low + 1, size - 1), (at - low).astype(np.float32)
+    low = at.astype(np.int32)  # floor: `at` is not negative
+    return low, (low < size - 1).astype(np.int32), (at - low).astype(np.float32)
 
 
 def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 1024) -> np.ndarray:
