@@ -55,6 +55,7 @@ __all__ = [
 REFINE_MODES = ("none", "guided", "matting")
 _TILE = 512  # matting tiles: side in pixels, plus _OVERLAP on each side as context
 _OVERLAP = 32
+_STRIPE = 256  # decontamination corrects the band this many rows at a time
 
 
 @dataclass(frozen=True)
@@ -256,20 +257,26 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 1024) -> np.nd
     fg, bg = pymatting.estimate_foreground_ml(
         small.astype(np.float64), small_alpha.astype(np.float64), return_background=True
     )
-    rows, cols = np.nonzero(band)
-    sampled = _bilinear_at(np.concatenate([fg, bg], axis=-1), rows, cols, (height, width))
-    f0, b0 = sampled[:, :3], sampled[:, 3:]
-    a = alpha[band].astype(np.float32)[:, None]
-    clean = rgb[band].astype(np.float32)  # I, then F in place (the band may be most pixels)
-    clean /= top
-    clean -= a * f0
-    clean -= (1 - a) * b0
-    clean *= a
-    clean += f0
-    np.clip(clean, 0.0, 1.0, out=clean)
-    clean *= top
+    grid = np.concatenate([fg, bg], axis=-1).astype(np.float32)
     out = rgb.copy()
-    out[band] = np.rint(clean, out=clean).astype(rgb.dtype)
+    for start in range(0, height, _STRIPE):  # a stripe of rows at a time: bounded memory
+        stripe = slice(start, start + _STRIPE)
+        inside = band[stripe]
+        rows, cols = np.nonzero(inside)
+        if rows.size == 0:
+            continue
+        sampled = _bilinear_at(grid, rows + start, cols, (height, width))
+        f0, b0 = sampled[:, :3], sampled[:, 3:]
+        a = alpha[stripe][inside].astype(np.float32)[:, None]
+        clean = rgb[stripe][inside].astype(np.float32)  # I, then F in place
+        clean /= top
+        clean -= a * f0
+        clean -= (1 - a) * b0
+        clean *= a
+        clean += f0
+        np.clip(clean, 0.0, 1.0, out=clean)
+        clean *= top
+        out[stripe][inside] = np.rint(clean, out=clean).astype(rgb.dtype)
     return out
 
 
