@@ -2,11 +2,11 @@
 
 Every file carries the sRGB ICC profile, the source's EXIF (orientation reset, GPS or all of it
 stripped on request) and an XMP packet that says which model, weights and settings made it.
-PNG, 8- and 16-bit (which Pillow cannot hold in colour), goes through libpng by imagecodecs,
-with the metadata chunks added here; WebP, AVIF and JPEG through Pillow. TIFF, 8- and 16-bit, goes through tifffile,
-which writes the EXIF's descriptive first-directory tags (make, model, date, artist, copyright,
-description) but not its Exif and GPS sub-directories (neither tifffile nor Pillow's compressed
-TIFF writer can). WebP, AVIF and JPEG hold 8 bits only.
+PNG, 8- and 16-bit (Pillow cannot hold 16-bit colour), goes through libpng by imagecodecs,
+with the metadata chunks added here; WebP, AVIF and JPEG through Pillow. TIFF, 8- and 16-bit,
+goes through tifffile, which writes the EXIF's descriptive first-directory tags (make, model,
+date, artist, copyright, description) but not its Exif and GPS sub-directories (neither
+tifffile nor Pillow's compressed TIFF writer can). WebP, AVIF and JPEG hold 8 bits only.
 """
 
 from __future__ import annotations
