@@ -1,0 +1,184 @@
+"""Start-up of `matteflow run`: time to the first image, and how much of it is our own code.
+
+A benchmark, not a test. Alternates, `--rounds` times, two fresh processes of this venv's
+Python on this machine:
+  (a) `python -c "import torch"`: the floor no code of ours can go under;
+  (b) `python -m matteflow run` on one image (`--image`, default the bundled chelsea.jpg) with
+      the real model (MATTEFLOW_MODEL_PATH, default ../shared/models), default settings:
+      from just before the process starts to the first output file's mtime;
+and reports the minimum of each, (b) - (a) as our own code's share, wall to exit and peak RSS
+(the child's own, from wait4). Then, once each: `python -X importtime` (the top imports by
+cumulative time) and a cProfile (wall clock) of the same run on one in-process worker, with its
+time split by phase (CLI, config, preflight, pipeline construction, model load, the image).
+
+    MATTEFLOW_MODEL_PATH=/work/shared/models .venv/bin/python bench/startup.py --rounds 3
+    .venv/bin/python bench/startup.py --rounds 5 --out out/bench/startup.json
+
+Run it once to warm the model cache (the first run converts the weights to safetensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+Key = tuple[str, int, str]  # pstats' (file, line, function)
+
+# Phases of a run, as functions whose outermost calls' cumulative wall time is the phase's time;
+# "inside" phases are part of the one before them (indented in the table).
+PHASES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("all imports (every phase)", "<frozen importlib._bootstrap>", ("_find_and_load",)),
+    ("CLI: typer, flags, manifest", "pipelines/cli.py", ("main",)),
+    ("config (profile, options)", "pipelines/remove_background.py", ("parse_config",)),
+    ("preflight", "pipelines/remove_background.py", ("preflight",)),
+    ("  weights sha256", "models/weights.py", ("sha256_file",)),
+    ("pipeline construction", "pipelines/remove_background.py", ("build",)),
+    ("pipeline run (to exit)", "apache_beam/pipeline.py", ("run",)),
+    ("  model load", "transforms/inference.py", ("load_model",)),
+    ("    network build", "models/registry.py", ("build_network",)),
+    ("    weights read (safetensors)", "safetensors/torch.py", ("load_file",)),
+    ("  numba compile", "numba/core/dispatcher.py", ("_compile_for_args",)),
+    ("  model forward", "models/registry.py", ("predict",)),
+    ("run.json and summary", "pipelines/summary.py", ("write_summary",)),
+]
+
+
+def _venv_python() -> str:
+    return str(ROOT / ".venv" / "bin" / "python")
+
+
+def _timed(argv: list[str], env: dict[str, str], first_file_under: Path | None) -> dict[str, float]:
+    """Run argv; wall to exit, peak RSS (MB) and, when given a folder, seconds from just before
+    the start to the first file written below it."""
+    started = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{err[-2000:]}")
+    result = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    if first_file_under is not None:
+        mtimes = [p.stat().st_mtime for p in first_file_under.rglob("*.png")]
+        result["first_image_s"] = min(mtimes) - started
+    return result
+
+
+def _run_argv(image: Path, output: Path, *extra: str) -> list[str]:
+    return [*extra, "-m", "matteflow", "run", "--manifest", str(image), "--output", str(output),
+            "--force"]  # fmt: skip
+
+
+def _import_times(
+    env: dict[str, str], image: Path, work: Path, top: int
+) -> list[tuple[str, float]]:
+    """The packages (top-level names: torch, apache_beam, onnx, ...) the run imports, by
+    cumulative seconds (each with what it imports), from -X importtime."""
+    argv = [_venv_python(), *_run_argv(image, work / "importtime", "-X", "importtime")]
+    proc = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, check=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| *([\w]+)$", line)
+        if match:
+            rows.append((match.group(2), int(match.group(1)) / 1e6))
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def _cumulative(stats: dict, match: Callable[[Key], bool]) -> float:
+    """Seconds inside the matching functions, outermost calls only."""
+    keys = {k for k in stats if match(k)}
+    return sum(stats[k][3] for k in keys if not (stats[k][4] and set(stats[k][4]) <= keys))
+
+
+def _phases(env: dict[str, str], image: Path, work: Path) -> tuple[list[tuple[str, float]], float]:
+    """Seconds per phase from a cProfile (wall clock) of one run on one in-process worker
+    (every stage on the profiled thread); and the profile's total."""
+    prof = work / "startup.prof"
+    argv = [
+        _venv_python(), "-m", "cProfile", "-o", str(prof), "-m", "matteflow", "run",
+        "--manifest", str(image), "--output", str(work / "phases"), "--force",
+        "--direct_num_workers=1", "--direct_running_mode=in_memory",
+    ]  # fmt: skip
+    subprocess.run(argv, env=env, cwd=work, capture_output=True, check=True)
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    total = max(v[3] for v in stats.values())
+    rows = []
+    for name, file, functions in PHASES:
+        seconds = _cumulative(
+            stats, lambda k, f=file, fs=functions: k[0].endswith(f) and k[2] in fs
+        )
+        rows.append((name, seconds))
+    return rows, total
+
+
+def main() -> None:
+    """Alternate the two processes, print minima, imports and phases (optionally JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", type=Path, default=ROOT / "examples/sample/chelsea.jpg")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15, help="imports listed")
+    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    env = dict(os.environ)
+    env.setdefault("MATTEFLOW_MODEL_PATH", str((ROOT / "../shared/models").resolve()))
+    work = args.work or Path(tempfile.mkdtemp(prefix="matteflow-startup-"))
+    work.mkdir(parents=True, exist_ok=True)
+    python = _venv_python()
+    torch_runs, run_runs = [], []
+    for i in range(args.rounds):
+        torch_runs.append(_timed([python, "-c", "import torch"], env, None))
+        output = work / f"run-{i}"
+        shutil.rmtree(output, ignore_errors=True)
+        run_runs.append(_timed([python, *_run_argv(args.image, output)], env, output))
+    torch_s = min(r["wall_s"] for r in torch_runs)
+    first_s = min(r["first_image_s"] for r in run_runs)
+    exit_s = min(r["wall_s"] for r in run_runs)
+    rss = min(r["peak_rss_mb"] for r in run_runs)
+    imports = _import_times(env, args.image, work, args.top)
+    phases, profiled = _phases(env, args.image, work)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"{args.rounds} rounds, alternated, minima; {args.image.name}; load average {load}")
+    print(f"(a) python -c 'import torch'          {torch_s:6.2f} s")
+    print(f"(b) matteflow run, to first image     {first_s:6.2f} s   (to exit {exit_s:.2f} s)")
+    print(f"(c) = (b) - (a), our own code's share {first_s - torch_s:6.2f} s")
+    print(f"peak RSS of the run                   {rss:6.0f} MB")
+    pairs = zip(torch_runs, run_runs, strict=True)
+    print(
+        "every round (a/b):",
+        ", ".join(f"{t['wall_s']:.2f}/{r['first_image_s']:.2f}" for t, r in pairs),
+    )
+    print(f"\ntop {args.top} packages imported (python -X importtime, cumulative)")
+    for name, seconds in imports:
+        print(f"{seconds:8.3f} s  {name}")
+    print(f"\nphases, cProfile wall clock, one in-process worker (profiled total {profiled:.2f} s)")
+    for name, seconds in phases:
+        print(f"{seconds:8.3f} s  {name}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result = {
+            "rounds": args.rounds, "image": str(args.image), "import_torch_s": torch_s,
+            "first_image_s": first_s, "ours_s": first_s - torch_s, "exit_s": exit_s,
+            "peak_rss_mb": rss, "torch_runs": torch_runs, "run_runs": run_runs,
+            "imports": imports, "phases": phases, "profiled_s": profiled,
+        }  # fmt: skip
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
