@@ -1,18 +1,20 @@
 """Start-up of `matteflow run`: time to the first image, and how much of it is our own code.
 
-A benchmark, not a test. Alternates, `--rounds` times, two fresh processes of this venv's
-Python on this machine:
+A benchmark, not a test. Alternates, `--rounds` times, fresh processes of this venv's Python:
   (a) `python -c "import torch"`: the floor no code of ours can go under;
   (b) `python -m matteflow run` on one image (`--image`, default the bundled chelsea.jpg) with
       the real model (MATTEFLOW_MODEL_PATH, default ../shared/models), default settings:
       from just before the process starts to the first output file's mtime;
 and reports the minimum of each, (b) - (a) as our own code's share, wall to exit and peak RSS
-(the child's own, from wait4). Then, once each: `python -X importtime` (the top imports by
-cumulative time) and a cProfile (wall clock) of the same run on one in-process worker, with its
-time split by phase (CLI, config, preflight, pipeline construction, model load, the image).
+(the child's own, from wait4). With `--baseline PYTHON` (another checkout's venv, e.g. main's)
+each round also runs that checkout's matteflow: before and after, alternated. Then, once
+each: `python -X importtime` (the packages the run imports, by cumulative time) and a cProfile
+(wall clock) of the same run on one in-process worker, split by phase (CLI, config,
+preflight, pipeline construction, model load, the image).
 
     MATTEFLOW_MODEL_PATH=/work/shared/models .venv/bin/python bench/startup.py --rounds 3
-    .venv/bin/python bench/startup.py --rounds 5 --out out/bench/startup.json
+    .venv/bin/python bench/startup.py --rounds 5 --baseline ../main/.venv/bin/python \\
+        --out out/bench/startup.json
 
 Run it once to warm the model cache (the first run converts the weights to safetensors).
 """
@@ -126,12 +128,22 @@ def _phases(env: dict[str, str], image: Path, work: Path) -> tuple[list[tuple[st
     return rows, total
 
 
+def _minima(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: min(r[key] for r in runs) for key in runs[0]}
+
+
 def main() -> None:
-    """Alternate the two processes, print minima, imports and phases (optionally JSON)."""
+    """Alternate the processes, print minima, imports and phases (optionally JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=ROOT / "examples/sample/chelsea.jpg")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run matteflow with this Python (another checkout's venv: the code before)",
+    )
     parser.add_argument("--top", type=int, default=15, help="imports listed")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip importtime, cProfile")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
@@ -139,44 +151,46 @@ def main() -> None:
     env.setdefault("MATTEFLOW_MODEL_PATH", str((ROOT / "../shared/models").resolve()))
     work = args.work or Path(tempfile.mkdtemp(prefix="matteflow-startup-"))
     work.mkdir(parents=True, exist_ok=True)
-    python = _venv_python()
-    torch_runs, run_runs = [], []
+    pythons = {"this checkout": _venv_python()}
+    if args.baseline:
+        pythons["baseline"] = args.baseline
+    runs: dict[str, list[dict[str, float]]] = {"import torch": [], **{k: [] for k in pythons}}
     for i in range(args.rounds):
-        torch_runs.append(_timed([python, "-c", "import torch"], env, None))
-        output = work / f"run-{i}"
-        shutil.rmtree(output, ignore_errors=True)
-        run_runs.append(_timed([python, *_run_argv(args.image, output)], env, output))
-    torch_s = min(r["wall_s"] for r in torch_runs)
-    first_s = min(r["first_image_s"] for r in run_runs)
-    exit_s = min(r["wall_s"] for r in run_runs)
-    rss = min(r["peak_rss_mb"] for r in run_runs)
-    imports = _import_times(env, args.image, work, args.top)
-    phases, profiled = _phases(env, args.image, work)
+        runs["import torch"].append(_timed([_venv_python(), "-c", "import torch"], env, None))
+        for name, python in pythons.items():
+            output = work / f"run-{i}"
+            shutil.rmtree(output, ignore_errors=True)
+            runs[name].append(_timed([python, *_run_argv(args.image, output)], env, output))
+    best = {name: _minima(r) for name, r in runs.items()}
+    torch_s = best["import torch"]["wall_s"]
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(f"{args.rounds} rounds, alternated, minima; {args.image.name}; load average {load}")
-    print(f"(a) python -c 'import torch'          {torch_s:6.2f} s")
-    print(f"(b) matteflow run, to first image     {first_s:6.2f} s   (to exit {exit_s:.2f} s)")
-    print(f"(c) = (b) - (a), our own code's share {first_s - torch_s:6.2f} s")
-    print(f"peak RSS of the run                   {rss:6.0f} MB")
-    pairs = zip(torch_runs, run_runs, strict=True)
-    print(
-        "every round (a/b):",
-        ", ".join(f"{t['wall_s']:.2f}/{r['first_image_s']:.2f}" for t, r in pairs),
-    )
-    print(f"\ntop {args.top} packages imported (python -X importtime, cumulative)")
-    for name, seconds in imports:
-        print(f"{seconds:8.3f} s  {name}")
-    print(f"\nphases, cProfile wall clock, one in-process worker (profiled total {profiled:.2f} s)")
-    for name, seconds in phases:
-        print(f"{seconds:8.3f} s  {name}")
+    print(f"(a) python -c 'import torch': {torch_s:.2f} s")
+    head = ("matteflow run", "(b) first image", "(c) = (b) - (a)", "exit", "RSS")
+    print(f"{head[0]:<16} {head[1]:>16} {head[2]:>16} {head[3]:>7} {head[4]:>8}")
+    for name in pythons:
+        b = best[name]
+        print(
+            f"{name:<16} {b['first_image_s']:>14.2f} s {b['first_image_s'] - torch_s:>14.2f} s"
+            f" {b['wall_s']:>5.2f} s {b['peak_rss_mb']:>5.0f} MB"
+        )
+    for name, rows in runs.items():
+        key = "first_image_s" if name in pythons else "wall_s"
+        print(f"  every round, {name}: " + ", ".join(f"{r[key]:.2f}" for r in rows))
+    result: dict[str, object] = {"rounds": args.rounds, "image": str(args.image), "runs": runs}
+    result["minima"] = best
+    if not args.no_breakdown:
+        imports = _import_times(env, args.image, work, args.top)
+        phases, profiled = _phases(env, args.image, work)
+        print(f"\ntop {args.top} packages imported (python -X importtime, cumulative)")
+        for name, seconds in imports:
+            print(f"{seconds:8.3f} s  {name}")
+        print(f"\nphases, cProfile wall clock, one in-process worker (total {profiled:.2f} s)")
+        for name, seconds in phases:
+            print(f"{seconds:8.3f} s  {name}")
+        result.update(imports=imports, phases=phases, profiled_s=profiled)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            "rounds": args.rounds, "image": str(args.image), "import_torch_s": torch_s,
-            "first_image_s": first_s, "ours_s": first_s - torch_s, "exit_s": exit_s,
-            "peak_rss_mb": rss, "torch_runs": torch_runs, "run_runs": run_runs,
-            "imports": imports, "phases": phases, "profiled_s": profiled,
-        }  # fmt: skip
         args.out.write_text(json.dumps(result, indent=2))
 
 
