@@ -5,13 +5,16 @@ A benchmark, not a test. Alternates, `--rounds` times, fresh processes of this v
   (b) `python -m matteflow run` on one image (`--image`, default the bundled chelsea.jpg) with
       the real model (MATTEFLOW_MODEL_PATH, default ../shared/models), default settings:
       from just before the process starts to the first output file's mtime;
-and reports the minimum of each, (b) - (a) as our own code's share, wall to exit and peak RSS
-(the child's own, from wait4). With `--baseline PYTHON` (another checkout's venv, e.g. main's)
-each round also runs that checkout's matteflow: before and after, alternated. Then, once
-each: `python -X importtime` (the packages the run imports, by cumulative time), a cProfile
-(wall clock, main thread) of the same run on one in-process worker, split by phase (CLI,
-config, preflight, pipeline construction, the image), and a timeline of a plain run: when
-each phase starts and ends, on which thread, and when the first file is written.
+and reports the minimum of each, (b) - (a) as our own code's share, wall and CPU seconds to
+exit, peak RSS (the child's own, from wait4) and peak anonymous RSS (sampled: the process's
+own memory, without the shared-library pages that RSS counts as the page cache holds them,
+which differ between two venvs' copies of torch). With `--baseline PYTHON` (another
+checkout's venv, e.g. main's) each round also runs that checkout's matteflow: before and
+after, alternated. Then, once each: `python -X importtime` (the packages the run imports, by
+cumulative time), a cProfile (wall clock, main thread) of the same run on one in-process
+worker, split by phase (CLI, config, preflight, pipeline construction, the image), and a
+timeline of a plain run: when each phase starts and ends, on which thread, and when the
+first file is written.
 
     MATTEFLOW_MODEL_PATH=/work/shared/models .venv/bin/python bench/startup.py --rounds 3
     .venv/bin/python bench/startup.py --rounds 5 --baseline ../main/.venv/bin/python \\
@@ -140,9 +143,9 @@ def _anon_mb(pid: int) -> float:
 
 
 def _timed(argv: list[str], env: dict[str, str], first_file_under: Path | None) -> dict[str, float]:
-    """Run argv; wall to exit, peak RSS (MB, from wait4), peak anonymous RSS (sampled every
-    20 ms) and, when given a folder, seconds from just before the start to the first file
-    written below it."""
+    """Run argv; wall and CPU seconds to exit, peak RSS (MB, from wait4), peak anonymous RSS
+    (sampled every 20 ms) and, when given a folder, seconds from just before the start to the
+    first file written below it."""
     started = time.time()
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
@@ -162,7 +165,12 @@ def _timed(argv: list[str], env: dict[str, str], first_file_under: Path | None) 
             err.seek(0)
             message = err.read().decode()[-2000:]
             raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{message}")
-    result = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_anon_mb": anon}
+    result = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,  # less sensitive than wall to a busy machine
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_anon_mb": anon,
+    }
     if first_file_under is not None:
         mtimes = [p.stat().st_mtime for p in first_file_under.rglob("*.png")]
         result["first_image_s"] = min(mtimes) - started
@@ -253,14 +261,20 @@ def main() -> None:
     torch_s = best["import torch"]["wall_s"]
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(f"{args.rounds} rounds, alternated, minima; {args.image.name}; load average {load}")
-    print(f"(a) python -c 'import torch': {torch_s:.2f} s")
-    head = ("matteflow run", "(b) first image", "(c) = (b) - (a)", "exit", "RSS", "anon")
-    print(f"{head[0]:<16} {head[1]:>16} {head[2]:>16} {head[3]:>7} {head[4]:>8} {head[5]:>8}")
+    print(
+        f"(a) python -c 'import torch': {torch_s:.2f} s, CPU {best['import torch']['cpu_s']:.2f} s"
+    )
+    head = ("matteflow run", "(b) first image", "(c) = (b) - (a)", "exit", "CPU", "RSS", "anon")
+    print(
+        f"{head[0]:<16} {head[1]:>16} {head[2]:>16} {head[3]:>7} {head[4]:>7} {head[5]:>8}"
+        f" {head[6]:>8}"
+    )
     for name in pythons:
         b = best[name]
         print(
             f"{name:<16} {b['first_image_s']:>14.2f} s {b['first_image_s'] - torch_s:>14.2f} s"
-            f" {b['wall_s']:>5.2f} s {b['peak_rss_mb']:>5.0f} MB {b['peak_anon_mb']:>5.0f} MB"
+            f" {b['wall_s']:>5.2f} s {b['cpu_s']:>5.2f} s {b['peak_rss_mb']:>5.0f} MB"
+            f" {b['peak_anon_mb']:>5.0f} MB"
         )
     for name, rows in runs.items():
         key = "first_image_s" if name in pythons else "wall_s"
