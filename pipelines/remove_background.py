@@ -9,11 +9,10 @@ ReadArrivals (new objects as they land) replaces ReadManifest and metrics are wr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -297,15 +296,13 @@ def launch(
     if options.view_as(StandardOptions).no_wait_until_finish and not in_process:
         clear_previous_run(layout)
         return _start(cfg, options)  # no lock: this process does not see the job end
-    mode = options.view_as(DirectOptions).direct_running_mode
-    one_process = in_process and mode != "multi_processing"
-    with (
-        _model_loaded_ahead(cfg) if one_process else contextlib.nullcontext(),
-        output_lock(cfg.output, force=force_unlock, argv=command, kms_key=cfg.outputs.kms_key),
+    with output_lock(
+        cfg.output, force=force_unlock, argv=command, kms_key=cfg.outputs.kms_key
     ):  # one run per output: OutputLocked if another holds it
         clear_previous_run(layout)
         runner = local_runner(options) if in_process else None
-        show_progress = one_process
+        mode = options.view_as(DirectOptions).direct_running_mode
+        show_progress = in_process and mode != "multi_processing"
         rows = count_rows(cfg.manifest, cfg.output) if show_progress else 0
         with progress_bar(rows, enabled=show_progress):
             p = beam.Pipeline(runner=runner, options=options)
@@ -327,17 +324,6 @@ def launch(
             f" ({summary['failure_rate']:.1%}), over --max_failure_rate {cfg.max_failure_rate}"
         )
     return result
-
-
-@contextlib.contextmanager
-def _model_loaded_ahead(cfg: RunConfig) -> Iterator[None]:
-    """The run's model loading in the background while the pipeline is built and its
-    workers start, for this process's workers to take (models/preload.py); let go after."""
-    forget = model_handler(cfg).preload()
-    try:
-        yield
-    finally:
-        forget()
 
 
 def _start(

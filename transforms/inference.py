@@ -15,7 +15,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -26,8 +26,13 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from PIL import Image
 
-from matteflow.models.preload import load, preload
-from matteflow.models.registry import LoadedModel, ModelSpec, get_spec, strictest_licence
+from matteflow.models.registry import (
+    LoadedModel,
+    ModelSpec,
+    get_spec,
+    load,
+    strictest_licence,
+)
 from matteflow.models.threads import torch_threads
 from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.failures import inference_failure, is_oom, redact
@@ -166,30 +171,19 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         self._routing = routing
         self._clock = clock
 
-    def _options(self) -> dict[str, Any]:
-        return {
-            "device": self._device,
-            "dtype": self._dtype,
-            "channels_last": self._channels_last,
-            "allow_licences": self._allow_licences,
-            "threads": self._threads,
-        }
-
     def load_model(self) -> ModelSet:
-        """Load the run's model once per worker process (verified weights), or take the one
-        `preload` started; row models follow on first use. RunInference itself records the
-        first load's time (load_model_latency_milli_secs, in this namespace)."""
-        loader = functools.partial(load, **self._options())
-        return ModelSet(loader, member_models(self._model, self._routing)[0])
-
-    def preload(self) -> Callable[[], None]:
-        """Start loading the run's model in a background thread of this process, for
-        `load_model` in this process to take (an in-process runner); returns a function
-        that lets go of it if nothing took it (models/preload.py)."""
-        forget: Callable[[], None] = preload(
-            member_models(self._model, self._routing)[0], **self._options()
+        """Load the run's model once per worker process (verified weights); row models follow
+        on first use. RunInference itself records the first load's time
+        (load_model_latency_milli_secs, in this namespace)."""
+        loader = functools.partial(
+            load,
+            device=self._device,
+            dtype=self._dtype,
+            channels_last=self._channels_last,
+            allow_licences=self._allow_licences,
+            threads=self._threads,
         )
-        return forget
+        return ModelSet(loader, member_models(self._model, self._routing)[0])
 
     def _infer(self, batch: Sequence[DecodedImage], model: LoadedModel) -> list[Matte]:
         start = self._clock()

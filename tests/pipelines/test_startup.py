@@ -1,6 +1,6 @@
-"""Start-up (README, Start-up): a plain `matteflow run` imports only what it uses (serving,
+"""Start-up (README, Start-up): a plain `matteflow run` imports only what it uses; serving,
 reviewing, converting weights, writing PSD and reading RAW import their packages where they
-are needed), and a local run's model is loaded in the background while the pipeline is built.
+are needed, so a run that needs none of them does not pay for them.
 """
 
 from __future__ import annotations
@@ -8,15 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from matteflow.models import registry
-from matteflow.models.registry import LoadedModel
-from matteflow.pipelines.remove_background import main
 from tests.conftest import REPO
 
 # Packages a plain run must not import, and who needs them.
@@ -60,22 +53,3 @@ def test_a_plain_run_does_not_import_what_it_does_not_use(tmp_path: Path) -> Non
     imported = {name.split(".")[0] for name in result["modules"]}
     assert "torch" in imported and "apache_beam" in imported
     assert imported.isdisjoint(UNUSED_BY_A_PLAIN_RUN), imported & set(UNUSED_BY_A_PLAIN_RUN)
-
-
-def test_a_local_run_takes_the_model_loaded_while_its_pipeline_was_built(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    threads: list[str] = []
-    real = registry.load
-
-    def spy(*args: Any, **kwargs: Any) -> LoadedModel:
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(registry, "load", spy)
-    manifest = str(REPO / "examples" / "sample" / "manifest.csv")
-    out = tmp_path / "out"
-    argv = ["--manifest", manifest, "--output", str(out), "--model", "tiny-isnet"]
-    assert main(argv) == 0  # by default on worker threads of this process (LOCAL_WORKERS)
-    assert threads == ["matteflow-preload-tiny-isnet"]
-    assert len(list((out / "cutouts").glob("*.png"))) == 9
