@@ -53,7 +53,7 @@ PHASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("pipeline construction", "pipelines/remove_background.py", ("build",)),
     ("pipeline run (to exit)", "apache_beam/pipeline.py", ("run",)),
     ("  model load", "models/registry.py", ("load",)),
-    ("    network build", "models/registry.py", ("build_network",)),
+    ("    network build and weights read", "models/registry.py", ("build_network",)),
     ("  model forward", "models/registry.py", ("predict",)),
     ("run.json and summary", "pipelines/summary.py", ("write_summary",)),
 ]
@@ -102,8 +102,7 @@ TIMED = [
     ("matteflow.pipelines.remove_background", "preflight", "preflight"),
     ("matteflow.pipelines.remove_background", "build", "pipeline construction"),
     ("apache_beam.pipeline", "Pipeline.run", "Beam run"),
-    ("matteflow.models.registry", "load", "model load (registry.load)"),
-    ("matteflow.transforms.inference", "MatteModelHandler.load_model", "worker asks for model"),
+    ("matteflow.transforms.inference", "MatteModelHandler.load_model", "model load (a worker's)"),
     ("matteflow.transforms.decode", "decode", "decode"),
     ("matteflow.models.registry", "LoadedModel.predict", "model forward"),
     ("matteflow.transforms.refine", "refine_matte", "refine"),
