@@ -27,6 +27,9 @@ __all__ = ["FORMATS", "Metadata", "encode", "output_exif", "provenance_xmp", "to
 
 FORMATS = {"png": "png", "webp": "webp", "tiff": "tif", "avif": "avif", "jpeg": "jpg"}  # ext
 _XMP_KEY = "XML:com.adobe.xmp"  # PNG iTXt keyword of an XMP packet
+# zlib's run-length strategy: at level 1 as fast as its default strategy on cutouts and masks,
+# and 20-30% smaller (eval-dev photos at 2.5 and 12 MP); higher levels keep the default.
+_Z_RLE = 3
 _TIFF_XMP = 700
 # ImageDescription, Make, Model, DateTime, Artist, Copyright: the text tags a TIFF keeps.
 _TIFF_TEXT_TAGS = (0x010E, 0x010F, 0x0110, 0x0132, 0x013B, 0x8298)
@@ -143,7 +146,7 @@ def encode(
     in `fmt` (a key of FORMATS). 16 bits are kept by PNG and TIFF only; JPEG drops alpha.
 
     `quality` applies to lossy WebP, AVIF and JPEG, `lossless` to WebP, `compress_level` (zlib
-    0-9) to PNG.
+    0-9) to PNG (at 1 with zlib's run-length strategy).
     """
     if pixels.dtype == np.uint16 and fmt == "png":
         return _png16(pixels, meta, compress_level)
@@ -156,6 +159,8 @@ def encode(
         if meta.xmp:
             info.add_itxt(_XMP_KEY, meta.xmp.decode())
         options.update(pnginfo=info, compress_level=compress_level)
+        if compress_level == 1:  # the fastest level: run-length matches only (zlib Z_RLE)
+            options.update(compress_type=_Z_RLE)
     elif fmt == "webp":
         effort = _WEBP_LOSSLESS_EFFORT if lossless else quality
         options.update(lossless=lossless, quality=effort, xmp=meta.xmp)

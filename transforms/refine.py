@@ -55,6 +55,7 @@ __all__ = [
 REFINE_MODES = ("none", "guided", "matting")
 _TILE = 512  # matting tiles: side in pixels, plus _OVERLAP on each side as context
 _OVERLAP = 32
+_STRIPE = 256  # decontamination corrects the band this many rows at a time
 
 
 @dataclass(frozen=True)
@@ -209,12 +210,18 @@ def _bilinear_at(
     r0, r_step, wr = (part[rows] for part in _neighbours(shape[0], h))
     c0, c_step, wc = (part[cols] for part in _neighbours(shape[1], w))
     at = r0 * w + c0  # the top-left cell; the others are a step right and/or down
-    wr, wc = wr[:, None], wc[:, None]
-    top = flat[at] * (1 - wc) + flat[at + c_step] * wc
+    top = _lerp(flat[at], flat[at + c_step], wc[:, None])
     at += r_step * w
-    bottom = flat[at] * (1 - wc) + flat[at + c_step] * wc
-    sampled: np.ndarray = top * (1 - wr) + bottom * wr
-    return sampled
+    bottom = _lerp(flat[at], flat[at + c_step], wc[:, None])
+    return _lerp(top, bottom, wr[:, None])
+
+
+def _lerp(low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """low + weight (high - low), in place in `high` (fresh arrays here: no copies)."""
+    high -= low
+    high *= weight
+    high += low
+    return high
 
 
 def _neighbours(full: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -250,14 +257,26 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 1024) -> np.nd
     fg, bg = pymatting.estimate_foreground_ml(
         small.astype(np.float64), small_alpha.astype(np.float64), return_background=True
     )
-    rows, cols = np.nonzero(band)
-    sampled = _bilinear_at(np.concatenate([fg, bg], axis=-1), rows, cols, (height, width))
-    f0, b0 = sampled[:, :3], sampled[:, 3:]
-    colour = rgb[rows, cols].astype(np.float32) / top
-    a = alpha[rows, cols].astype(np.float32)[:, None]
-    clean = np.clip(f0 + a * (colour - a * f0 - (1 - a) * b0), 0.0, 1.0)
+    grid = np.concatenate([fg, bg], axis=-1).astype(np.float32)
     out = rgb.copy()
-    out[rows, cols] = np.rint(clean * top).astype(rgb.dtype)
+    for start in range(0, height, _STRIPE):  # a stripe of rows at a time: bounded memory
+        stripe = slice(start, start + _STRIPE)
+        inside = band[stripe]
+        rows, cols = np.nonzero(inside)
+        if rows.size == 0:
+            continue
+        sampled = _bilinear_at(grid, rows + start, cols, (height, width))
+        f0, b0 = sampled[:, :3], sampled[:, 3:]
+        a = alpha[stripe][inside].astype(np.float32)[:, None]
+        clean = rgb[stripe][inside].astype(np.float32)  # I, then F in place
+        clean /= top
+        clean -= a * f0
+        clean -= (1 - a) * b0
+        clean *= a
+        clean += f0
+        np.clip(clean, 0.0, 1.0, out=clean)
+        clean *= top
+        out[stripe][inside] = np.rint(clean, out=clean).astype(rgb.dtype)
     return out
 
 
