@@ -254,10 +254,9 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 1024) -> np.nd
         [resize_plane(rgb[..., c].astype(np.float32) / top, h, w, box) for c in range(3)], -1
     )
     small_alpha = resize_plane(alpha.astype(np.float32), h, w, box)
-    fg, bg = pymatting.estimate_foreground_ml(
-        small.astype(np.float64), small_alpha.astype(np.float64), return_background=True
-    )
-    grid = np.concatenate([fg, bg], axis=-1).astype(np.float32)
+    # float32 throughout: pymatting's estimator computes in float32
+    fg, bg = pymatting.estimate_foreground_ml(small, small_alpha, return_background=True)
+    grid = np.concatenate([fg, bg], axis=-1)
     out = rgb.copy()
     for start in range(0, height, _STRIPE):  # a stripe of rows at a time: bounded memory
         stripe = slice(start, start + _STRIPE)
