@@ -31,6 +31,9 @@ COPY transforms transforms
 COPY models models
 COPY configs configs
 RUN pip install --no-cache-dir ".[dataflow]" && pip check
+# Compile pymatting's numba kernels (decontamination) into their cache now: a worker that
+# compiled them on first use would pay ~45 s per process.
+RUN python -c "import pymatting.foreground.estimate_foreground_ml"
 
 # Weights: fetched from the build context as a mirror, sha256-verified, converted once to
 # safetensors in the cache that workers read. Nothing is downloaded at job start.

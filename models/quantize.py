@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import torch
-from onnx import TensorProto, numpy_helper
 from PIL import Image, ImageOps
 
 from matteflow.models.preprocess import preprocess
-from matteflow.models.weights import cache_dir, sha256_file, source_file
+from matteflow.models.weights import cache_dir, sha256_file, source_file, verified_sha256
 
 if TYPE_CHECKING:
+    import onnx
+
     from matteflow.models.registry import ModelSpec
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 CALIBRATION_SUFFIXES = (".jpg", ".jpeg", ".png")
-_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 _PER_CHANNEL_OPSET = 13
 
 
@@ -139,6 +138,10 @@ def float32_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph computing in float32: float16 initializers and Constant values widened,
     and every Cast between two float types removed (each use of its output reads its input;
     a graph output keeps its name). A float32 graph comes back unchanged (a copy)."""
+    import onnx  # imported where used: a run that is not int8 does not pay for it
+    from onnx import TensorProto, numpy_helper
+
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
     if not any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
         return onnx.ModelProto.FromString(model.SerializeToString())
     model = onnx.shape_inference.infer_shapes(model)  # a copy that knows each tensor's type
@@ -170,7 +173,7 @@ def float32_graph(model: onnx.ModelProto) -> onnx.ModelProto:
                     wide = numpy_helper.to_array(attr.t).astype(np.float32)
                     attr.t.CopyFrom(numpy_helper.from_array(wide, attr.t.name))
         to = next((a.i for a in node.attribute if a.name == "to"), None)
-        if node.op_type == "Cast" and to in _FLOATS and types.get(node.input[0]) in _FLOATS:
+        if node.op_type == "Cast" and to in floats and types.get(node.input[0]) in floats:
             parent[find(node.output[0])] = find(node.input[0])
             continue
         kept.append(node)
@@ -203,6 +206,8 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` (changed in place) with each tensor-valued Constant node an initializer of the
     same name: the same graph, whose constants the calibrator skips (it measures every float
     tensor that is no initializer, and an empty one, such as U²-Net-p's Resize roi, stops it)."""
+    import onnx
+
     graph = model.graph
     kept = []
     for node in graph.node:
@@ -241,6 +246,8 @@ def quantise(
     """Write `source` (spec's ONNX file), made float32 and quantised by `recipe` with `files`
     as calibration images, to `out` (atomically). Calibration runs one image at a time, so
     memory stays that of one forward pass with every activation kept."""
+    import onnx
+    import onnx.version_converter
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -330,7 +337,7 @@ def int8_model(
     out = cache_dir() / spec.name / f"int8-{key}.onnx"
     digest_file = out.with_name(out.name + ".sha256")
     if out.is_file() and digest_file.is_file():
-        if digest_file.read_text().strip() == sha256_file(out):
+        if digest_file.read_text().strip() == verified_sha256(out):
             return out
         _LOG.warning("%s: does not match its recorded sha256; rebuilding it", out)
     source = source_file(spec, allow_fetch)

@@ -26,7 +26,7 @@ from torch import nn
 from matteflow.models.architectures import ArchitectureError, architectures, get_architecture
 from matteflow.models.onnx_engine import OnnxSession, onnx_providers
 from matteflow.models.quantize import int8_model
-from matteflow.models.weights import native_weights, sha256_file, source_file
+from matteflow.models.weights import native_weights, sha256_file, source_file, verified_sha256
 
 __all__ = [
     "DTYPES",
@@ -292,12 +292,30 @@ def get_spec(name: str) -> ModelSpec:
     return known[name]
 
 
-def build_network(spec: ModelSpec) -> nn.Module:
-    """The native network of `spec.arch` with default initialisation (seeded by spec.seed)."""
+def build_network(
+    spec: ModelSpec, weights: Path | None = None, *, channels_last: bool = False
+) -> nn.Module:
+    """The native network of `spec.arch`: with default initialisation (seeded by spec.seed),
+    or, given a safetensors file, built on the meta device and given that file's tensors
+    (strict: every parameter and buffer, nothing else), copied once out of the file's memory
+    map (4-d ones into channels_last when asked) so that the mapping is let go."""
     try:
-        return get_architecture(spec.arch).build(spec.width, spec.seed)
+        arch = get_architecture(spec.arch)
     except ArchitectureError as err:
         raise RegistryError(f"model {spec.name!r}: {err}") from None
+    if weights is None:
+        return arch.build(spec.width, spec.seed)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    state = {
+        key: tensor.clone(memory_format=layout if tensor.dim() == 4 else torch.contiguous_format)
+        for key, tensor in load_file(str(weights)).items()
+    }
+    network = arch.skeleton(spec.width)
+    network.load_state_dict(state, strict=True, assign=True)
+    empty = [n for n, t in (*network.named_parameters(), *network.named_buffers()) if t.is_meta]
+    if empty:  # a buffer outside the state dict would still be a shape without data
+        raise RegistryError(f"model {spec.name!r}: no weights for {', '.join(empty)}")
+    return network
 
 
 def _min_max(alpha: torch.Tensor) -> torch.Tensor:
@@ -477,7 +495,7 @@ def load(
     if dtype == INT8:
         path = int8_model(spec, calibration)
         session = OnnxSession(path, spec, target, threads)
-        return LoadedModel(spec, session, target, torch.int8, sha256_file(path), False)
+        return LoadedModel(spec, session, target, torch.int8, verified_sha256(path), False)
     if spec.engine == "onnxruntime":
         path = prepare(spec)
         assert path is not None  # an onnxruntime spec has format "onnx"
@@ -485,10 +503,8 @@ def load(
         return LoadedModel(spec, session, target, torch.float32, spec.sha256, False)
     dtype = "float32" if dtype == "auto" and spec.auto_dtype == "float32" else dtype
     dtype = resolve_dtype(dtype, target)
-    network = build_network(spec)
     weights = prepare(spec)
-    if weights is not None:
-        network.load_state_dict(load_file(str(weights)), strict=True)
+    network = build_network(spec, weights, channels_last=channels_last)
     sha = spec.sha256 if weights is not None else _random_digest(network)
     network = network.eval().to(target)
     if channels_last:

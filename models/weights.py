@@ -17,12 +17,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from matteflow.models.convert import convert_onnx
 
 if TYPE_CHECKING:
     from matteflow.models.registry import ModelSpec
@@ -35,6 +34,7 @@ __all__ = [
     "native_weights",
     "sha256_file",
     "source_file",
+    "verified_sha256",
 ]
 
 _CHUNK = 1 << 20
@@ -51,6 +51,71 @@ def sha256_file(path: Path) -> str:
         while block := f.read(_CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+# A file hashed once is trusted while its stat matches the stamp written then; a file modified
+# less than this long before it was hashed gets no stamp (a write within the same timestamp
+# tick after the hash would not change its mtime: "racy" as git calls it).
+_SETTLED_NS = 2_000_000_000
+
+
+def _identity(stat: os.stat_result) -> dict[str, int]:
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino,
+        "device": stat.st_dev,
+    }
+
+
+def _stamp_path(path: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    return cache_dir() / "verified" / f"{key}.json"
+
+
+def _stamped(path: Path, identity: dict[str, int]) -> str | None:
+    """The sha256 recorded for `path` when its stat still matches the stamp, else None."""
+    try:
+        stamp = json.loads(_stamp_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if stamp.get("path") != str(path.resolve()) or stamp.get("stat") != identity:
+        return None
+    digest = stamp.get("sha256")
+    return digest if isinstance(digest, str) else None
+
+
+def _write_stamp(path: Path, identity: dict[str, int], digest: str) -> None:
+    stamp = _stamp_path(path)
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+        tmp.write_text(
+            json.dumps({"path": str(path.resolve()), "stat": identity, "sha256": digest})
+        )
+        tmp.replace(stamp)
+    except OSError:
+        pass  # an unwritable cache: the file is hashed again next time, nothing worse
+
+
+def verified_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, hashed once and then taken from a stamp in the cache
+    (`{cache}/verified/`) while the file's size, mtime, ctime, inode and device are those it
+    had when hashed: a repeat run does not re-read ~170 MB of weights, and a file that was
+    replaced or written to since (which changes its ctime, whatever its mtime says) is hashed
+    again. Files modified in the last two seconds before hashing are not stamped. Whoever can
+    write the cache can forge a stamp, as they could replace the cached weights themselves."""
+    before = _identity(path.stat())
+    known = _stamped(path, before)
+    if known is not None:
+        return known
+    digest = sha256_file(path)
+    after = path.stat()
+    settled = time.time_ns() - after.st_mtime_ns > _SETTLED_NS
+    if _identity(after) == before and settled:
+        _write_stamp(path, before, digest)
+    return digest
 
 
 def cache_dir() -> Path:
@@ -72,7 +137,7 @@ def _check(path: Path, spec: ModelSpec) -> str | None:
     """None when path is a verified copy of spec's file, else why it is not."""
     if not path.is_file():
         return "not present"
-    actual = sha256_file(path)
+    actual = verified_sha256(path)
     if actual != spec.sha256:
         return (
             f"sha256 mismatch (file has {actual[:12]}…, registry expects {spec.sha256[:12]}…):"
@@ -246,9 +311,11 @@ def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
     if (
         out.is_file()
         and digest_file.is_file()
-        and digest_file.read_text().strip() == (sha256_file(out))
+        and digest_file.read_text().strip() == verified_sha256(out)
     ):
         return out
+    from matteflow.models.convert import convert_onnx  # imports onnx (~1 s): only to convert
+
     source = source_file(spec, allow_fetch)
     metadata = {"model": spec.name, "source_sha256": spec.sha256}
     convert_onnx(source, out, metadata, arch=spec.arch, width=spec.width)

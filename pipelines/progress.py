@@ -29,12 +29,28 @@ __all__ = [
     "LOCAL_WORKERS",
     "local_runner",
     "local_worker_flags",
+    "local_workers",
     "progress_bar",
     "set_progress_interval",
 ]
 
-# Worker threads of a local run: one per core, at most 4 (each holds a batch's activations).
-LOCAL_WORKERS = min(4, os.cpu_count() or 1)
+# Peak memory of a local run on 12 MP photos (bench/throughput.py --whole, IS-Net bf16): 2.4 GB
+# with one worker thread, and up to about 1.1 GB more for each further one (its batch's
+# activations and the full-resolution images in flight).
+_FIRST_WORKER_GB = 2.5
+_WORKER_GB = 1.0
+
+
+def local_workers(cores: int, memory_bytes: int) -> int:
+    """Worker threads of a local run: one per core the process may use, as many as fit in half
+    of `memory_bytes` at the measured peak per worker; at least one."""
+    fits = 1 + int((memory_bytes / 2**30 / 2 - _FIRST_WORKER_GB) // _WORKER_GB)
+    return max(1, min(cores, fits))
+
+
+LOCAL_WORKERS = local_workers(
+    len(os.sched_getaffinity(0)), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+)
 
 
 def local_worker_flags(argv: Sequence[str]) -> list[str]:

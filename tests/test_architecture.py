@@ -17,6 +17,7 @@ STAGES = ("manifest", "arrivals", "decode", "inference", "refine", "score", "wri
 # Below every stage: records, errors, storage and the plain functions stages share.
 HELPERS = (
     "types",
+    "coders",
     "failures",
     "sources",
     "storage",

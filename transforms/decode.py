@@ -28,6 +28,7 @@ import pillow_heif
 import tifffile
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.colour import INTENTS, SIXTEEN_BIT_GREY, to_srgb_rgb, wide_to_srgb
 from matteflow.transforms.encode import to_uint8
 from matteflow.transforms.failures import DecodeError, classify
@@ -393,6 +394,7 @@ class FetchAndDecode(
 
     def expand(self, tasks: beam.pvalue.PCollection[ImageTask]) -> beam.pvalue.DoOutputsTuple:
         fn = _DecodeFn(self._settings, self._resume, self._reader, self._clock)
-        decode = beam.ParDo(fn).with_outputs("skipped", "failures", main="ok")
+        typed = with_record_outputs(beam.ParDo(fn), DecodedImage, skipped=Skipped, failures=Failed)
+        decode = typed.with_outputs("skipped", "failures", main="ok")
         outputs: beam.pvalue.DoOutputsTuple = tasks | "Decode" >> decode
         return outputs

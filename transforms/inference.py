@@ -34,6 +34,7 @@ from matteflow.models.registry import (
     strictest_licence,
 )
 from matteflow.models.threads import torch_threads
+from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.failures import inference_failure, is_oom, redact
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
 from matteflow.transforms.routing import (
@@ -327,6 +328,9 @@ class Segment(beam.PTransform[beam.pvalue.PCollection[DecodedImage], beam.pvalue
         outputs: beam.pvalue.DoOutputsTuple = (
             images
             | "RunInference" >> RunInference(self._handler)
-            | "Split" >> beam.FlatMap(_split, self._settings).with_outputs("failures", main="ok")
+            | "Split"
+            >> with_record_outputs(
+                beam.FlatMap(_split, self._settings), Matte, failures=Failed
+            ).with_outputs("failures", main="ok")
         )
         return outputs

@@ -9,9 +9,6 @@ import io
 
 import numpy as np
 from PIL import Image
-from psd_tools import PSDImage
-from psd_tools.constants import Resource, Tag
-from psd_tools.psd.image_resources import ImageResource
 
 __all__ = ["encode_psd"]
 
@@ -43,6 +40,11 @@ def encode_psd(
     user mask equal to `alpha` over the whole canvas. `icc_profile`, when given, is embedded
     as image resource 1039. Same input, same bytes. Raises ValueError on other shapes or dtypes.
     """
+    # psd-tools costs ~0.2 s to import: only runs that write PSD pay it (not start-up).
+    from psd_tools import PSDImage
+    from psd_tools.constants import Resource, Tag
+    from psd_tools.psd.image_resources import ImageResource
+
     _check(rgb, alpha)
     if cutout is not None:
         _check(cutout, alpha)

@@ -13,7 +13,6 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-import rawpy
 
 from matteflow.transforms.failures import DecodeError
 
@@ -107,6 +106,8 @@ def render_raw(
     Raises DecodeError: unsupported_format (LibRaw does not know the file), corrupt (it knows
     it but cannot read its data), too_many_pixels.
     """
+    import rawpy  # LibRaw: loaded by the first RAW file a run meets, not at every start-up
+
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             sizes = raw.sizes

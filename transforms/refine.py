@@ -7,8 +7,9 @@ uncertainty score.
 - `matting`: closed-form matting (Levin et al. 2008, pymatting) solved only on the unknown band
   of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
 - `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
-  estimator, in tiles), so a cutout over any background shows no halo of the old one; a model
-  that predicts foreground colour itself (RVM) gives them instead.
+  estimator on a working copy of at most `decontaminate_side` px, corrected per pixel at full
+  size), so a cutout over any background shows no halo of the old one; a model that predicts
+  foreground colour itself (RVM) gives them instead.
 - clean-up, off by default, after guided/matting: `remove_islands` (small detached specks of
   subject), `fill_holes` (small enclosed specks of background), `feather` (a Gaussian
   softening of the edge); their effect on eval-dev is in the README.
@@ -30,6 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.failures import RefineError, classify
 from matteflow.transforms.resize import resize_plane
 from matteflow.transforms.types import Clock, Failed, Matte, elapsed_ms
@@ -53,9 +55,7 @@ __all__ = [
 REFINE_MODES = ("none", "guided", "matting")
 _TILE = 512  # matting tiles: side in pixels, plus _OVERLAP on each side as context
 _OVERLAP = 32
-# Foreground estimation spreads known colours over longer distances than matting's local
-# windows: more context per tile, so tiles agree with a whole-image estimate at their seams.
-_DECONTAMINATE_CONTEXT = 128
+_STRIPE = 256  # decontamination corrects the band this many rows at a time
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class RefineSettings:
 
     refine: str = "none"  # none | guided | matting (none: see bench/refine.py and README)
     decontaminate: bool = True  # estimate foreground colour on the edge band
+    decontaminate_side: int = 1024  # its working size's long side, px (0: the full image)
     guided_radius: int = 2  # guided filter window radius, in pixels of the ~1024 px grid
     guided_eps: float = 1e-4  # guided filter regularisation (smaller follows edges harder)
     review_threshold: float = 0.5  # uncertainty at or above this sets needs_review
@@ -86,6 +87,10 @@ class RefineSettings:
         for name in ("island_min_area", "hole_max_area"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: expected 0..1, got {getattr(self, name)}")
+        if self.decontaminate_side < 0:
+            raise ValueError(
+                f"decontaminate_side: expected 0 or more, got {self.decontaminate_side}"
+            )
         if not self.feather_px >= 0.0:
             raise ValueError(f"feather_px: expected 0 or more, got {self.feather_px}")
 
@@ -195,25 +200,82 @@ def predicted_foreground(rgb: np.ndarray, alpha: np.ndarray, predicted: np.ndarr
     return out
 
 
-def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Foreground colours (same dtype as `rgb`) where 0 < alpha < 1, estimated by pymatting's
-    multi-level method tile by tile (bounded memory); other pixels keep `rgb`."""
-    import pymatting
+def _bilinear_at(
+    grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """`grid` (h x w x C, covering an image of `shape`) sampled bilinearly at that image's
+    pixels (`rows`, `cols`), pixel centres aligned and edges clamped: N x C float32."""
+    h, w = grid.shape[:2]
+    flat = np.ascontiguousarray(grid, dtype=np.float32).reshape(h * w, -1)
+    r0, r_step, wr = (part[rows] for part in _neighbours(shape[0], h))
+    c0, c_step, wc = (part[cols] for part in _neighbours(shape[1], w))
+    at = r0 * w + c0  # the top-left cell; the others are a step right and/or down
+    top = _lerp(flat[at], flat[at + c_step], wc[:, None])
+    at += r_step * w
+    bottom = _lerp(flat[at], flat[at + c_step], wc[:, None])
+    return _lerp(top, bottom, wr[:, None])
+
+
+def _lerp(low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """low + weight (high - low), in place in `high` (fresh arrays here: no copies)."""
+    high -= low
+    high *= weight
+    high += low
+    return high
+
+
+def _neighbours(full: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of `full` pixels along an axis: the nearest of `size` grid cells at or before
+    its centre, the step (0 or 1) to the next one (clamped at the ends), and that one's weight."""
+    at = np.clip((np.arange(full) + 0.5) * (size / full) - 0.5, 0.0, size - 1.0)
+    low = at.astype(np.int32)  # floor: `at` is not negative
+    return low, (low < size - 1).astype(np.int32), (at - low).astype(np.float32)
+
+
+def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 1024) -> np.ndarray:
+    """Foreground colours (same dtype as `rgb`) where 0 < alpha < 1; other pixels keep `rgb`.
+
+    pymatting's multi-level estimator solves foreground F0 and background B0 on a working copy
+    whose long side is at most `side` px (area-averaged; 0: the full image). Each edge-band
+    pixel then takes F0 and B0 sampled bilinearly, corrected by its own colour I as blur fusion
+    does (Forte & Pitie 2021): F = F0 + alpha (I - alpha F0 - (1 - alpha) B0). The cost is
+    that of the working copy plus the band; bench/foreground.py measures the error by size."""
+    import pymatting  # numba-compiled on first import; only decontamination and matting need it
 
     band = _edge_band(alpha)
     if not band.any() or alpha.size < 2:  # one pixel: nothing to estimate it from
         return rgb
+    height, width = alpha.shape
+    scale = min(1.0, side / max(height, width)) if side else 1.0
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
     top = float(np.iinfo(rgb.dtype).max)
+    box = Image.Resampling.BOX  # area average: a working pixel is the mean of what it covers
+    small = np.stack(
+        [resize_plane(rgb[..., c].astype(np.float32) / top, h, w, box) for c in range(3)], -1
+    )
+    small_alpha = resize_plane(alpha.astype(np.float32), h, w, box)
+    # float32 throughout: pymatting's estimator computes in float32
+    fg, bg = pymatting.estimate_foreground_ml(small, small_alpha, return_background=True)
+    grid = np.concatenate([fg, bg], axis=-1)
     out = rgb.copy()
-    for rows, cols, inner_r, inner_c in _tiles(alpha.shape, context=_DECONTAMINATE_CONTEXT):
-        inner = band[rows, cols][inner_r, inner_c]
-        if not inner.any():
+    for start in range(0, height, _STRIPE):  # a stripe of rows at a time: bounded memory
+        stripe = slice(start, start + _STRIPE)
+        inside = band[stripe]
+        rows, cols = np.nonzero(inside)
+        if rows.size == 0:
             continue
-        window = rgb[rows, cols].astype(np.float64) / top
-        estimated = pymatting.estimate_foreground_ml(window, alpha[rows, cols].astype(np.float64))
-        clean = np.rint(np.clip(estimated[inner_r, inner_c], 0.0, 1.0) * top).astype(rgb.dtype)
-        target = out[rows, cols][inner_r, inner_c]
-        target[inner] = clean[inner]
+        sampled = _bilinear_at(grid, rows + start, cols, (height, width))
+        f0, b0 = sampled[:, :3], sampled[:, 3:]
+        a = alpha[stripe][inside].astype(np.float32)[:, None]
+        clean = rgb[stripe][inside].astype(np.float32)  # I, then F in place
+        clean /= top
+        clean -= a * f0
+        clean -= (1 - a) * b0
+        clean *= a
+        clean += f0
+        np.clip(clean, 0.0, 1.0, out=clean)
+        clean *= top
+        out[stripe][inside] = np.rint(clean, out=clean).astype(rgb.dtype)
     return out
 
 
@@ -300,7 +362,7 @@ def refine_matte(matte: Matte, settings: RefineSettings, clock: Clock = time.per
     if s.decontaminate and matte.model_foreground is not None:
         foreground = predicted_foreground(colour, alpha, matte.model_foreground)
     elif s.decontaminate:
-        foreground = decontaminate(colour, alpha)
+        foreground = decontaminate(colour, alpha, s.decontaminate_side)
     return dataclasses.replace(
         matte,
         alpha=alpha,
@@ -336,7 +398,8 @@ class Refine(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutpu
 
     def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _RefineFn(self._settings, self._clock)
-        outputs: beam.pvalue.DoOutputsTuple = mattes | "Refine" >> beam.ParDo(fn).with_outputs(
+        typed = with_record_outputs(beam.ParDo(fn), Matte, failures=Failed)
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Refine" >> typed.with_outputs(
             "failures", main="ok"
         )
         return outputs

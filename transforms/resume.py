@@ -31,7 +31,7 @@ from matteflow.transforms.storage import exists, read_bytes, write_atomic
 __all__ = ["AFFECTS_OUTPUT", "Resume", "output_settings", "plain_settings", "settings_digest"]
 
 RowSettings = tuple[tuple[str, str], ...]
-_FORMAT = 3  # bump when the output bytes change for the same inputs and settings
+_FORMAT = 4  # bump when the output bytes change for the same inputs and settings
 AFFECTS_OUTPUT = {"affects_output": True}  # field metadata: the setting changes output bytes
 
 

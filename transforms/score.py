@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 
+from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.failures import classify
 from matteflow.transforms.quality import scores
 from matteflow.transforms.reader import Reader
@@ -53,7 +54,8 @@ class Score(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutput
 
     def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _ScoreFn(self._reader, self._clock)
-        outputs: beam.pvalue.DoOutputsTuple = mattes | "Score" >> beam.ParDo(fn).with_outputs(
+        typed = with_record_outputs(beam.ParDo(fn), Matte, failures=Failed)
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Score" >> typed.with_outputs(
             "failures", main="ok"
         )
         return outputs

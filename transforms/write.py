@@ -71,8 +71,9 @@ _LOG = logging.getLogger(__name__)
 
 def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """H x W float alpha in [0, 1] -> uint8 or uint16 (rounded)."""
-    top = float(np.iinfo(dtype).max)
-    quantised: np.ndarray = np.rint(np.clip(alpha, 0.0, 1.0) * top).astype(dtype)
+    scaled = np.clip(alpha, 0.0, 1.0).astype(np.float32, copy=False)  # a fresh array
+    scaled *= float(np.iinfo(dtype).max)
+    quantised: np.ndarray = np.rint(scaled, out=scaled).astype(dtype)
     return quantised
 
 
@@ -151,7 +152,11 @@ class _Canvas:
 
 
 def _cutout(c: _Canvas) -> bytes:
-    return c.encode(np.dstack([c.rgb, c.alpha_px]), c.outputs.cutout_format)
+    rgba = np.dstack([c.rgb, c.alpha_px])
+    # Fully transparent pixels carry no colour: what was behind the subject stays out of the
+    # file (colors/ keeps every pixel's colour), and the file is smaller and faster to encode.
+    rgba[c.alpha_px == 0] = 0
+    return c.encode(rgba, c.outputs.cutout_format)
 
 
 def _mask(c: _Canvas) -> bytes:

@@ -12,13 +12,14 @@ import random
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from matteflow.models import weights
+from matteflow.models import convert, weights
 from matteflow.models.registry import ModelSpec, get_spec, load
 from matteflow.models.weights import (
     WeightsError,
@@ -26,6 +27,7 @@ from matteflow.models.weights import (
     find_file,
     native_weights,
     sha256_file,
+    verified_sha256,
 )
 
 _REAL_SHA = "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb"
@@ -158,7 +160,7 @@ def test_native_weights_convert_once_then_come_from_the_cache(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("converted again although the cached copy is intact")
 
-    monkeypatch.setattr(weights, "convert_onnx", refuse)
+    monkeypatch.setattr(convert, "convert_onnx", refuse)
     assert native_weights(spec) == out
 
 
@@ -193,6 +195,80 @@ def test_cached_safetensors_without_its_digest_is_rebuilt(
     assert native_weights(spec) == out
     assert digest.read_text().strip() == sha256_file(out)
     assert len(load_file(str(out))) == 238
+
+
+# --- (e) hashed once, then trusted while the file is unchanged ----------------------------
+
+
+def _settled(path: Path, data: bytes) -> Path:
+    """`path` holding `data`, last modified an hour ago (as weights on disk are)."""
+    path.write_bytes(data)
+    old = path.stat().st_mtime_ns - 3600 * 10**9
+    os.utime(path, ns=(old, old))
+    return path
+
+
+def _no_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: Path) -> str:
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr(weights, "sha256_file", refuse)
+
+
+def test_an_unchanged_file_is_hashed_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_weights: Path
+) -> None:
+    path = _settled(tmp_path / "w.bin", b"weights" * 1000)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert verified_sha256(path) == expected
+    (stamp,) = (isolated_weights / "verified").glob("*.json")
+    assert json.loads(stamp.read_text())["sha256"] == expected
+    _no_hashing(monkeypatch)
+    assert verified_sha256(path) == expected
+
+
+def test_a_file_modified_just_now_is_not_stamped(tmp_path: Path, isolated_weights: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"fresh")
+    assert verified_sha256(path) == hashlib.sha256(b"fresh").hexdigest()
+    assert not list(isolated_weights.glob("verified/*.json"))
+
+
+def _rewrite_in_place(path: Path) -> None:
+    """Flip a byte and put the mtime back: size and mtime as before, ctime moved on."""
+    before = path.stat()
+    _flip_byte(path, before.st_size // 2)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _replace_by_another_file(path: Path) -> None:
+    """Another file of the same size and mtime moved over it (a new inode)."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    other = path.with_name("other")
+    other.write_bytes(bytes(data))
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    other.replace(path)
+
+
+@pytest.mark.parametrize("tamper", [_rewrite_in_place, _replace_by_another_file])
+def test_a_file_changed_after_its_stamp_is_hashed_again_and_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tamper: Callable[[Path], None]
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    data = b"onnx bytes " * 5000
+    spec = _blob_spec(data)
+    path = _settled(folder / spec.file, data)
+    monkeypatch.setenv("MATTEFLOW_MODEL_PATH", str(folder))
+    assert find_file(spec)[0] == path  # hashed and stamped
+    assert find_file(spec)[0] == path  # from the stamp
+    tamper(path)
+    assert path.stat().st_size == len(data)
+    found, notes = find_file(spec)
+    assert found is None
+    assert any(n.startswith(f"{path}: sha256 mismatch") for n in notes)
 
 
 # --- mirrors -------------------------------------------------------------------------------

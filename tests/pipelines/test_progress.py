@@ -11,7 +11,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 
 from matteflow.pipelines.config import load_config
-from matteflow.pipelines.progress import progress_bar, set_progress_interval
+from matteflow.pipelines.progress import local_workers, progress_bar, set_progress_interval
 from matteflow.pipelines.remove_background import build
 from matteflow.pipelines.run_summary import summary_lines
 from matteflow.transforms.metrics import MetricsRow, metrics_row, set_progress_listener
@@ -90,3 +90,13 @@ def test_the_summary_names_failures_by_code_the_review_list_and_the_licence() ->
     )
     assert lines[2] == "  review: 2 rows need a look, listed in gs://b/out/review/manifest.csv"
     assert lines[3].startswith("  model: tiny-isnet, licence class: permissive")
+
+
+@pytest.mark.parametrize(
+    ("cores", "gib", "workers"),
+    [(2, 24, 2), (8, 32, 8), (8, 16, 6), (16, 8, 2), (4, 4, 1), (1, 256, 1)],
+    ids=["this-machine", "8-cores-32g", "8-cores-16g", "16-cores-8g", "small", "one-core"],
+)
+def test_local_workers_one_per_core_as_memory_allows(cores: int, gib: int, workers: int) -> None:
+    # 2.5 GB for the first worker and 1 GB for each further one, in half the memory
+    assert local_workers(cores, gib << 30) == workers

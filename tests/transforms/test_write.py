@@ -117,7 +117,10 @@ def test_dofn_writes_cutout_and_mask_and_yields_the_ok_row(tmp_path: Path) -> No
     cutout, mask = _png(out / "cutouts/shop/x.png"), _png(out / "masks/shop/x.png")
     alpha8 = np.rint(matte.alpha.astype(np.float64) * 255).astype(np.uint8)
     assert (cutout.mode, cutout.size, mask.mode, mask.size) == ("RGBA", (17, 11), "L", (17, 11))
-    assert np.array_equal(np.asarray(cutout)[..., :3], matte.image.rgb)
+    seen, clear = alpha8 > 0, alpha8 == 0
+    assert np.array_equal(np.asarray(cutout)[seen][:, :3], matte.image.rgb[seen])
+    # fully transparent pixels keep no colour of what was behind the subject
+    assert clear.any() and not np.asarray(cutout)[clear].any()
     assert np.array_equal(np.asarray(cutout)[..., 3], alpha8)
     assert np.array_equal(np.asarray(mask), alpha8)
     assert len(np.unique(alpha8)) > 20  # the ramp really has many levels

@@ -42,6 +42,13 @@ MATTEFLOW_NS = "{urn:matteflow:xmp:1/}"
 RDF_DESCRIPTION = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description"
 
 
+def _cleared(rgba: np.ndarray) -> np.ndarray:
+    """What a cutout holds: no colour where alpha is 0."""
+    out = rgba.copy()
+    out[rgba[..., 3] == 0] = 0
+    return out
+
+
 def _disc_alpha() -> np.ndarray:
     y, x = np.mgrid[:HEIGHT, :WIDTH]
     radius = np.hypot(x - 20, y - 15)
@@ -156,7 +163,7 @@ def test_every_kind_is_written_at_its_path_and_counted(tmp_path: Path) -> None:
     rgb, alpha8 = np.array(pattern(WIDTH, HEIGHT)), _alpha8()
     cutout = _open((out / written["cutout_uri"]).read_bytes())
     assert cutout.mode == "RGBA"
-    assert np.array_equal(np.asarray(cutout), np.dstack([rgb, alpha8]))
+    assert np.array_equal(np.asarray(cutout), _cleared(np.dstack([rgb, alpha8])))
     mask = _open((out / written["mask_uri"]).read_bytes())
     assert mask.mode == "L" and np.array_equal(np.asarray(mask), alpha8)
     color = _open((out / written["color_uri"]).read_bytes())
@@ -334,7 +341,7 @@ def test_sixteen_bit_source_gives_sixteen_bit_png_outputs() -> None:
 
     cutout = imagecodecs.png_decode(files["cutout_uri"][1])
     assert cutout.dtype == np.uint16
-    assert np.array_equal(cutout, np.dstack([rgb16, alpha16]))
+    assert np.array_equal(cutout, _cleared(np.dstack([rgb16, alpha16])))
     mask = imagecodecs.png_decode(files["mask_uri"][1])
     assert mask.dtype == np.uint16 and np.array_equal(mask.reshape(alpha16.shape), alpha16)
     composite = imagecodecs.png_decode(files["composite_uri"][1])
@@ -350,7 +357,7 @@ def test_sixteen_bit_tiff_cutout() -> None:
     files = _render(_matte("k", rgb16=rgb16), OutputSettings(cutout_format="tiff"))
     back = tifffile.imread(BytesIO(files["cutout_uri"][1]))
     alpha16 = quantise_alpha(_disc_alpha(), np.uint16)
-    assert back.dtype == np.uint16 and np.array_equal(back, np.dstack([rgb16, alpha16]))
+    assert back.dtype == np.uint16 and np.array_equal(back, _cleared(np.dstack([rgb16, alpha16])))
 
 
 def test_keep_16_bit_false_gives_eight_bits() -> None:
@@ -358,7 +365,7 @@ def test_keep_16_bit_false_gives_eight_bits() -> None:
     files = _render(_matte("k", rgb16=rgb16), OutputSettings(keep_16_bit=False))
     cutout = imagecodecs.png_decode(files["cutout_uri"][1])
     assert cutout.dtype == np.uint8
-    assert np.array_equal(cutout, np.dstack([to_uint8(rgb16), _alpha8()]))
+    assert np.array_equal(cutout, _cleared(np.dstack([to_uint8(rgb16), _alpha8()])))
     assert imagecodecs.png_decode(files["mask_uri"][1]).dtype == np.uint8
 
 
@@ -393,7 +400,8 @@ def test_crop_framing_applies_to_every_output() -> None:
     rgb = np.array(pattern(WIDTH, HEIGHT))
     assert np.array_equal(np.asarray(_open(files["mask_uri"][1])), _alpha8()[crop])
     assert np.array_equal(np.asarray(_open(files["color_uri"][1])), rgb[crop])
-    assert np.array_equal(np.asarray(_open(files["cutout_uri"][1]))[..., :3], rgb[crop])
+    cutout = np.asarray(_open(files["cutout_uri"][1]))
+    assert np.array_equal(cutout, _cleared(np.dstack([rgb[crop], _alpha8()[crop]])))
 
 
 # --- per-row settings ---------------------------------------------------------------------
