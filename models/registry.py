@@ -25,11 +25,13 @@ from torch import nn
 
 from matteflow.models.architectures import ArchitectureError, architectures, get_architecture
 from matteflow.models.onnx_engine import OnnxSession, onnx_providers
-from matteflow.models.weights import native_weights, sha256_file, source_file
+from matteflow.models.quantize import int8_model
+from matteflow.models.weights import native_weights, sha256_file, source_file, verified_sha256
 
 __all__ = [
     "DTYPES",
     "ENGINES",
+    "INT8",
     "LICENCE_CLASSES",
     "LicenseError",
     "LoadedModel",
@@ -56,6 +58,9 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+# int8: the published ONNX graph statically quantised on CPU (models/quantize.py), run by
+# onnxruntime whatever the spec's engine.
+INT8 = "int8"
 ENGINES = ("torch", "onnxruntime")
 # permissive: weights and every copy we fetch allow commercial use; copyleft: they do, under
 # share-alike terms (GPL); non-commercial: they do not; unclear: no licence, or conflicting ones.
@@ -334,7 +339,7 @@ class LoadedModel:
 
     @property
     def dtype_name(self) -> str:
-        """The compute dtype as written to metrics ('float32', 'bfloat16', 'float16')."""
+        """The compute dtype as written to metrics ('float32', 'bfloat16', 'float16', 'int8')."""
         return str(self.dtype).removeprefix("torch.")
 
     def predict(self, batch: torch.Tensor) -> Prediction:
@@ -407,9 +412,16 @@ def check(
     """
     spec = get_spec(name)
     check_licence(spec, allow_licences)
-    if dtype != "auto" and dtype not in DTYPES:
-        raise RegistryError(f"dtype {dtype!r}: expected auto or one of {', '.join(DTYPES)}")
-    if spec.engine == "onnxruntime" and dtype not in ("auto", "float32"):
+    if dtype != "auto" and dtype not in (*DTYPES, INT8):
+        raise RegistryError(
+            f"dtype {dtype!r}: expected auto or one of {', '.join([*DTYPES, INT8])}"
+        )
+    if dtype == INT8 and (spec.format != "onnx" or not device.startswith("cpu")):
+        raise RegistryError(
+            f"model {name!r}, dtype int8: int8 runs on the CPU (device cpu) and quantises a"
+            f" published ONNX graph; asked for device {device!r}, model format {spec.format!r}"
+        )
+    if spec.engine == "onnxruntime" and dtype not in ("auto", "float32", INT8):
         raise RegistryError(
             f"model {name!r} runs on onnxruntime in float32 only; dtype {dtype!r} asked"
         )
@@ -466,17 +478,24 @@ def load(
     channels_last: bool = False,
     allow_licences: tuple[str, ...] = (),
     threads: int = 0,
+    calibration: Path | None = None,
 ) -> LoadedModel:
     """Build model `name` with verified weights on `device`, computing in `dtype`.
 
     Torch: weights stay float32; dtype bfloat16/float16 runs the forward pass under autocast,
     and "auto" picks one (`resolve_dtype`), or float32 for a spec whose `auto_dtype` says so
     (reduced precision measured to cost it accuracy). Onnxruntime: float32, `threads`
-    intra-op threads per session (0: this machine's cores). Raises what `check` raises, and
-    WeightsError when no verified weights can be had.
+    intra-op threads per session (0: this machine's cores). "int8" (CPU): the published graph
+    quantised with the images in `calibration` (default: the bundled sample), built once into
+    the cache (`int8_model`), on onnxruntime. Raises what `check` raises, WeightsError when no
+    verified weights can be had and QuantiseError when no int8 file can be built.
     """
     spec = check(name, device, dtype, allow_licences=allow_licences)
     target = torch.device(device)
+    if dtype == INT8:
+        path = int8_model(spec, calibration)
+        session = OnnxSession(path, spec, target, threads)
+        return LoadedModel(spec, session, target, torch.int8, verified_sha256(path), False)
     if spec.engine == "onnxruntime":
         path = prepare(spec)
         assert path is not None  # an onnxruntime spec has format "onnx"

@@ -1,5 +1,5 @@
 """The `matteflow` command: `run`, `eval`, `serve`, `review`, `purge` and `models list | fetch |
-verify | convert` (`python -m matteflow` is the same)."""
+verify | convert | quantize` (`python -m matteflow` is the same)."""
 
 from __future__ import annotations
 
@@ -547,6 +547,37 @@ def models_convert(
     except (ConversionError, ArchitectureError) as err:
         raise _fail(err) from None
     _out.print(f"wrote {output}")
+
+
+@models_app.command("quantize")
+def models_quantize(
+    name: str,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            help="folder of .jpg/.png photos to calibrate on (default: the bundled sample)",
+        ),
+    ] = None,
+) -> None:
+    """Build NAME's int8 file (CPU, `--set model.dtype=int8`) into the cache ahead of a run;
+    a file already built from the same weights, recipe and images is verified and kept."""
+    import time
+
+    from matteflow.models.quantize import QuantiseError, int8_model
+    from matteflow.models.registry import INT8, RegistryError, check
+    from matteflow.models.weights import WeightsError
+
+    start = time.perf_counter()
+    try:
+        path = int8_model(check(name, "cpu", INT8), calibration)
+    except (RegistryError, WeightsError, QuantiseError) as err:
+        raise _fail(err) from None
+    _out.print(
+        f"{name}: int8 file ready in {time.perf_counter() - start:.0f} s: {path}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 class _DropImportNoise(logging.Filter):

@@ -45,8 +45,12 @@ class ModelSettings:
     name: str = "isnet-general-use"
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"; a missing GPU fails in preflight
     # "auto" (bfloat16 where the CPU or GPU computes it natively, else float16 on CUDA and
-    # float32 on CPU) | "float32" | "bfloat16" | "float16"; reduced precision is autocast
+    # float32 on CPU) | "float32" | "bfloat16" | "float16"; reduced precision is autocast;
+    # "int8" (CPU): the model's ONNX graph statically quantised, on onnxruntime (README)
     dtype: str = field(default="auto", metadata=AFFECTS_OUTPUT)
+    # int8's calibration images: a local folder of .jpg/.png photos like those the run will
+    # see; "" = the bundled sample (examples/sample). The fingerprint takes their bytes.
+    calibration: str = field(default="", metadata=AFFECTS_OUTPUT)
     # square side the model runs at (multiple of 32); 0 = the model's
     inference_size: int = field(default=0, metadata=AFFECTS_OUTPUT)
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU

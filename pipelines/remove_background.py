@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -22,7 +23,20 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from matteflow.models.registry import RegistryError, check, get_spec, prepare, resolve_dtype
+from matteflow.models.quantize import (
+    QuantiseError,
+    calibration_digest,
+    calibration_files,
+    int8_model,
+)
+from matteflow.models.registry import (
+    INT8,
+    RegistryError,
+    check,
+    get_spec,
+    prepare,
+    resolve_dtype,
+)
 from matteflow.models.threads import inference_threads
 from matteflow.models.weights import WeightsError
 from matteflow.pipelines.config import ConfigError, RunConfig, load_config
@@ -62,6 +76,7 @@ __all__ = [
     "build",
     "compute_dtype",
     "exit_code",
+    "int8_calibration",
     "launch",
     "main",
     "model_handler",
@@ -104,6 +119,17 @@ def compute_dtype(cfg: RunConfig, options: PipelineOptions) -> str:
     return resolved
 
 
+def int8_calibration(folder: str) -> str:
+    """What an int8 run's outputs depend on besides its model: the digest of its calibration
+    images ("" = the bundled sample) and recipe (`calibration_digest`); "" when the folder
+    has none (preflight says so)."""
+    try:
+        digest: str = calibration_digest(calibration_files(Path(folder) if folder else None))
+    except QuantiseError:
+        return ""
+    return digest
+
+
 def model_handler(cfg: RunConfig) -> MatteModelHandler:
     """The RunInference model handler the config asks for (also the Python API's model)."""
     m = cfg.model
@@ -118,13 +144,17 @@ def model_handler(cfg: RunConfig) -> MatteModelHandler:
         allow_licences=m.licences,
         flip_tta=m.flip_tta,
         routing=cfg.routing,
+        calibration=m.calibration,
     )
 
 
 def resume_for(cfg: RunConfig, options: PipelineOptions) -> Resume:
     """Resume with the digest of the settings that change outputs, the dtype as it computes
-    (`compute_dtype`; model.torch_threads is marked in the config, issue 17)."""
-    model = dataclasses.replace(cfg.model, dtype=compute_dtype(cfg, options))
+    (`compute_dtype`; model.torch_threads is marked in the config, issue 17) and, for int8,
+    the digest of the calibration images and recipe in place of the folder's name."""
+    dtype = compute_dtype(cfg, options)
+    calibration = int8_calibration(cfg.model.calibration) if dtype == INT8 else ""
+    model = dataclasses.replace(cfg.model, dtype=dtype, calibration=calibration)
     names = member_models(cfg.model.name, cfg.routing)
     specs = get_spec(names[0]) if len(names) == 1 else [get_spec(n) for n in names]
     digest = settings_digest(specs, dataclasses.replace(cfg, model=model))
@@ -214,12 +244,21 @@ def preflight(cfg: RunConfig, local: bool = True, *, streaming: bool = False) ->
                 allow_licences=cfg.model.licences,
                 device_here=local,
             )
-            if local:
+            size = cfg.model.inference_size
+            if cfg.model.dtype == INT8 and size not in (0, spec.input_size):
+                raise PreflightError(
+                    f"model {name!r}, dtype int8: the quantised graph runs at its own"
+                    f" {spec.input_size} px only; model.inference_size = {size} asked"
+                )
+            if local and cfg.model.dtype == INT8:  # built once here, not in each worker
+                calibration = cfg.model.calibration
+                int8_model(spec, Path(calibration) if calibration else None)
+            elif local:
                 prepare(spec)  # verify, and fetch/convert once, in the launcher
         background = cfg.outputs.background
         if cfg.outputs.composite and not background_colour(background) and not exists(background):
             raise PreflightError(f"outputs.background {background}: no such image")
-    except (ManifestError, RegistryError, WeightsError) as err:
+    except (ManifestError, RegistryError, WeightsError, QuantiseError) as err:
         raise PreflightError(str(err)) from None
     kms_key = cfg.outputs.kms_key
     if kms_key and not cfg.output.startswith(("gs://", "s3://")):

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -24,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from PIL import Image
 
+from matteflow.models.preprocess import preprocess
 from matteflow.models.registry import (
     LoadedModel,
-    ModelSpec,
     get_spec,
     load,
     strictest_licence,
@@ -50,39 +50,6 @@ __all__ = ["MatteModelHandler", "ModelSet", "Segment", "postprocess", "preproces
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "matteflow.segment"
-
-
-def preprocess(
-    rgb: np.ndarray, spec: ModelSpec, device: torch.device, size: int = 0
-) -> torch.Tensor:
-    """H x W x 3 uint8 -> 3 x S x S float32 normalised per the spec (resize on `device`).
-
-    S is `size`, or the spec's input size when 0. With `spec.resize` "bilinear" the uint8
-    pixels travel to the device (from pinned memory, without blocking, on CUDA) and are
-    resized and normalised there; a side over twice S is first shrunk by an integer box filter
-    (Pillow's reduce), which bounds memory on very large images and keeps the bilinear step
-    from aliasing. With "lanczos", Pillow resizes on the CPU. RGB is then scaled to [0, 1] by
-    255 or by the resized image's own maximum (`spec.divide_by`).
-    """
-    size = size or spec.input_size
-    if spec.resize == "lanczos":
-        rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS))
-    else:
-        factors = tuple(max(1, side // (2 * size)) for side in (rgb.shape[1], rgb.shape[0]))
-        if factors != (1, 1):
-            rgb = np.array(Image.fromarray(rgb).reduce(factors))
-    x = torch.from_numpy(np.ascontiguousarray(rgb))
-    if device.type == "cuda":
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=True)
-    x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    if spec.divide_by == "max":
-        x = x / x.max().clamp_min(1e-6)
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
-    return ((x - mean) / std)[0]
 
 
 def postprocess(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -131,7 +98,8 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
     `flip_tta` also runs each image mirrored and averages the two predictions. The handler
     never names an architecture: the spec says how to feed the model and read its outputs.
     `torch_threads` (> 0, from `models.threads.inference_threads`) is set in whichever thread
-    runs a batch, and is each onnxruntime session's intra-op count."""
+    runs a batch, and is each onnxruntime session's intra-op count. `calibration`: the int8
+    calibration folder ("" = the bundled sample; dtype "int8" only)."""
 
     def __init__(
         self,
@@ -146,6 +114,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         allow_licences: tuple[str, ...] = (),
         flip_tta: bool = False,
         routing: RoutingSettings | None = None,
+        calibration: str = "",
         clock: Clock = time.perf_counter,
     ) -> None:
         routing = routing or RoutingSettings()
@@ -169,6 +138,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
         self._allow_licences = allow_licences
         self._flip_tta = flip_tta
         self._routing = routing
+        self._calibration = calibration
         self._clock = clock
 
     def load_model(self) -> ModelSet:
@@ -182,6 +152,7 @@ class MatteModelHandler(ModelHandler[DecodedImage, "Matte | Failed", ModelSet]):
             channels_last=self._channels_last,
             allow_licences=self._allow_licences,
             threads=self._threads,
+            calibration=Path(self._calibration) if self._calibration else None,
         )
         return ModelSet(loader, member_models(self._model, self._routing)[0])
 

@@ -251,9 +251,10 @@ def test_cuda_without_cuda_raises_registry_error() -> None:
 
 def test_unknown_dtype_raises_registry_error() -> None:
     with pytest.raises(
-        RegistryError, match="dtype 'int8': expected auto or one of float32, bfloat16"
+        RegistryError,
+        match="dtype 'int4': expected auto or one of float32, bfloat16, float16, int8",
     ):
-        load("tiny-isnet", dtype="int8")
+        load("tiny-isnet", dtype="int4")
 
 
 def test_auto_dtype_is_what_this_machine_computes_natively() -> None:

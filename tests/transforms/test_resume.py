@@ -106,6 +106,7 @@ def test_output_settings_are_the_marked_fields() -> None:
     assert marked["routing"]["models"] == ("isnet-general-use", "u2netp")  # auto's members
     assert marked["model"] == {
         "dtype": "auto",
+        "calibration": "",
         "inference_size": 0,
         "torch_threads": 1,
         "flip_tta": False,
