@@ -28,7 +28,13 @@ import torch
 from PIL import Image, ImageOps
 
 from matteflow.models.preprocess import preprocess
-from matteflow.models.weights import cache_dir, sha256_file, source_file, verified_sha256
+from matteflow.models.weights import (
+    cache_dir,
+    matches_recorded_sha256,
+    record_sha256,
+    sha256_file,
+    source_file,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -335,10 +341,10 @@ def int8_model(
     files = calibration_files(calibration)
     key = int8_key(spec, files, recipe)
     out = cache_dir() / spec.name / f"int8-{key}.onnx"
-    digest_file = out.with_name(out.name + ".sha256")
-    if out.is_file() and digest_file.is_file():
-        if digest_file.read_text().strip() == verified_sha256(out):
-            return out
+    matches = matches_recorded_sha256(out)
+    if matches:
+        return out
+    if matches is False:
         _LOG.warning("%s: does not match its recorded sha256; rebuilding it", out)
     source = source_file(spec, allow_fetch)
     _LOG.warning(
@@ -348,9 +354,7 @@ def int8_model(
     )
     start = time.perf_counter()
     quantise(spec, source, out, files, recipe)
-    tmp = digest_file.with_name(f".{digest_file.name}.{os.getpid()}")
-    tmp.write_text(sha256_file(out) + "\n")
-    tmp.replace(digest_file)
+    record_sha256(out)
     _LOG.warning(
         "model %r: int8 file built in %.0f s: %s", spec.name, time.perf_counter() - start, out
     )

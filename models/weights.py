@@ -31,7 +31,9 @@ __all__ = [
     "cache_dir",
     "fetch_file",
     "find_file",
+    "matches_recorded_sha256",
     "native_weights",
+    "record_sha256",
     "sha256_file",
     "source_file",
     "verified_sha256",
@@ -116,6 +118,28 @@ def verified_sha256(path: Path) -> str:
     if _identity(after) == before and settled:
         _write_stamp(path, before, digest)
     return digest
+
+
+def _digest_file(out: Path) -> Path:
+    return out.with_name(out.name + ".sha256")
+
+
+def matches_recorded_sha256(out: Path) -> bool | None:
+    """For a file this project derived into the cache (converted or quantised weights): None
+    when it, or the sha256 recorded beside it when it was written, is missing; else whether
+    its bytes still match that sha256."""
+    digest_file = _digest_file(out)
+    if not (out.is_file() and digest_file.is_file()):
+        return None
+    return digest_file.read_text().strip() == verified_sha256(out)
+
+
+def record_sha256(out: Path) -> None:
+    """Record `out`'s sha256 beside it (written atomically), for `matches_recorded_sha256`."""
+    digest_file = _digest_file(out)
+    tmp = digest_file.with_name(f".{digest_file.name}.{os.getpid()}")
+    tmp.write_text(sha256_file(out) + "\n")
+    tmp.replace(digest_file)
 
 
 def cache_dir() -> Path:
@@ -307,19 +331,12 @@ def native_weights(spec: ModelSpec, allow_fetch: bool = True) -> Path:
     wrote it; otherwise it is rebuilt from a verified source file.
     """
     out = cache_dir() / spec.name / f"{spec.sha256}.safetensors"
-    digest_file = out.with_name(out.name + ".sha256")
-    if (
-        out.is_file()
-        and digest_file.is_file()
-        and digest_file.read_text().strip() == verified_sha256(out)
-    ):
+    if matches_recorded_sha256(out):
         return out
     from matteflow.models.convert import convert_onnx  # imports onnx (~1 s): only to convert
 
     source = source_file(spec, allow_fetch)
     metadata = {"model": spec.name, "source_sha256": spec.sha256}
     convert_onnx(source, out, metadata, arch=spec.arch, width=spec.width)
-    tmp = digest_file.with_name(f".{digest_file.name}.{os.getpid()}")
-    tmp.write_text(sha256_file(out) + "\n")
-    tmp.replace(digest_file)
+    record_sha256(out)
     return out
