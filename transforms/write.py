@@ -71,7 +71,7 @@ _LOG = logging.getLogger(__name__)
 
 def quantise_alpha(alpha: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """H x W float alpha in [0, 1] -> uint8 or uint16 (rounded)."""
-    scaled = np.clip(alpha, 0.0, 1.0).astype(np.float32, copy=False)  # a fresh array
+    scaled = np.clip(alpha, 0.0, 1.0)  # a fresh array, in alpha's own float precision
     scaled *= float(np.iinfo(dtype).max)
     quantised: np.ndarray = np.rint(scaled, out=scaled).astype(dtype)
     return quantised
