@@ -48,9 +48,9 @@ def local_workers(cores: int, memory_bytes: int) -> int:
     return max(1, min(cores, fits))
 
 
-LOCAL_WORKERS = local_workers(
-    len(os.sched_getaffinity(0)), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-)
+# The cores this process may use (a container's or taskset's limit); macOS has no affinity.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+LOCAL_WORKERS = local_workers(_CORES or 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def local_worker_flags(argv: Sequence[str]) -> list[str]:
