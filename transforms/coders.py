@@ -12,7 +12,7 @@ picks this coder for their PCollections.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -22,7 +22,6 @@ from matteflow.transforms.types import DecodedImage, Matte
 
 __all__ = ["RecordCoder", "estimated_size", "with_record_outputs"]
 
-T = TypeVar("T", bound=beam.PTransform)  # type: ignore[type-arg]
 _FIELD = 8  # bytes counted for each scalar field or reference
 _PICKLE = beam.coders.PickleCoder()  # how Beam itself codes an untyped element
 
@@ -75,8 +74,9 @@ for _record in (DecodedImage, Matte):
     registry.register_coder(_record, RecordCoder)
 
 
-def with_record_outputs(transform: T, main: type, **tagged: type) -> T:
-    """`transform` with its main output typed `main` and its tagged outputs as named: a
+def with_record_outputs(pardo: beam.ParDo, main: type, **tagged: type) -> beam.PTransform[Any, Any]:
+    """`pardo` with a main output "ok" of type `main` and tagged outputs of the named types: a
     PCollection of DecodedImage or Matte is then coded by RecordCoder (registered above)."""
-    typed: T = transform.with_output_types(main, **tagged)  # type: ignore[no-untyped-call]
-    return typed
+    typed = pardo.with_output_types(main, **tagged)
+    outputs: beam.PTransform[Any, Any] = typed.with_outputs(*tagged, main="ok")
+    return outputs

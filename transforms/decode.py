@@ -394,7 +394,6 @@ class FetchAndDecode(
 
     def expand(self, tasks: beam.pvalue.PCollection[ImageTask]) -> beam.pvalue.DoOutputsTuple:
         fn = _DecodeFn(self._settings, self._resume, self._reader, self._clock)
-        typed = with_record_outputs(beam.ParDo(fn), DecodedImage, skipped=Skipped, failures=Failed)
-        decode = typed.with_outputs("skipped", "failures", main="ok")
+        decode = with_record_outputs(beam.ParDo(fn), DecodedImage, skipped=Skipped, failures=Failed)
         outputs: beam.pvalue.DoOutputsTuple = tasks | "Decode" >> decode
         return outputs

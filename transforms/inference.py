@@ -329,8 +329,6 @@ class Segment(beam.PTransform[beam.pvalue.PCollection[DecodedImage], beam.pvalue
             images
             | "RunInference" >> RunInference(self._handler)
             | "Split"
-            >> with_record_outputs(
-                beam.FlatMap(_split, self._settings), Matte, failures=Failed
-            ).with_outputs("failures", main="ok")
+            >> with_record_outputs(beam.FlatMap(_split, self._settings), Matte, failures=Failed)
         )
         return outputs

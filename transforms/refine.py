@@ -399,7 +399,5 @@ class Refine(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutpu
     def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _RefineFn(self._settings, self._clock)
         typed = with_record_outputs(beam.ParDo(fn), Matte, failures=Failed)
-        outputs: beam.pvalue.DoOutputsTuple = mattes | "Refine" >> typed.with_outputs(
-            "failures", main="ok"
-        )
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Refine" >> typed
         return outputs

@@ -55,7 +55,5 @@ class Score(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutput
     def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _ScoreFn(self._reader, self._clock)
         typed = with_record_outputs(beam.ParDo(fn), Matte, failures=Failed)
-        outputs: beam.pvalue.DoOutputsTuple = mattes | "Score" >> typed.with_outputs(
-            "failures", main="ok"
-        )
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Score" >> typed
         return outputs
