@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import csv
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout; a git worktree elsewhere names it in MATTEFLOW_SHARED_DIR.
 SHARED = Path(os.environ.get("MATTEFLOW_SHARED_DIR") or REPO.parent / "shared")
 EVAL_DEV = SHARED / "data" / "eval-dev"
 SHARED_MODELS = SHARED / "models"
+SAMPLE = REPO / "examples" / "sample"  # the bundled photos
+
+
+def shrunk_sample(root: Path, names: Sequence[str], width: int = 96) -> Path:
+    """A manifest in `root` of the bundled photos `names` shrunk to `width` px wide as PNGs
+    (a model sees its own input size whatever the size; small images keep decode, refinement
+    and encoding cheap)."""
+    for name in names:
+        image = Image.open(SAMPLE / name).convert("RGB")
+        image.resize((width, width * image.height // image.width)).save(root / f"{name}.png")
+    path = root / "manifest.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["uri"], *[[f"{name}.png"] for name in names]])
+    return path
+
+
+@pytest.fixture(scope="session")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two bundled photos in a folder of their own: an int8 calibration set."""
+    folder = tmp_path_factory.mktemp("calibration")
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        shutil.copy(SAMPLE / name, folder / name)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,10 +28,9 @@ from matteflow.models.quantize import (
 from matteflow.models.registry import RegistryError, check, get_spec, load
 from matteflow.models.weights import sha256_file
 from matteflow.pipelines.cli import app
-from tests.conftest import REPO
+from tests.conftest import SAMPLE
 from tests.models.conftest import MODELS_DIR
 
-SAMPLE = REPO / "examples" / "sample"
 U2NETP_ONNX = MODELS_DIR / "u2netp.onnx"
 
 
@@ -89,15 +88,6 @@ def test_float32_graph_widens_a_float16_graph_and_computes_the_same() -> None:
 def test_float32_graph_leaves_a_float32_graph_as_it_is() -> None:
     model = float32_graph(_float16_graph())
     assert float32_graph(model).SerializeToString() == model.SerializeToString()
-
-
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two sample photos: a calibration folder."""
-    folder = tmp_path_factory.mktemp("calibration")
-    for name in ("astronaut.jpg", "coffee.jpg"):
-        shutil.copy(SAMPLE / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -4,19 +4,16 @@ threads, the portable runner, two processes (issue 17, What to build 1)."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from matteflow.pipelines.remove_background import main
 from matteflow.transforms.metrics import read_metrics
-from tests.conftest import REPO
+from tests.conftest import shrunk_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SAMPLE = REPO / "examples" / "sample"
 IMAGES = ["astronaut.jpg", "coffee.jpg", "rocket.jpg", "camera.jpg"]
 RUNNERS = {
     "one_worker": ["--direct_num_workers=1"],
@@ -28,16 +25,8 @@ RUNNERS = {
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four sample photos shrunk to 96 px wide (the model sees 1024 px whatever the size;
-    small images keep decode, refinement and encoding cheap)."""
-    root = tmp_path_factory.mktemp("determinism")
-    for name in IMAGES:
-        image = Image.open(SAMPLE / name).convert("RGB")
-        image.resize((96, 96 * image.height // image.width)).save(root / f"{name}.png")
-    path = root / "manifest.csv"
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([["uri"], *[[f"{name}.png"] for name in IMAGES]])
-    return path
+    """Four sample photos shrunk to 96 px wide."""
+    return shrunk_sample(tmp_path_factory.mktemp("determinism"), IMAGES)
 
 
 def _outputs(manifest: Path, out: Path, runner_args: list[str]) -> dict[str, bytes]:

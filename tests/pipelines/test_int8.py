@@ -4,46 +4,28 @@ fingerprint follows the dtype and the calibration images' bytes."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from PIL import Image
 
 from matteflow.models.registry import get_spec
 from matteflow.models.weights import find_file
 from matteflow.pipelines.config import load_config
 from matteflow.pipelines.remove_background import PreflightError, main, preflight, resume_for
 from matteflow.transforms.metrics import read_metrics
-from tests.conftest import REPO
+from tests.conftest import SAMPLE, shrunk_sample
 
-SAMPLE = REPO / "examples" / "sample"
 IMAGES = ["rocket.jpg", "camera.jpg"]
 
 
 @pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two sample photos (not the ones the runs process)."""
-    folder = tmp_path_factory.mktemp("calibration")
-    for name in ("astronaut.jpg", "coffee.jpg"):
-        shutil.copy(SAMPLE / name, folder / name)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two sample photos shrunk to 96 px wide (U²-Net-p sees 320 px whatever the size)."""
-    root = tmp_path_factory.mktemp("int8-run")
-    for name in IMAGES:
-        image = Image.open(SAMPLE / name).convert("RGB")
-        image.resize((96, 96 * image.height // image.width)).save(root / f"{name}.png")
-    path = root / "manifest.csv"
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([["uri"], *[[f"{name}.png"] for name in IMAGES]])
-    return path
+    """Two sample photos shrunk to 96 px wide (U²-Net-p sees 320 px whatever the size), not
+    the ones the calibration set holds."""
+    return shrunk_sample(tmp_path_factory.mktemp("int8-run"), IMAGES)
 
 
 def _int8_run(manifest: Path, out: Path, calibration: Path) -> dict[str, bytes]:
