@@ -32,6 +32,15 @@ def shrunk_sample(root: Path, names: Sequence[str], width: int = 96) -> Path:
     return path
 
 
+def model_manifest(path: Path, rows: list[dict[str, str]]) -> str:
+    """A CSV manifest at `path` with columns uri, id and model (a row's own model)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["uri", "id", "model"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two bundled photos in a folder of their own: an int8 calibration set."""

@@ -24,6 +24,7 @@ from matteflow.transforms.inference import MatteModelHandler
 from matteflow.transforms.metrics import read_metrics
 from matteflow.transforms.routing import Prediction, RoutingSettings, route
 from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
+from tests.conftest import model_manifest
 from tests.images import encode, pattern
 
 SECOND = "tiny-isnet-b"  # tiny-isnet with other random weights: a second member model
@@ -113,20 +114,12 @@ def _by_id(results: Iterable[Matte | Failed]) -> dict[str, Matte]:
     return mattes
 
 
-def _manifest(path: Path, rows: list[dict[str, str]]) -> str:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["uri", "id", "model"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(path)
-
-
 @pytest.mark.usefixtures("two_tiny_models")
 def test_a_run_with_model_auto_records_who_decided(tmp_path: Path) -> None:
     sizes = {"a": (40, 23), "b": (33, 50), "c": (17, 11)}
     for name, (w, h) in sizes.items():
         (tmp_path / f"{name}.png").write_bytes(encode(pattern(w, h), "PNG"))
-    manifest = _manifest(
+    manifest = model_manifest(
         tmp_path / "m.csv",
         [
             {"uri": "a.png", "id": "a", "model": ""},  # the run's: auto
@@ -156,7 +149,7 @@ def test_a_run_with_model_auto_records_who_decided(tmp_path: Path) -> None:
 
 
 def test_preflight_checks_the_licence_of_every_member(tmp_path: Path) -> None:
-    manifest = _manifest(tmp_path / "m.csv", [{"uri": "a.png", "id": "a", "model": ""}])
+    manifest = model_manifest(tmp_path / "m.csv", [{"uri": "a.png", "id": "a", "model": ""}])
     settings = [
         "routing.general=tiny-isnet",
         "routing.helpers=[]",
@@ -175,7 +168,7 @@ def test_preflight_checks_the_licence_of_every_member(tmp_path: Path) -> None:
 def test_an_auto_row_fails_when_a_member_is_not_allowed(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(encode(pattern(20, 12), "PNG"))
     (tmp_path / "b.png").write_bytes(encode(pattern(12, 20), "PNG"))
-    manifest = _manifest(
+    manifest = model_manifest(
         tmp_path / "m.csv",
         [{"uri": "a.png", "id": "a", "model": "auto"}, {"uri": "b.png", "id": "b", "model": ""}],
     )
@@ -238,7 +231,7 @@ def test_model_auto_on_real_images(eval_dev: Path, tmp_path: Path) -> None:
     """The default routing (IS-Net + U2-Net-p, real weights) on three eval-dev images."""
     with (eval_dev / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))[:3]
-    manifest = _manifest(
+    manifest = model_manifest(
         tmp_path / "m.csv",
         [{"uri": str(eval_dev / r["image"]), "id": r["id"], "model": ""} for r in rows],
     )

@@ -19,7 +19,7 @@ from matteflow.pipelines.cli import app
 from matteflow.pipelines.config import ConfigError, load_config
 from matteflow.pipelines.remove_background import PreflightError, build, main, preflight
 from matteflow.transforms.metrics import read_metrics
-from tests.conftest import EVAL_DEV, SHARED_MODELS
+from tests.conftest import EVAL_DEV, SHARED_MODELS, model_manifest
 from tests.images import encode, pattern
 
 U2NETP = SHARED_MODELS / "u2netp.onnx"
@@ -42,20 +42,12 @@ def u2netp_here() -> None:
         pytest.skip(f"{U2NETP} absent: the real model file is needed")
 
 
-def _manifest(path: Path, rows: list[dict[str, str]]) -> str:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["uri", "id", "model"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(path)
-
-
 @pytest.mark.integration
 @pytest.mark.usefixtures("u2netp_here")
 def test_a_manifest_runs_two_models_in_one_job(tmp_path: Path) -> None:
     for name, (w, h) in {"a": (40, 23), "b": (33, 50), "c": (17, 11), "d": (20, 20)}.items():
         (tmp_path / f"{name}.png").write_bytes(encode(pattern(w, h), "PNG"))
-    manifest = _manifest(
+    manifest = model_manifest(
         tmp_path / "m.csv",
         [
             {"uri": "a.png", "id": "a", "model": ""},  # the run's model
@@ -86,7 +78,7 @@ def test_a_manifest_runs_two_models_in_one_job(tmp_path: Path) -> None:
 
 def test_allow_licences_refuses_in_preflight_naming_an_alternative(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(encode(pattern(), "PNG"))
-    manifest = _manifest(tmp_path / "m.csv", [{"uri": "a.png", "id": "a", "model": ""}])
+    manifest = model_manifest(tmp_path / "m.csv", [{"uri": "a.png", "id": "a", "model": ""}])
     for model in ("isnet-general-use", "rvm-mobilenetv3"):
         cfg = load_config(
             manifest=manifest,
@@ -137,7 +129,7 @@ def test_models_add_then_run_end_to_end(scratch_registry: Path, tmp_path: Path) 
     image = EVAL_DEV / "images" / "dev-prod-021.jpg"
     if not image.is_file():
         pytest.skip(f"{image} absent")
-    manifest = _manifest(tmp_path / "m.csv", [{"uri": str(image), "id": "p", "model": ""}])
+    manifest = model_manifest(tmp_path / "m.csv", [{"uri": str(image), "id": "p", "model": ""}])
     out = tmp_path / "out"
     assert main(["--manifest", manifest, "--output", str(out), "--model", "my-salient"]) == 0
     (row,) = read_metrics(str(out)).to_pylist()
