@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from matteflow.transforms.refine import decontaminate
+from matteflow.transforms.foreground import decontaminate
 
 
 def _composite(

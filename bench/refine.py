@@ -33,16 +33,11 @@ import torch
 from PIL import Image
 
 from matteflow.models.registry import load
+from matteflow.transforms.foreground import decontaminate
 from matteflow.transforms.inference import postprocess, preprocess
 from matteflow.transforms.matte import uncertainty
 from matteflow.transforms.quality import edge_band, scores
-from matteflow.transforms.refine import (
-    RefineSettings,
-    clean_up,
-    decontaminate,
-    guided_filter,
-    matting,
-)
+from matteflow.transforms.refine import RefineSettings, clean_up, guided_filter, matting
 
 Item = dict[str, object]
 

@@ -6,10 +6,9 @@ uncertainty score.
   the alpha's edges follow the image's.
 - `matting`: closed-form matting (Levin et al. 2008, pymatting) solved only on the unknown band
   of a trimap drawn from the model's confidence, tile by tile so memory stays bounded.
-- `decontaminate`: foreground colours estimated on the edge band (pymatting's multi-level
-  estimator on a working copy of at most `decontaminate_side` px, corrected per pixel at full
-  size), so a cutout over any background shows no halo of the old one; a model that predicts
-  foreground colour itself (RVM) gives them instead.
+- `decontaminate`: foreground colours on the edge band (foreground.py), so a cutout over any
+  background shows no halo of the old one; a model that predicts foreground colour itself
+  (RVM) gives them instead.
 - clean-up, off by default, after guided/matting: `remove_islands` (small detached specks of
   subject), `fill_holes` (small enclosed specks of background), `feather` (a Gaussian
   softening of the edge); their effect on eval-dev is in the README.
@@ -33,6 +32,7 @@ from scipy import ndimage
 
 from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.failures import RefineError, classify
+from matteflow.transforms.foreground import decontaminate, predicted_foreground
 from matteflow.transforms.resize import resize_plane
 from matteflow.transforms.types import Clock, Failed, Matte, elapsed_ms
 
@@ -41,12 +41,10 @@ __all__ = [
     "Refine",
     "RefineSettings",
     "clean_up",
-    "decontaminate",
     "feather",
     "fill_holes",
     "guided_filter",
     "matting",
-    "predicted_foreground",
     "refine_matte",
     "remove_islands",
     "trimap",
@@ -55,7 +53,6 @@ __all__ = [
 REFINE_MODES = ("none", "guided", "matting")
 _TILE = 512  # matting tiles: side in pixels, plus _OVERLAP on each side as context
 _OVERLAP = 32
-_STRIPE = 256  # decontamination corrects the band this many rows at a time
 
 
 @dataclass(frozen=True)
@@ -178,104 +175,6 @@ def matting(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         solved = pymatting.estimate_alpha_cf(guide[rows, cols], t)
         target = out[rows, cols]
         target[inner_r, inner_c] = np.clip(solved[inner_r, inner_c], 0.0, 1.0)
-    return out
-
-
-def _edge_band(alpha: np.ndarray) -> np.ndarray:
-    """Where 0 < alpha < 1 (by more than half an 8-bit step): the pixels that mix colours."""
-    return (alpha > 1.0 / 512) & (alpha < 1.0 - 1.0 / 512)
-
-
-def predicted_foreground(rgb: np.ndarray, alpha: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Foreground colours (same dtype as `rgb`) taken from the model's own prediction (S x S x 3
-    float in [0, 1] at any size, e.g. RVM's fgr; bilinear to the image's size) where
-    0 < alpha < 1; other pixels keep `rgb`."""
-    band = _edge_band(alpha)
-    height, width = alpha.shape
-    top = float(np.iinfo(rgb.dtype).max)
-    out = rgb.copy()
-    for c in range(3):
-        plane = resize_plane(predicted[..., c], height, width, Image.Resampling.BILINEAR)
-        out[..., c][band] = np.rint(np.clip(plane[band], 0.0, 1.0) * top).astype(rgb.dtype)
-    return out
-
-
-def _bilinear_at(
-    grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
-) -> np.ndarray:
-    """`grid` (h x w x C, covering an image of `shape`) sampled bilinearly at that image's
-    pixels (`rows`, `cols`), pixel centres aligned and edges clamped: N x C float32."""
-    h, w = grid.shape[:2]
-    flat = np.ascontiguousarray(grid, dtype=np.float32).reshape(h * w, -1)
-    r0, r_step, wr = (part[rows] for part in _neighbours(shape[0], h))
-    c0, c_step, wc = (part[cols] for part in _neighbours(shape[1], w))
-    at = r0 * w + c0  # the top-left cell; the others are a step right and/or down
-    top = _lerp(flat[at], flat[at + c_step], wc[:, None])
-    at += r_step * w
-    bottom = _lerp(flat[at], flat[at + c_step], wc[:, None])
-    return _lerp(top, bottom, wr[:, None])
-
-
-def _lerp(low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """low + weight (high - low), in place in `high` (fresh arrays here: no copies)."""
-    high -= low
-    high *= weight
-    high += low
-    return high
-
-
-def _neighbours(full: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each of `full` pixels along an axis: the nearest of `size` grid cells at or before
-    its centre, the step (0 or 1) to the next one (clamped at the ends), and that one's weight."""
-    at = np.clip((np.arange(full) + 0.5) * (size / full) - 0.5, 0.0, size - 1.0)
-    low = at.astype(np.int32)  # floor: `at` is not negative
-    return low, (low < size - 1).astype(np.int32), (at - low).astype(np.float32)
-
-
-def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 1024) -> np.ndarray:
-    """Foreground colours (same dtype as `rgb`) where 0 < alpha < 1; other pixels keep `rgb`.
-
-    pymatting's multi-level estimator solves foreground F0 and background B0 on a working copy
-    whose long side is at most `side` px (area-averaged; 0: the full image). Each edge-band
-    pixel then takes F0 and B0 sampled bilinearly, corrected by its own colour I as blur fusion
-    does (Forte & Pitie 2021): F = F0 + alpha (I - alpha F0 - (1 - alpha) B0). The cost is
-    that of the working copy plus the band; bench/foreground.py measures the error by size."""
-    import pymatting  # numba-compiled on first import; only decontamination and matting need it
-
-    band = _edge_band(alpha)
-    if not band.any() or alpha.size < 2:  # one pixel: nothing to estimate it from
-        return rgb
-    height, width = alpha.shape
-    scale = min(1.0, side / max(height, width)) if side else 1.0
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    top = float(np.iinfo(rgb.dtype).max)
-    box = Image.Resampling.BOX  # area average: a working pixel is the mean of what it covers
-    small = np.stack(
-        [resize_plane(rgb[..., c].astype(np.float32) / top, h, w, box) for c in range(3)], -1
-    )
-    small_alpha = resize_plane(alpha.astype(np.float32), h, w, box)
-    # float32 throughout: pymatting's estimator computes in float32
-    fg, bg = pymatting.estimate_foreground_ml(small, small_alpha, return_background=True)
-    grid = np.concatenate([fg, bg], axis=-1)
-    out = rgb.copy()
-    for start in range(0, height, _STRIPE):  # a stripe of rows at a time: bounded memory
-        stripe = slice(start, start + _STRIPE)
-        inside = band[stripe]
-        rows, cols = np.nonzero(inside)
-        if rows.size == 0:
-            continue
-        sampled = _bilinear_at(grid, rows + start, cols, (height, width))
-        f0, b0 = sampled[:, :3], sampled[:, 3:]
-        a = alpha[stripe][inside].astype(np.float32)[:, None]
-        clean = rgb[stripe][inside].astype(np.float32)  # I, then F in place
-        clean /= top
-        clean -= a * f0
-        clean -= (1 - a) * b0
-        clean *= a
-        clean += f0
-        np.clip(clean, 0.0, 1.0, out=clean)
-        clean *= top
-        out[stripe][inside] = np.rint(clean, out=clean).astype(rgb.dtype)
     return out
 
 

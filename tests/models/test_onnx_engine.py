@@ -103,8 +103,9 @@ def test_onnxruntime_models_compute_in_float32_only() -> None:
 @pytest.mark.integration
 @pytest.mark.usefixtures("real_model_path")
 def test_rvm_colour_reaches_the_cutout_colours_through_the_handler() -> None:
+    from matteflow.transforms.foreground import predicted_foreground
     from matteflow.transforms.inference import MatteModelHandler
-    from matteflow.transforms.refine import RefineSettings, _RefineFn, predicted_foreground
+    from matteflow.transforms.refine import RefineSettings, _RefineFn
     from matteflow.transforms.types import DecodedImage, ImageTask, Matte
 
     rgb = _image(PORTRAITS[0])

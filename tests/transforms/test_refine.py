@@ -13,17 +13,20 @@ from PIL import Image
 from scipy import ndimage
 
 from matteflow.transforms import refine
+from matteflow.transforms.foreground import (
+    _compiled_correction,
+    _neighbours,
+    decontaminate,
+    predicted_foreground,
+)
 from matteflow.transforms.matte import uncertainty
 from matteflow.transforms.refine import (
     _TILE,
     Refine,
     RefineSettings,
-    _bilinear_at,
     _RefineFn,
-    decontaminate,
     guided_filter,
     matting,
-    predicted_foreground,
     trimap,
 )
 from matteflow.transforms.resize import resize_plane
@@ -353,13 +356,25 @@ def test_decontaminate_on_a_working_copy_recovers_the_full_size_foreground(side:
     assert np.abs(out / 255.0 - fg)[soft].mean() < raw / 15, side
 
 
-def test_bilinear_sampling_of_the_working_copy_matches_pillows_upsampling() -> None:
-    grid = np.random.default_rng(5).random((7, 9, 2)).astype(np.float32)
-    rows, cols = np.mgrid[:30, :41]
-    sampled = _bilinear_at(grid, rows.ravel(), cols.ravel(), (30, 41)).reshape(30, 41, 2)
-    for c in range(2):
-        pillow = resize_plane(grid[..., c], 30, 41, Image.Resampling.BILINEAR)
-        np.testing.assert_allclose(sampled[..., c], pillow, atol=1e-5)
+def test_the_correction_samples_the_working_copy_as_pillow_upsamples_it() -> None:
+    # With I = 0, B0 = 0 and alpha = 0.5 everywhere, F = F0 + 0.5 (0 - 0.5 F0) = 0.75 F0: the
+    # corrected pixels are F0 as sampled at full size, scaled.
+    grid = np.zeros((7, 9, 6), np.float32)
+    grid[..., :3] = np.random.default_rng(5).random((7, 9, 3))
+    height, width = 30, 41
+    out = np.zeros((height, width, 3), np.uint16)
+    _compiled_correction()(
+        np.zeros_like(out),
+        np.full((height, width), 0.5, np.float32),
+        grid,
+        *_neighbours(height, 7),
+        *_neighbours(width, 9),
+        65535.0,
+        out,
+    )
+    for c in range(3):
+        pillow = resize_plane(grid[..., c], height, width, Image.Resampling.BILINEAR)
+        np.testing.assert_allclose(out[..., c] / 65535.0, 0.75 * pillow, atol=2e-5)
 
 
 def test_decontaminate_sixteen_bit_in_sixteen_bit_out() -> None:
