@@ -70,7 +70,7 @@ _STAGES: list[tuple[str, Callable[[Key], bool], tuple[str, ...]]] = [
     ("model forward", _model_forward, ()),
     ("uncertainty", _is("transforms/matte.py", "uncertainty"), ()),
     ("resize to image (postprocess)", _is("transforms/inference.py", "postprocess"), ()),
-    ("decontaminate", _is("transforms/refine.py", "decontaminate"), ()),
+    ("decontaminate", _is("transforms/foreground.py", "decontaminate"), ()),
     ("refine (less decontaminate)", _is("transforms/refine.py", "process"), ("decontaminate",)),
     ("score", _is("transforms/score.py", "process"), ()),
     ("encode (render)", _is("transforms/write.py", "render"), ()),
