@@ -31,9 +31,12 @@ COPY transforms transforms
 COPY models models
 COPY configs configs
 RUN pip install --no-cache-dir ".[dataflow]" && pip check
-# Compile pymatting's numba kernels (decontamination) into their cache now: a worker that
-# compiled them on first use would pay ~45 s per process.
-RUN python -c "import pymatting.foreground.estimate_foreground_ml"
+# Compile decontamination's numba code (pymatting's estimator, our per-pixel correction for 8-
+# and 16-bit colour) into their caches now: a worker that compiled them on first use would pay
+# ~45 s per process.
+RUN python -c "import numpy as np; from matteflow.transforms.foreground import decontaminate; \
+    [decontaminate(np.zeros((4, 4, 3), t), np.full((4, 4), 0.5, np.float32)) \
+     for t in (np.uint8, np.uint16)]"
 
 # Weights: fetched from the build context as a mirror, sha256-verified, converted once to
 # safetensors in the cache that workers read. Nothing is downloaded at job start.

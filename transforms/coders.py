@@ -17,10 +17,11 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.coders.typecoders import registry
+from apache_beam.typehints.typehints import UnionConstraint
 
 from matteflow.transforms.types import DecodedImage, Matte
 
-__all__ = ["RecordCoder", "estimated_size", "with_record_outputs"]
+__all__ = ["RecordCoder", "RecordUnion", "estimated_size", "with_record_outputs"]
 
 _FIELD = 8  # bytes counted for each scalar field or reference
 _PICKLE = beam.coders.PickleCoder()  # how Beam itself codes an untyped element
@@ -70,7 +71,16 @@ class RecordCoder(beam.coders.Coder):
         return hash(type(self))
 
 
-for _record in (DecodedImage, Matte):
+class RecordUnion(UnionConstraint):
+    """A union of record types (e.g. RunInference's Matte | Failed) that RecordCoder codes:
+    Beam gives a plain Union its pickling default coder, which measures sizes by encoding."""
+
+    def bind_type_variables(self, bindings: dict[Any, Any]) -> RecordUnion:
+        """Itself: concrete classes, no type variables (Beam would rebuild a plain Union)."""
+        return self
+
+
+for _record in (DecodedImage, Matte, RecordUnion):
     registry.register_coder(_record, RecordCoder)
 
 

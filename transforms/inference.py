@@ -34,7 +34,7 @@ from matteflow.models.registry import (
     strictest_licence,
 )
 from matteflow.models.threads import torch_threads
-from matteflow.transforms.coders import with_record_outputs
+from matteflow.transforms.coders import RecordUnion, with_record_outputs
 from matteflow.transforms.failures import inference_failure, is_oom, redact
 from matteflow.transforms.matte import MatteSettings, apply_existing_alpha, uncertainty
 from matteflow.transforms.routing import (
@@ -327,7 +327,8 @@ class Segment(beam.PTransform[beam.pvalue.PCollection[DecodedImage], beam.pvalue
     def expand(self, images: beam.pvalue.PCollection[DecodedImage]) -> beam.pvalue.DoOutputsTuple:
         outputs: beam.pvalue.DoOutputsTuple = (
             images
-            | "RunInference" >> RunInference(self._handler)
+            | "RunInference"
+            >> RunInference(self._handler).with_output_types(RecordUnion([Matte, Failed]))
             | "Split"
             >> with_record_outputs(beam.FlatMap(_split, self._settings), Matte, failures=Failed)
         )

@@ -7,12 +7,15 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.coders.typecoders import registry
+from apache_beam.typehints.typehints import is_consistent_with
 
-from matteflow.transforms.coders import RecordCoder, estimated_size
+from matteflow.transforms.coders import RecordCoder, RecordUnion, estimated_size
 from matteflow.transforms.decode import DecodeSettings, FetchAndDecode
+from matteflow.transforms.inference import MatteModelHandler, Segment
+from matteflow.transforms.matte import MatteSettings
 from matteflow.transforms.refine import Refine, RefineSettings
 from matteflow.transforms.resume import Resume
-from matteflow.transforms.types import DecodedImage, ImageTask, Matte
+from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
 
 
 def _matte(height: int = 300, width: int = 400) -> Matte:
@@ -68,3 +71,17 @@ def test_decode_and_refine_outputs_are_typed_as_their_records() -> None:
     assert decoded.ok.element_type is DecodedImage
     assert refined.ok.element_type is Matte
     assert isinstance(registry.get_coder(refined.ok.element_type), RecordCoder)
+
+
+def test_runinference_output_is_coded_by_record_coder_as_a_union() -> None:
+    # RunInference emits Matte or Failed: a plain Union would get Beam's pickling default.
+    p = beam.Pipeline()
+    images = p | beam.Create([_matte().image])
+    handler = MatteModelHandler("tiny-isnet", max_batch_pixels=1, torch_threads=1)
+    segmented = images | Segment(handler, MatteSettings())
+    [inferred] = segmented.ok.producer.inputs
+    assert isinstance(inferred.element_type, RecordUnion)
+    assert set(inferred.element_type.union_types) == {Matte, Failed}
+    assert isinstance(registry.get_coder(inferred.element_type), RecordCoder)
+    # still a union to Beam's type checks: each member is consistent with it
+    assert all(is_consistent_with(t, inferred.element_type) for t in (Matte, Failed))
