@@ -31,6 +31,7 @@ HELPERS = (
     "colour",
     "resize",
     "matte",
+    "foreground",
     "quality",
     "routing",
     "psd",
