@@ -1,4 +1,4 @@
-"""The Beam coder of the records that carry pixels (DecodedImage, Matte).
+"""The Beam coder of the records that carry pixels (DecodedImage, Matte, Written).
 
 Beam samples the byte size of elements on every edge between steps, fused or not, for its
 counters, and its default coder measures a size by encoding the element: for a 12 MP photo that
@@ -19,7 +19,7 @@ import numpy as np
 from apache_beam.coders.typecoders import registry
 from apache_beam.typehints.typehints import UnionConstraint
 
-from matteflow.transforms.types import DecodedImage, Matte
+from matteflow.transforms.types import DecodedImage, Matte, Written
 
 __all__ = ["RecordCoder", "RecordUnion", "estimated_size", "with_record_outputs"]
 
@@ -80,7 +80,7 @@ class RecordUnion(UnionConstraint):
         return self
 
 
-for _record in (DecodedImage, Matte, RecordUnion):
+for _record in (DecodedImage, Matte, Written, RecordUnion):
     registry.register_coder(_record, RecordCoder)
 
 

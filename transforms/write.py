@@ -33,6 +33,7 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image
 
+from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.colour import SRGB_ICC
 from matteflow.transforms.decode import DecodeSettings, decode
 from matteflow.transforms.encode import (
@@ -363,7 +364,6 @@ class WriteOutputs(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.D
 
     def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
         fn = _WriteFn(self._output, self._outputs, self._framing, self._resume, self._reader)
-        outputs: beam.pvalue.DoOutputsTuple = mattes | "Write" >> beam.ParDo(fn).with_outputs(
-            "failures", main="ok"
-        )
+        write = with_record_outputs(beam.ParDo(fn), Written, failures=Failed)
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Write" >> write
         return outputs

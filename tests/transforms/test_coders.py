@@ -11,11 +11,14 @@ from apache_beam.typehints.typehints import is_consistent_with
 
 from matteflow.transforms.coders import RecordCoder, RecordUnion, estimated_size
 from matteflow.transforms.decode import DecodeSettings, FetchAndDecode
+from matteflow.transforms.framing import FramingSettings
 from matteflow.transforms.inference import MatteModelHandler, Segment
 from matteflow.transforms.matte import MatteSettings
 from matteflow.transforms.refine import Refine, RefineSettings
 from matteflow.transforms.resume import Resume
-from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte
+from matteflow.transforms.settings import OutputSettings
+from matteflow.transforms.types import DecodedImage, Failed, ImageTask, Matte, Written
+from matteflow.transforms.write import WriteOutputs
 
 
 def _matte(height: int = 300, width: int = 400) -> Matte:
@@ -63,14 +66,18 @@ def test_the_registry_gives_the_pixel_records_this_coder() -> None:
     assert isinstance(registry.get_coder(Matte), RecordCoder)
 
 
-def test_decode_and_refine_outputs_are_typed_as_their_records() -> None:
+def test_decode_refine_and_write_outputs_are_typed_as_their_records() -> None:
     p = beam.Pipeline()  # built, not run: the types are set when the stages are applied
     tasks = p | beam.Create([ImageTask(id="a", source_uri="/nowhere/a.png", output_key="a")])
     decoded = tasks | FetchAndDecode(DecodeSettings(), Resume("/nonexistent/out", "settings"))
     refined = decoded.ok | beam.Map(lambda image: _matte()) | Refine(RefineSettings())
+    written = refined.ok | WriteOutputs("/nonexistent/out", OutputSettings(), FramingSettings(),
+                                        Resume("/nonexistent/out", "settings"))  # fmt: skip
     assert decoded.ok.element_type is DecodedImage
     assert refined.ok.element_type is Matte
-    assert isinstance(registry.get_coder(refined.ok.element_type), RecordCoder)
+    assert written.ok.element_type is Written  # it carries the matte on to its metrics row
+    for pcoll in (decoded.ok, refined.ok, written.ok):
+        assert isinstance(registry.get_coder(pcoll.element_type), RecordCoder)
 
 
 def test_runinference_output_is_coded_by_record_coder_as_a_union() -> None:
