@@ -28,6 +28,7 @@ from PIL import Image
 from matteflow.models.registry import check
 from matteflow.pipelines.config import RunConfig, load_config
 from matteflow.pipelines.remove_background import model_handler, process, reader
+from matteflow.transforms.coders import with_record_outputs
 from matteflow.transforms.decode import decode
 from matteflow.transforms.failures import InferenceError, MatteflowError, classify
 from matteflow.transforms.layout import OutputLayout
@@ -306,10 +307,8 @@ class _Render(beam.PTransform[beam.pvalue.PCollection[Matte], beam.pvalue.DoOutp
         self._cfg = cfg
 
     def expand(self, mattes: beam.pvalue.PCollection[Matte]) -> beam.pvalue.DoOutputsTuple:
-        fn = _RenderFn(self._cfg)
-        outputs: beam.pvalue.DoOutputsTuple = mattes | "Render" >> beam.ParDo(fn).with_outputs(
-            "failures", main="ok"
-        )
+        render_fn = with_record_outputs(beam.ParDo(_RenderFn(self._cfg)), Written, failures=Failed)
+        outputs: beam.pvalue.DoOutputsTuple = mattes | "Render" >> render_fn
         return outputs
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.coders.typecoders import registry
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
@@ -19,8 +20,10 @@ from PIL import Image
 import matteflow
 from matteflow.pipelines.api import cutout_bytes
 from matteflow.pipelines.remove_background import main as run_main
+from matteflow.transforms.coders import RecordCoder
 from matteflow.transforms.failures import MatteflowError
 from matteflow.transforms.metrics import MetricsRow
+from matteflow.transforms.types import Written
 from tests.images import adobe_rgb_profile, encode, oriented, pattern
 
 TINY = "tiny-isnet"
@@ -125,6 +128,22 @@ def test_the_transform_in_a_users_pipeline(job: Path, tmp_path: Path) -> None:
             | "Outcome" >> beam.Map(outcome)
         )
         assert_that(results, equal_to([("plain", "ok", True), ("gone", "failed", "not_found")]))
+
+
+def test_the_transforms_rendered_records_are_coded_without_pickling_for_sizes() -> None:
+    # Render's Written carry the matte to their metrics row: typed, Beam's counters read nbytes.
+    p = beam.Pipeline()  # built, not run
+    _ = p | beam.Create(["/nowhere/a.png"]) | matteflow.RemoveBackground(model=TINY)
+    rendered = []
+
+    class Outputs(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+            if node.full_label.endswith("/Render/ParDo(_RenderFn)"):
+                rendered.append(node.outputs[None].element_type)
+
+    p.visit(Outputs())
+    assert rendered == [Written]
+    assert isinstance(registry.get_coder(Written), RecordCoder)
 
 
 @pytest.mark.parametrize("run", ["first", "again"])
